@@ -1,0 +1,36 @@
+# hookd: every target sets up what it needs, starting from Python 3.11 and make alone.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test lint proto proto-check bench bench-full clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Regenerate the protobuf code committed under clients/python/hookd/v1.
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+## Start the service on its embedded SQLite default (var/hookd.db), on 127.0.0.1:50051.
+run: proto
+	$(BIN)/hookd serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy server/hookd engine/hookd clients/python/hookd/client bench tests scripts
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The delivery engine: storage, webhook registry, publishing and one trio actor per destination URL."""

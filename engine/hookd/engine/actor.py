@@ -1,0 +1,245 @@
+"""One actor per destination URL: its own queue, rate limiter, circuit breaker and HTTP pool.
+
+The actor's queue is a window onto the durable backlog in SQLite. Publishing hands new jobs to
+the actor directly while the window has room and nothing older waits on disk; otherwise the
+actor is only told that the backlog grew, and it pulls due deliveries in, oldest first, as room
+frees. Nothing is ever dropped from memory that is not on disk, so a full queue neither loses an
+event nor blocks a publisher, and memory stays flat however deep the backlog gets.
+
+A delivery id stays in ``known`` from the moment it is loaded until its attempt's outcome is
+committed, so a refill can never load the same delivery twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+import httpx
+import trio
+
+from hookd.engine.breaker import BreakerState, CircuitBreaker
+from hookd.engine.clock import Clock
+from hookd.engine.config import EngineConfig
+from hookd.engine.http_delivery import USER_AGENT, make_client, post
+from hookd.engine.jobs import AttemptResult, Job
+from hookd.engine.model import Outcome, Status, Webhook, message_id
+from hookd.engine.ratelimit import TokenBucket
+from hookd.engine.registry import WebhookRegistry
+from hookd.engine.signing import sign
+from hookd.engine.store import delivery_ops, queries
+from hookd.engine.store.writer import Readers, Writer
+
+if TYPE_CHECKING:
+    import sqlite_utils
+
+log = logging.getLogger("hookd.engine")
+
+
+@dataclass
+class ActorContext:
+    """What every actor shares."""
+
+    config: EngineConfig
+    clock: Clock
+    registry: WebhookRegistry
+    writer: Writer
+    readers: Readers
+    rng: random.Random
+    schedule: Callable[[str, float], None]
+    attempt_finished: Callable[[str, str, AttemptResult], None]
+
+
+def request_headers(webhook: Webhook, msg_id: str, body: bytes, now: float) -> dict[str, str]:
+    """Authentication first, so hookd's own headers can never be overridden by it."""
+    timestamp = int(now)
+    headers = webhook.auth.request_headers()
+    headers.update(
+        {
+            "content-type": "application/json",
+            "user-agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(webhook.signing_secrets(now), msg_id, timestamp, body),
+        }
+    )
+    return headers
+
+
+class DestinationActor:
+    def __init__(self, url: str, ctx: ActorContext, on_retire: Callable[[DestinationActor], None]) -> None:
+        self.url = url
+        self._ctx = ctx
+        self._on_retire = on_retire
+        self.queue: deque[Job] = deque()
+        self.known: set[int] = set()
+        self.in_flight: dict[int, tuple[str, trio.CancelScope]] = {}
+        self.backlog = True
+        self._pokes = 0
+        self._wake = trio.Event()
+        self.breaker = CircuitBreaker(ctx.config.breaker)
+        self.limiter = TokenBucket(ctx.registry.rate_for(url))
+        self.retries_scheduled = 0
+
+    # -- called by the dispatcher (synchronous, from other tasks) --------------------------------
+
+    def offer(self, job: Job) -> None:
+        """A new delivery: take it into memory if that keeps the order, else leave it on disk."""
+        if self.backlog or len(self.queue) >= self._ctx.config.queue_size:
+            self.poke()
+            return
+        if job.delivery_id not in self.known:
+            self.queue.append(job)
+            self.known.add(job.delivery_id)
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Something may wait on disk for this destination."""
+        self.backlog = True
+        self._pokes += 1
+        self._wake.set()
+
+    def cancel_webhook(self, webhook_id: str) -> None:
+        """The webhook is gone: forget its queued jobs and abort its requests in flight."""
+        kept = deque(job for job in self.queue if job.webhook_id != webhook_id)
+        for job in self.queue:
+            if job.webhook_id == webhook_id:
+                self.known.discard(job.delivery_id)
+        self.queue = kept
+        for hook_id, scope in self.in_flight.values():
+            if hook_id == webhook_id:
+                scope.cancel()
+        self._wake.set()
+
+    def reset(self) -> None:
+        """After a crash: memory is suspect, the database is not."""
+        self.queue.clear()
+        self.known.clear()
+        self.in_flight.clear()
+        self.backlog = True
+
+    # -- the actor's own task ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver until idle for ``actor_idle_s``; then retire (synchronously, so no offer is lost)."""
+        config = self._ctx.config
+        idle_since = trio.current_time()
+        async with make_client(config.destinations, config.max_in_flight) as client:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    self._wake = trio.Event()
+                    if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
+                        await self._refill()
+                    self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
+                    while len(self.in_flight) < config.max_in_flight:
+                        job = self._next_job()
+                        if job is None or not self.breaker.allow():
+                            break
+                        self.queue.popleft()
+                        await self.limiter.acquire()
+                        await nursery.start(self._attempt, client, job)
+                    if self.queue or self.in_flight or self.backlog:
+                        idle_since = trio.current_time()
+                    elif trio.current_time() - idle_since >= config.actor_idle_s:
+                        self._on_retire(self)
+                        nursery.cancel_scope.cancel()
+                        return
+                    deadline = idle_since + config.actor_idle_s
+                    reopen = self.breaker.reopen_at()
+                    if reopen is not None and self.queue:
+                        deadline = min(deadline, reopen)
+                    if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
+                        deadline = trio.current_time()
+                    with trio.move_on_at(deadline):
+                        await self._wake.wait()
+
+    def _next_job(self) -> Job | None:
+        """The first queued job still meant for this URL; stale ones are dropped (disk has them)."""
+        while self.queue:
+            job = self.queue[0]
+            hook = self._ctx.registry.get(job.webhook_id)
+            if hook is not None and hook.status is Status.ACTIVE and hook.url == self.url:
+                return job
+            self.queue.popleft()
+            self.known.discard(job.delivery_id)
+        return None
+
+    async def _refill(self) -> None:
+        config = self._ctx.config
+        room = config.queue_size - len(self.queue)
+        limit = room + len(self.known)
+        pokes = self._pokes
+        now = self._ctx.clock.now()
+        jobs, next_due = await self._ctx.readers.run(partial(_load_window, url=self.url, now=now, limit=limit))
+        added = 0
+        for job in jobs:
+            if job.delivery_id not in self.known and added < room:
+                self.queue.append(job)
+                self.known.add(job.delivery_id)
+                added += 1
+        if len(jobs) < limit and pokes == self._pokes:
+            self.backlog = False
+            if next_due is not None:
+                self._ctx.schedule(self.url, next_due)
+
+    async def _attempt(self, client: httpx.AsyncClient, job: Job, *, task_status: trio.TaskStatus[None]) -> None:
+        ctx = self._ctx
+        try:
+            with trio.CancelScope() as scope:
+                self.in_flight[job.delivery_id] = (job.webhook_id, scope)
+                task_status.started()
+                hook = ctx.registry.get(job.webhook_id)
+                if hook is None or hook.status is not Status.ACTIVE or hook.url != self.url:
+                    self.breaker.record_neutral()
+                    return
+                now = ctx.clock.now()
+                body = job.envelope.encode()
+                result = await post(client, hook.url, request_headers(hook, message_id(job.delivery_id), body, now), body, hook.timeout_s)
+            if scope.cancelled_caught:
+                self.breaker.record_neutral()
+                return
+            await self._record(job, result)
+        finally:
+            self.in_flight.pop(job.delivery_id, None)
+            self.known.discard(job.delivery_id)
+            self._wake.set()
+
+    async def _record(self, job: Job, result: AttemptResult) -> None:
+        ctx = self._ctx
+        now = ctx.clock.now()
+        ctx.attempt_finished(self.url, job.webhook_id, result)
+        if result.outcome is Outcome.SUCCESS:
+            self.breaker.record_success()
+            await ctx.writer.execute(partial(delivery_ops.record_success, job=job, attempt=result, now=now))
+            return
+        if result.outcome.trips_breaker:
+            before = self.breaker.state
+            self.breaker.record_failure()
+            if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
+                log.warning("breaker open destination=%s after=%s", self.url, result.outcome.value)
+        else:
+            self.breaker.record_neutral()
+        delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
+        retry_at = None if delay is None else now + delay
+        await ctx.writer.execute(
+            partial(delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at)
+        )
+        if retry_at is not None:
+            self.retries_scheduled += 1
+            ctx.schedule(self.url, retry_at)
+
+
+def _load_window(db: sqlite_utils.Database, url: str, now: float, limit: int) -> tuple[list[Job], float | None]:
+    """Due jobs, and when the next not-yet-due one falls due (one trip to the worker thread)."""
+    jobs = queries.due_jobs(db, url, now, limit)
+    following = None
+    if len(jobs) < limit:
+        due = queries.next_due(db, url)
+        if due is not None and due > now:
+            following = due
+    return jobs, following

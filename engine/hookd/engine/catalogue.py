@@ -1,0 +1,40 @@
+"""The store's event catalogue: which (resource, event) pairs exist."""
+
+from __future__ import annotations
+
+from hookd.engine.errors import InvalidArgument
+
+CATALOGUE: dict[str, tuple[str, ...]] = {
+    "order": ("created", "updated", "fulfilled", "cancelled"),
+    "product": ("created", "updated", "deleted", "inventory_updated"),
+    "customer": ("created", "updated", "deleted"),
+    "payment": ("completed", "failed", "refunded"),
+    "shipping": ("label_created", "tracking_updated", "delivered"),
+}
+
+#: Type of the synthetic event TestWebhook sends; no webhook subscribes to it.
+PING_TYPE = "webhook.ping"
+
+
+def event_types() -> list[tuple[str, str]]:
+    """Every (resource, event) pair, in catalogue order."""
+    return [(resource, event) for resource, events in CATALOGUE.items() for event in events]
+
+
+def check_event_type(resource: str, event: str, *, field_prefix: str = "") -> str:
+    """Validate a pair and return its type name (``order.created``).
+
+    The error lists the valid choices so a caller can fix the request without reading docs.
+    """
+    if resource not in CATALOGUE:
+        raise InvalidArgument(
+            f"{field_prefix}resource",
+            f"unknown resource {resource!r}; valid resources: {', '.join(CATALOGUE)}",
+        )
+    if event not in CATALOGUE[resource]:
+        raise InvalidArgument(
+            f"{field_prefix}event",
+            f"unknown event {event!r} for resource {resource!r}; "
+            f"valid events: {', '.join(CATALOGUE[resource])}",
+        )
+    return f"{resource}.{event}"

@@ -1,0 +1,38 @@
+"""Engine settings, with the documented defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hookd.engine.breaker import BreakerPolicy
+from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.retry import RetryPolicy
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs to know; the server builds it from flags and environment."""
+
+    database: Path = Path("var/hookd.db")
+    #: ``NORMAL`` survives a process crash (kill -9); ``FULL`` also a power cut, at a cost.
+    synchronous: str = "NORMAL"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    destinations: DestinationPolicy = field(default_factory=DestinationPolicy)
+    #: Requests per second per destination URL when its webhooks set none.
+    default_rate_limit: float = 1000.0
+    #: Requests in flight per destination URL.
+    max_in_flight: int = 16
+    #: Deliveries an actor holds in memory; the rest wait on disk.
+    queue_size: int = 256
+    #: An actor with nothing to do for this long stops; the next delivery starts it again.
+    actor_idle_s: float = 30.0
+    #: How long the previous secret keeps signing after RotateSecret, by default.
+    secret_grace_s: float = 24 * 3600.0
+    #: Most bytes of JSON in one event's data and related data together.
+    max_event_bytes: int = 256 * 1024
+    #: Most events in one PublishEvents call.
+    max_batch_events: int = 1000
+    #: Read connections for queries.
+    readers: int = 4

@@ -1,0 +1,133 @@
+"""Which destinations hookd may call: scheme rules and the SSRF guard.
+
+A destination whose host is, or resolves to, a loopback, private, link-local (cloud metadata at
+169.254.169.254 included), multicast or otherwise reserved address is refused, unless an
+allow-list entry names it. The check runs when a webhook is saved and again at every connection,
+and the connection goes to the very address that was checked, so a DNS answer that changes
+between check and connect (DNS rebinding) gains nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import trio
+
+from hookd.engine.errors import InvalidArgument
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+MAX_URL_LENGTH = 2048
+RESOLVE_TIMEOUT_S = 5.0
+
+
+class DestinationBlocked(Exception):
+    """The destination's address is not one hookd may call."""
+
+
+class DestinationUnresolvable(Exception):
+    """The destination's host name did not resolve."""
+
+
+def _is_public(address: IPAddress) -> bool:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return _is_public(address.ipv4_mapped)
+    return address.is_global and not address.is_multicast
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    """``allow_http`` permits plain http; ``allow_networks`` and ``allow_hosts`` open exactly what they name."""
+
+    allow_http: bool = False
+    allow_networks: tuple[IPNetwork, ...] = ()
+    allow_hosts: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_entries(cls, entries: list[str], *, allow_http: bool) -> DestinationPolicy:
+        """Build from configuration entries: CIDRs (``10.0.0.0/8``), addresses or host names."""
+        networks: list[IPNetwork] = []
+        hosts: set[str] = set()
+        for entry in (e.strip() for e in entries):
+            if not entry:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                hosts.add(entry.lower().rstrip("."))
+        return cls(allow_http=allow_http, allow_networks=tuple(networks), allow_hosts=frozenset(hosts))
+
+    def address_allowed(self, address: IPAddress) -> bool:
+        return _is_public(address) or any(address in network for network in self.allow_networks)
+
+    def check_url(self, url: str, field_name: str = "url") -> tuple[str, int]:
+        """Validate the URL's form; return (host, port). Raises InvalidArgument naming the field."""
+        if not url:
+            raise InvalidArgument(field_name, "is required")
+        if len(url) > MAX_URL_LENGTH:
+            raise InvalidArgument(field_name, f"is longer than {MAX_URL_LENGTH} characters")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as error:
+            raise InvalidArgument(field_name, f"is not a valid URL: {error}") from error
+        if parts.scheme not in ("http", "https"):
+            raise InvalidArgument(field_name, "must be an absolute http or https URL")
+        if parts.scheme == "http" and not self.allow_http:
+            raise InvalidArgument(
+                field_name, "must use https (plain http is disabled; see --allow-http)"
+            )
+        host = parts.hostname
+        if not host:
+            raise InvalidArgument(field_name, "has no host")
+        if parts.username is not None or parts.password is not None:
+            raise InvalidArgument(field_name, "must not carry credentials; use auth instead")
+        if any(ch.isspace() for ch in url) or any(ord(ch) < 32 for ch in url):
+            raise InvalidArgument(field_name, "must not contain whitespace or control characters")
+        return host, port or (443 if parts.scheme == "https" else 80)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        """Addresses of ``host`` that may be called, in resolver order.
+
+        Raises DestinationUnresolvable when the name does not resolve and DestinationBlocked when
+        any address it resolves to is not allowed (one bad address taints the name).
+        """
+        name = host.lower().rstrip(".")
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(name.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            if name in self.allow_hosts or self.address_allowed(literal):
+                return [str(literal)]
+            raise DestinationBlocked(f"address {literal} is not a public address")
+        try:
+            infos = await trio.socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        except OSError as error:
+            raise DestinationUnresolvable(f"host {host!r} did not resolve: {error}") from error
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if name in self.allow_hosts:
+            return addresses
+        for address in addresses:
+            if not self.address_allowed(ipaddress.ip_address(address)):
+                raise DestinationBlocked(f"host {host!r} resolves to {address}, not a public address")
+        return addresses
+
+    async def check_destination(self, url: str, field_name: str = "url") -> None:
+        """The full check a webhook's URL passes when it is saved.
+
+        A name that does not resolve (yet) is accepted: it reaches no address now, and every
+        delivery checks again before it connects.
+        """
+        host, port = self.check_url(url, field_name)
+        with trio.move_on_after(RESOLVE_TIMEOUT_S):
+            try:
+                await self.resolve(host, port)
+            except DestinationBlocked as error:
+                raise InvalidArgument(field_name, f"{error} (see --allow-destination)") from error
+            except DestinationUnresolvable:
+                pass

@@ -1,0 +1,183 @@
+"""One HTTP request for one delivery attempt: headers, the guarded connection, and the outcome.
+
+Every failure is turned into an ``Outcome`` here and nowhere else, so health figures, retries
+and the circuit breaker all agree on what happened.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ssl
+import time
+import typing
+
+import httpcore
+import httpx
+import trio
+
+from hookd.engine.destinations import DestinationBlocked, DestinationPolicy, DestinationUnresolvable
+from hookd.engine.jobs import AttemptResult
+from hookd.engine.model import Outcome
+
+#: Most response body bytes read; the rest is ignored and the connection dropped.
+MAX_RESPONSE_BYTES = 64 * 1024
+#: Most response body characters stored with the attempt.
+EXCERPT_CHARS = 1024
+USER_AGENT = "hookd/0.1 (+webhook delivery)"
+
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "user-agent", "webhook-id", "webhook-timestamp",
+     "webhook-signature", "host", "transfer-encoding", "connection"}
+)
+
+
+def is_reserved_header(name: str) -> bool:
+    """Headers hookd sets itself, which a webhook's custom headers may not override."""
+    return name.lower() in _RESERVED_HEADERS
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Resolves each host itself, checks every address against the policy, and connects to the
+    checked address, so the name cannot resolve elsewhere between check and connect."""
+
+    def __init__(self, policy: DestinationPolicy) -> None:
+        self._policy = policy
+        self._inner = httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[typing.Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._policy.resolve(host, port)
+        last_error: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except httpcore.ConnectError as error:
+                last_error = error
+        assert last_error is not None
+        raise last_error
+
+    async def sleep(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+
+
+def make_client(policy: DestinationPolicy, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    """A small client for one destination: its own pool, no redirects, the guarded backend."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=ssl_context or ssl.create_default_context(),
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections,
+        keepalive_expiry=30.0,
+        network_backend=GuardedBackend(policy),
+    )
+    return httpx.AsyncClient(transport=transport, follow_redirects=False, timeout=None)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _status_outcome(code: int) -> Outcome:
+    if 200 <= code < 300:
+        return Outcome.SUCCESS
+    if code in (401, 403):
+        return Outcome.AUTH_FAILURE
+    if code == 429:
+        return Outcome.RATE_LIMITED
+    if 300 <= code < 500:
+        return Outcome.CLIENT_ERROR
+    if 500 <= code < 600:
+        return Outcome.SERVER_ERROR
+    return Outcome.INVALID_RESPONSE
+
+
+def _chain(error: BaseException) -> typing.Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify_error(error: Exception) -> Outcome:
+    """The outcome class of a request that got no usable answer."""
+    if isinstance(error, DestinationBlocked):
+        return Outcome.BLOCKED
+    if isinstance(error, DestinationUnresolvable):
+        return Outcome.DNS
+    if any(isinstance(cause, ssl.SSLError | ssl.CertificateError) for cause in _chain(error)):
+        return Outcome.TLS
+    if isinstance(error, httpx.TimeoutException):
+        return Outcome.TIMEOUT
+    if isinstance(error, httpx.RemoteProtocolError):
+        text = str(error).lower()
+        if "disconnected" in text or "peer closed" in text:
+            return Outcome.CONNECTION
+        return Outcome.INVALID_RESPONSE
+    return Outcome.CONNECTION
+
+
+async def post(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes, timeout_s: float
+) -> AttemptResult:
+    """POST ``body`` and classify what happened; the whole exchange is bounded by ``timeout_s``."""
+    start_wall = time.time()
+    start = time.perf_counter()
+    status = 0
+    excerpt = ""
+    error = ""
+    retry_after: float | None = None
+    location = ""
+    outcome = Outcome.TIMEOUT
+    with trio.move_on_after(timeout_s):
+        try:
+            async with client.stream("POST", url, content=body, headers=headers) as response:
+                status = response.status_code
+                received = bytearray()
+                async for chunk in response.aiter_raw():
+                    received += chunk
+                    if len(received) >= MAX_RESPONSE_BYTES:
+                        break
+            excerpt = bytes(received[:EXCERPT_CHARS * 4]).decode("utf-8", "replace")[:EXCERPT_CHARS]
+            outcome = _status_outcome(status)
+            if outcome is not Outcome.SUCCESS:
+                error = f"HTTP {status}"
+            if status in (429, 503):
+                retry_after = _retry_after(response.headers.get("retry-after"))
+            if 300 <= status < 400:
+                location = response.headers.get("location", "")
+                error = f"HTTP {status} redirect not followed"
+        except (httpx.HTTPError, DestinationBlocked, DestinationUnresolvable, OSError) as failure:
+            outcome = classify_error(failure)
+            error = f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__
+    duration_ms = (time.perf_counter() - start) * 1000.0
+    if outcome is Outcome.TIMEOUT and not error:
+        error = f"no complete answer within {timeout_s:g} s"
+    return AttemptResult(
+        url=url,
+        start_time=start_wall,
+        duration_ms=duration_ms,
+        status_code=status,
+        outcome=outcome,
+        error=error,
+        response_excerpt=excerpt,
+        retry_after_s=retry_after,
+        location=location,
+    )

@@ -1,0 +1,63 @@
+"""The webhooks in memory, so the hot path never reads them from disk.
+
+The registry is updated only after a change is committed, and actors consult it at send time:
+that is how a new URL, secret, credential or status applies to the very next attempt.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from hookd.engine.model import Status, Webhook
+
+
+class WebhookRegistry:
+    def __init__(self, default_rate: float) -> None:
+        self._default_rate = default_rate
+        self._by_id: dict[str, Webhook] = {}
+        self._by_url: dict[str, set[str]] = defaultdict(set)
+
+    def load(self, webhooks: list[Webhook]) -> None:
+        for webhook in webhooks:
+            self.put(webhook)
+
+    def get(self, webhook_id: str) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    def put(self, webhook: Webhook) -> None:
+        old = self._by_id.get(webhook.id)
+        if old is not None and old.url != webhook.url:
+            self._discard_url(old)
+        self._by_id[webhook.id] = webhook
+        self._by_url[webhook.url].add(webhook.id)
+
+    def remove(self, webhook_id: str) -> Webhook | None:
+        old = self._by_id.pop(webhook_id, None)
+        if old is not None:
+            self._discard_url(old)
+        return old
+
+    def _discard_url(self, webhook: Webhook) -> None:
+        ids = self._by_url.get(webhook.url)
+        if ids is not None:
+            ids.discard(webhook.id)
+            if not ids:
+                del self._by_url[webhook.url]
+
+    def rate_for(self, url: str) -> float:
+        """The URL's request rate: the lowest set by its active webhooks, else the default."""
+        rates = [
+            hook.rate_limit
+            for hook_id in self._by_url.get(url, ())
+            if (hook := self._by_id[hook_id]).rate_limit > 0 and hook.status is Status.ACTIVE
+        ]
+        return min(rates) if rates else self._default_rate
+
+    def webhooks_at(self, url: str) -> list[Webhook]:
+        return [self._by_id[hook_id] for hook_id in self._by_url.get(url, ())]
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def all(self) -> list[Webhook]:
+        return list(self._by_id.values())

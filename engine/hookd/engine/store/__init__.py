@@ -1,0 +1,1 @@
+"""SQLite storage: schema and migrations, one batching writer, and read queries."""

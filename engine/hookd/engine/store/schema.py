@@ -1,0 +1,123 @@
+"""The versioned schema. Each migration runs once, in order, inside one transaction.
+
+The version lives in ``PRAGMA user_version``; a database newer than this code is refused rather
+than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["webhooks"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "seq": int,
+            "resource": str,
+            "event": str,
+            "url": str,
+            "auth": str,
+            "secret": str,
+            "previous_secret": str,
+            "previous_secret_expires": float,
+            "status": str,
+            "inactive_policy": str,
+            "description": str,
+            "rate_limit": float,
+            "timeout_s": float,
+            "create_time": float,
+            "update_time": float,
+        },
+        pk="id",
+        not_null={"seq", "resource", "event", "url", "secret", "status"},
+    )
+    db["webhooks"].create_index(["resource", "event", "url"], unique=True)  # type: ignore[union-attr]
+    db["webhooks"].create_index(["seq"], unique=True)  # type: ignore[union-attr]
+    db["events"].create(  # type: ignore[union-attr]
+        {
+            "id": str,
+            "type": str,
+            "create_time": float,
+            "envelope": str,
+            "idempotency_key": str,
+            "delivery_count": int,
+        },
+        pk="id",
+        not_null={"type", "create_time", "envelope"},
+    )
+    db.execute(
+        "CREATE UNIQUE INDEX events_idempotency ON events(idempotency_key) "
+        "WHERE idempotency_key IS NOT NULL"
+    )
+    db.execute(
+        """
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            webhook_id TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            state TEXT NOT NULL,
+            attempt_count INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            create_time REAL NOT NULL,
+            update_time REAL NOT NULL
+        )
+        """
+    )
+    # The actors' window onto the backlog: due deliveries of one destination, in order.
+    db.execute(
+        "CREATE INDEX deliveries_due ON deliveries(destination, next_attempt_at, id) "
+        "WHERE state = 'PENDING'"
+    )
+    db.execute("CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id)")
+    db.execute("CREATE INDEX deliveries_event ON deliveries(event_id)")
+    db.execute("CREATE INDEX deliveries_state ON deliveries(state, id)")
+    db.execute(
+        """
+        CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            delivery_id INTEGER NOT NULL,
+            webhook_id TEXT NOT NULL,
+            url TEXT NOT NULL,
+            start_time REAL NOT NULL,
+            duration_ms REAL NOT NULL,
+            status_code INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT NOT NULL,
+            response_excerpt TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX attempts_delivery ON attempts(delivery_id, id)")
+    db.execute("CREATE INDEX attempts_time ON attempts(start_time)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer hookd; refusing to touch it."""
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply every migration the database has not seen; return the resulting version."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise SchemaTooNew(
+            f"database schema version {version} is newer than this hookd ({len(MIGRATIONS)})"
+        )
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            migration(db)
+            db.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    return len(MIGRATIONS)

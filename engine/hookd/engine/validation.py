@@ -1,0 +1,115 @@
+"""Checks on what callers send, with errors that name the offending field."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from hookd.engine.errors import InvalidArgument
+from hookd.engine.http_delivery import is_reserved_header
+from hookd.engine.model import Auth, InactivePolicy, Status
+
+MAX_DESCRIPTION = 500
+MAX_IDEMPOTENCY_KEY = 255
+MIN_TIMEOUT_S = 0.1
+MAX_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 5.0
+MAX_RATE_LIMIT = 100_000.0
+MAX_CREDENTIAL = 4096
+MAX_HEADERS = 20
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+
+#: Fields UpdateWebhook may change.
+UPDATABLE = (
+    "resource", "event", "url", "auth", "status", "inactive_policy", "description", "rate_limit", "timeout",
+)
+
+
+@dataclass
+class WebhookInput:
+    """A webhook as a caller describes it, before validation. ``None`` means not given."""
+
+    resource: str = ""
+    event: str = ""
+    url: str = ""
+    auth: Auth = field(default_factory=Auth)
+    status: Status | None = None
+    inactive_policy: InactivePolicy | None = None
+    description: str = ""
+    rate_limit: float = 0.0
+    timeout_s: float | None = None
+
+
+def _printable(value: str, field_name: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(field_name, f"is longer than {limit} characters")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidArgument(field_name, "must not contain control characters")
+
+
+def check_auth(auth: Auth, prefix: str) -> None:
+    if auth.kind == "bearer":
+        if not auth.token:
+            raise InvalidArgument(f"{prefix}.bearer.token", "is required")
+        _printable(auth.token, f"{prefix}.bearer.token", MAX_CREDENTIAL)
+    elif auth.kind == "basic":
+        if not auth.username:
+            raise InvalidArgument(f"{prefix}.basic.username", "is required")
+        if ":" in auth.username:
+            raise InvalidArgument(f"{prefix}.basic.username", "must not contain ':'")
+        _printable(auth.username, f"{prefix}.basic.username", MAX_CREDENTIAL)
+        _printable(auth.password, f"{prefix}.basic.password", MAX_CREDENTIAL)
+    elif auth.kind == "headers":
+        if not auth.headers:
+            raise InvalidArgument(f"{prefix}.headers.headers", "needs at least one header")
+        if len(auth.headers) > MAX_HEADERS:
+            raise InvalidArgument(f"{prefix}.headers.headers", f"at most {MAX_HEADERS} headers")
+        for name, value in auth.headers.items():
+            if not _HEADER_NAME.match(name):
+                raise InvalidArgument(f"{prefix}.headers.headers", f"invalid header name {name!r}")
+            if is_reserved_header(name):
+                raise InvalidArgument(f"{prefix}.headers.headers", f"header {name!r} is set by hookd")
+            _printable(value, f"{prefix}.headers.headers[{name}]", MAX_CREDENTIAL)
+
+
+def check_scalars(data: WebhookInput, prefix: str) -> None:
+    """Every check on a webhook that needs no I/O (the URL's address is checked separately)."""
+    _printable(data.description, f"{prefix}.description", MAX_DESCRIPTION)
+    if not (0.0 <= data.rate_limit <= MAX_RATE_LIMIT) or data.rate_limit != data.rate_limit:
+        raise InvalidArgument(f"{prefix}.rate_limit", f"must be between 0 and {MAX_RATE_LIMIT:g}")
+    if data.timeout_s is not None and not (MIN_TIMEOUT_S <= data.timeout_s <= MAX_TIMEOUT_S):
+        raise InvalidArgument(
+            f"{prefix}.timeout", f"must be between {MIN_TIMEOUT_S:g} s and {MAX_TIMEOUT_S:g} s"
+        )
+    check_auth(data.auth, f"{prefix}.auth")
+
+
+def _normalise(value: Any) -> Any:
+    """Struct numbers arrive as floats; integral ones go out as JSON integers."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _normalise(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_normalise(item) for item in value]
+    return value
+
+
+def event_payload(data: dict[str, Any], related: dict[str, Any], limit: int, prefix: str) -> tuple[Any, Any]:
+    """Normalised data and related, refused when together they exceed ``limit`` bytes of JSON."""
+    data, related = _normalise(data), _normalise(related)
+    try:
+        size = len(json.dumps(data, ensure_ascii=False).encode()) + len(
+            json.dumps(related, ensure_ascii=False).encode()
+        )
+    except (ValueError, TypeError) as error:
+        raise InvalidArgument(f"{prefix}.data", f"is not valid JSON: {error}") from error
+    if size > limit:
+        raise InvalidArgument(f"{prefix}.data", f"data and related take {size} bytes; the limit is {limit}")
+    return data, related
+
+
+def check_idempotency_key(key: str, field_name: str) -> None:
+    _printable(key, field_name, MAX_IDEMPOTENCY_KEY)

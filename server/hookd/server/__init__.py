@@ -1,0 +1,1 @@
+"""The hookd server: gRPC API over the trio engine, in one process."""

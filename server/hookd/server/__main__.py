@@ -1,0 +1,5 @@
+"""``python -m hookd.server serve``."""
+
+from hookd.server.cli import main
+
+main()

@@ -1,0 +1,139 @@
+"""Server settings: every flag has an environment variable, shown in ``hookd serve --help``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hookd.engine.breaker import BreakerPolicy
+from hookd.engine.config import EngineConfig
+from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.retry import RetryPolicy
+
+#: Largest gRPC message accepted: a full PublishEvents batch fits, anything bigger is refused.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    port_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    auth_tokens: tuple[str, ...] = ()
+    open_health: bool = True
+    open_reflection: bool = True
+    metrics_port: int | None = None
+    log_level: str = "info"
+    shutdown_grace_s: float = 5.0
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hookd",
+        description="hookd: webhook delivery service (gRPC API, trio delivery engine, SQLite store).",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser(
+        "serve",
+        help="run the service",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the gRPC server and the delivery engine. Each flag can also be set with the "
+        "environment variable named in its help.",
+    )
+    s.add_argument("--listen", default=_env("HOOKD_LISTEN", "127.0.0.1:50051"),
+                   help="host:port for gRPC; port 0 picks a free one [HOOKD_LISTEN]")
+    s.add_argument("--database", default=_env("HOOKD_DATABASE", "var/hookd.db"),
+                   help="SQLite file, created owner-only if missing [HOOKD_DATABASE]")
+    s.add_argument("--synchronous", choices=["NORMAL", "FULL"], default=_env("HOOKD_SYNCHRONOUS", "NORMAL"),
+                   help="SQLite durability: NORMAL survives a process crash, FULL also a power cut "
+                   "[HOOKD_SYNCHRONOUS]")
+    s.add_argument("--port-file", default=_env("HOOKD_PORT_FILE", ""),
+                   help="write the bound port to this file once serving [HOOKD_PORT_FILE]")
+    s.add_argument("--allow-http", action="store_true", default=_flag(_env("HOOKD_ALLOW_HTTP", "")),
+                   help="allow plain http destinations (default: https only) [HOOKD_ALLOW_HTTP=1]")
+    s.add_argument("--allow-destination", action="append",
+                   default=[e for e in _env("HOOKD_ALLOW_DESTINATIONS", "").split(",") if e],
+                   help="CIDR, address or host name that destinations may reach although private or "
+                   "loopback; repeatable [HOOKD_ALLOW_DESTINATIONS, comma-separated]")
+    s.add_argument("--max-attempts", type=int, default=int(_env("HOOKD_MAX_ATTEMPTS", "8")),
+                   help="attempts per delivery before it is marked failed [HOOKD_MAX_ATTEMPTS]")
+    s.add_argument("--retry-base", type=float, default=float(_env("HOOKD_RETRY_BASE", "30")),
+                   help="seconds: ceiling of the first retry delay, doubled each retry (full jitter) "
+                   "[HOOKD_RETRY_BASE]")
+    s.add_argument("--retry-cap", type=float, default=float(_env("HOOKD_RETRY_CAP", "3600")),
+                   help="seconds: longest retry delay, Retry-After included [HOOKD_RETRY_CAP]")
+    s.add_argument("--breaker-threshold", type=int, default=int(_env("HOOKD_BREAKER_THRESHOLD", "5")),
+                   help="consecutive failures that open a destination's breaker [HOOKD_BREAKER_THRESHOLD]")
+    s.add_argument("--breaker-cooldown", type=float, default=float(_env("HOOKD_BREAKER_COOLDOWN", "30")),
+                   help="seconds an open breaker waits before its probe; doubles per failed probe up to "
+                   "10 min [HOOKD_BREAKER_COOLDOWN]")
+    s.add_argument("--default-rate-limit", type=float, default=float(_env("HOOKD_DEFAULT_RATE_LIMIT", "1000")),
+                   help="requests per second per destination when its webhooks set none "
+                   "[HOOKD_DEFAULT_RATE_LIMIT]")
+    s.add_argument("--max-in-flight", type=int, default=int(_env("HOOKD_MAX_IN_FLIGHT", "16")),
+                   help="concurrent requests per destination [HOOKD_MAX_IN_FLIGHT]")
+    s.add_argument("--queue-size", type=int, default=int(_env("HOOKD_QUEUE_SIZE", "256")),
+                   help="deliveries each destination holds in memory; the rest wait on disk "
+                   "[HOOKD_QUEUE_SIZE]")
+    s.add_argument("--actor-idle", type=float, default=float(_env("HOOKD_ACTOR_IDLE", "30")),
+                   help="seconds before an idle destination actor stops [HOOKD_ACTOR_IDLE]")
+    s.add_argument("--secret-grace", type=float, default=float(_env("HOOKD_SECRET_GRACE", "86400")),
+                   help="seconds the previous secret keeps signing after a rotation [HOOKD_SECRET_GRACE]")
+    s.add_argument("--tls-cert", default=_env("HOOKD_TLS_CERT", ""),
+                   help="PEM certificate chain: serve gRPC over TLS [HOOKD_TLS_CERT]")
+    s.add_argument("--tls-key", default=_env("HOOKD_TLS_KEY", ""),
+                   help="PEM private key for --tls-cert [HOOKD_TLS_KEY]")
+    s.add_argument("--auth-token", action="append",
+                   default=[t for t in _env("HOOKD_AUTH_TOKENS", "").split(",") if t],
+                   help="require 'authorization: Bearer <token>' on every call; repeatable "
+                   "[HOOKD_AUTH_TOKENS, comma-separated]")
+    s.add_argument("--protect-health", action="store_true", default=_flag(_env("HOOKD_PROTECT_HEALTH", "")),
+                   help="with tokens set, require a token for grpc.health.v1 too [HOOKD_PROTECT_HEALTH=1]")
+    s.add_argument("--protect-reflection", action="store_true",
+                   default=_flag(_env("HOOKD_PROTECT_REFLECTION", "")),
+                   help="with tokens set, require a token for server reflection too "
+                   "[HOOKD_PROTECT_REFLECTION=1]")
+    s.add_argument("--metrics-port", type=int, default=int(_env("HOOKD_METRICS_PORT", "0")) or None,
+                   help="serve Prometheus metrics on 127.0.0.1:PORT (off unless set) [HOOKD_METRICS_PORT]")
+    s.add_argument("--log-level", default=_env("HOOKD_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"], help="[HOOKD_LOG_LEVEL]")
+    return p
+
+
+def from_args(args: argparse.Namespace) -> ServerConfig:
+    engine = EngineConfig(
+        database=Path(args.database),
+        synchronous=args.synchronous,
+        retry=RetryPolicy(max_attempts=args.max_attempts, base_s=args.retry_base, cap_s=args.retry_cap),
+        breaker=BreakerPolicy(failure_threshold=args.breaker_threshold, cooldown_s=args.breaker_cooldown),
+        destinations=DestinationPolicy.from_entries(args.allow_destination, allow_http=args.allow_http),
+        default_rate_limit=args.default_rate_limit,
+        max_in_flight=args.max_in_flight,
+        queue_size=args.queue_size,
+        actor_idle_s=args.actor_idle,
+        secret_grace_s=args.secret_grace,
+    )
+    return ServerConfig(
+        listen=args.listen,
+        engine=engine,
+        port_file=Path(args.port_file) if args.port_file else None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        auth_tokens=tuple(args.auth_token),
+        open_health=not args.protect_health,
+        open_reflection=not args.protect_reflection,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+    )

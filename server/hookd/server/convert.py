@@ -1,0 +1,234 @@
+"""Conversions between protobuf messages and the engine's types, and resource-name parsing."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
+
+from hookd.engine.errors import InvalidArgument
+from hookd.engine.ids import mask
+from hookd.engine.model import (
+    AttemptRecord,
+    Auth,
+    DeliveryRecord,
+    DeliveryState,
+    EventRecord,
+    InactivePolicy,
+    Status,
+    Webhook,
+    message_id,
+)
+from hookd.engine.validation import WebhookInput
+from hookd.v1 import hookd_pb2 as pb
+
+_WEBHOOK_NAME = re.compile(r"^webhooks/([A-Za-z0-9_-]{1,64})$")
+_DELIVERY_NAME = re.compile(r"^webhooks/([A-Za-z0-9_-]{1,64})/deliveries/([0-9]{1,18})$")
+_EVENT_NAME = re.compile(r"^events/([A-Za-z0-9_-]{1,64})$")
+_PARENT_ALL = "webhooks/-"
+
+
+def webhook_id(name: str, field_name: str = "name") -> str:
+    match = _WEBHOOK_NAME.match(name)
+    if not match:
+        raise InvalidArgument(field_name, f"must look like webhooks/{{webhook}}, got {name[:100]!r}")
+    return match.group(1)
+
+
+def delivery_ref(name: str, field_name: str = "name") -> tuple[str, int]:
+    match = _DELIVERY_NAME.match(name)
+    if not match:
+        raise InvalidArgument(
+            field_name, f"must look like webhooks/{{webhook}}/deliveries/{{delivery}}, got {name[:100]!r}"
+        )
+    return match.group(1), int(match.group(2))
+
+
+def event_id(name: str, field_name: str = "name") -> str:
+    match = _EVENT_NAME.match(name)
+    if not match:
+        raise InvalidArgument(field_name, f"must look like events/{{event}}, got {name[:100]!r}")
+    return match.group(1)
+
+
+def deliveries_parent(parent: str) -> str | None:
+    """The webhook id of a ListDeliveries parent, or None for ``webhooks/-``."""
+    if parent == _PARENT_ALL:
+        return None
+    return webhook_id(parent, "parent")
+
+
+def timestamp(epoch: float) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(epoch * 1e9))
+    return stamp
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(int(seconds * 1e9))
+    return value
+
+
+def seconds(value: duration_pb2.Duration, field_name: str) -> float:
+    if not (-315_576_000_000 <= value.seconds <= 315_576_000_000) or abs(value.nanos) >= 1_000_000_000:
+        raise InvalidArgument(field_name, "is not a valid duration")
+    return value.seconds + value.nanos / 1e9
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(value)
+
+
+def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+def auth_from_proto(message: pb.DestinationAuth) -> Auth:
+    method = message.WhichOneof("method")
+    if method == "bearer":
+        return Auth(kind="bearer", token=message.bearer.token)
+    if method == "basic":
+        return Auth(kind="basic", username=message.basic.username, password=message.basic.password)
+    if method == "headers":
+        return Auth(kind="headers", headers=dict(message.headers.headers))
+    return Auth()
+
+
+def auth_to_proto(auth: Auth) -> pb.DestinationAuth:
+    if auth.kind == "bearer":
+        return pb.DestinationAuth(bearer=pb.BearerAuth(token=mask(auth.token)))
+    if auth.kind == "basic":
+        return pb.DestinationAuth(basic=pb.BasicAuth(username=auth.username, password=mask(auth.password)))
+    if auth.kind == "headers":
+        return pb.DestinationAuth(
+            headers=pb.HeaderAuth(headers={name: mask(value) for name, value in auth.headers.items()})
+        )
+    return pb.DestinationAuth()
+
+
+def webhook_input(message: pb.Webhook) -> WebhookInput:
+    rate = message.rate_limit
+    if math.isnan(rate) or math.isinf(rate):
+        raise InvalidArgument("webhook.rate_limit", "must be a finite number")
+    timeout = None
+    if message.HasField("timeout"):
+        timeout = seconds(message.timeout, "webhook.timeout")
+    if message.status not in (pb.Webhook.STATUS_UNSPECIFIED, pb.Webhook.ACTIVE, pb.Webhook.INACTIVE):
+        raise InvalidArgument("webhook.status", "must be ACTIVE or INACTIVE")
+    if message.inactive_policy not in (pb.Webhook.INACTIVE_POLICY_UNSPECIFIED, pb.Webhook.QUEUE, pb.Webhook.DISCARD):
+        raise InvalidArgument("webhook.inactive_policy", "must be QUEUE or DISCARD")
+    return WebhookInput(
+        resource=message.resource,
+        event=message.event,
+        url=message.url,
+        auth=auth_from_proto(message.auth),
+        status=Status(pb.Webhook.Status.Name(message.status)) if message.status else None,
+        inactive_policy=(
+            InactivePolicy(pb.Webhook.InactivePolicy.Name(message.inactive_policy))
+            if message.inactive_policy
+            else None
+        ),
+        description=message.description,
+        rate_limit=rate,
+        timeout_s=timeout,
+    )
+
+
+def populated_paths(message: pb.Webhook) -> list[str]:
+    """The implied update mask when none is given: every updatable field set to a non-default value."""
+    paths = []
+    for name in ("resource", "event", "url", "description", "rate_limit", "status", "inactive_policy"):
+        if getattr(message, name):
+            paths.append(name)
+    if message.HasField("auth"):
+        paths.append("auth")
+    if message.HasField("timeout"):
+        paths.append("timeout")
+    return paths
+
+
+def webhook_to_proto(webhook: Webhook, *, reveal_secret: bool = False, now: float = 0.0) -> pb.Webhook:
+    message = pb.Webhook(
+        name=f"webhooks/{webhook.id}",
+        resource=webhook.resource,
+        event=webhook.event,
+        url=webhook.url,
+        auth=auth_to_proto(webhook.auth),
+        signing_secret=webhook.secret if reveal_secret else mask(webhook.secret),
+        status=pb.Webhook.Status.Value(webhook.status.value),
+        inactive_policy=pb.Webhook.InactivePolicy.Value(webhook.inactive_policy.value),
+        description=webhook.description,
+        rate_limit=webhook.rate_limit,
+        timeout=duration(webhook.timeout_s),
+        create_time=timestamp(webhook.create_time),
+        update_time=timestamp(webhook.update_time),
+    )
+    if webhook.previous_secret and webhook.previous_secret_expires > now:
+        message.previous_secret_expire_time.CopyFrom(timestamp(webhook.previous_secret_expires))
+    return message
+
+
+# -- events, deliveries, attempts --------------------------------------------------------------
+
+
+def event_to_proto(event: EventRecord) -> pb.Event:
+    import json
+
+    body = json.loads(event.envelope)
+    message = pb.Event(
+        name=f"events/{event.id}",
+        type=event.type,
+        create_time=timestamp(event.create_time),
+        idempotency_key=event.idempotency_key,
+        delivery_count=event.delivery_count,
+    )
+    message.data.update(body.get("data") or {})
+    message.related.update(body.get("related") or {})
+    return message
+
+
+def delivery_state(value: int) -> DeliveryState | None:
+    if value == pb.Delivery.STATE_UNSPECIFIED:
+        return None
+    try:
+        return DeliveryState(pb.Delivery.State.Name(value))
+    except ValueError as error:
+        raise InvalidArgument("state", f"unknown delivery state {value}") from error
+
+
+def delivery_to_proto(delivery: DeliveryRecord) -> pb.Delivery:
+    message = pb.Delivery(
+        name=f"webhooks/{delivery.webhook_id}/deliveries/{delivery.id}",
+        event=f"events/{delivery.event_id}",
+        event_type=delivery.event_type,
+        state=pb.Delivery.State.Value(delivery.state.value),
+        attempt_count=delivery.attempt_count,
+        last_error=delivery.last_error,
+        create_time=timestamp(delivery.create_time),
+        update_time=timestamp(delivery.update_time),
+        message_id=message_id(delivery.id),
+    )
+    if delivery.state is DeliveryState.PENDING:
+        message.next_attempt_time.CopyFrom(timestamp(delivery.next_attempt_at))
+    return message
+
+
+def attempt_to_proto(attempt: AttemptRecord) -> pb.Attempt:
+    return pb.Attempt(
+        name=f"webhooks/{attempt.webhook_id}/deliveries/{attempt.delivery_id}/attempts/{attempt.id}",
+        start_time=timestamp(attempt.start_time),
+        duration=duration(attempt.duration_ms / 1000.0),
+        status_code=attempt.status_code,
+        outcome=pb.Outcome.Value(attempt.outcome.value),
+        error=attempt.error,
+        response_excerpt=attempt.response_excerpt,
+        url=attempt.url,
+    )

@@ -1,0 +1,154 @@
+"""``hookd.v1.WebhookService`` on grpc.aio: decode, call the engine in trio, encode.
+
+No business logic lives here; each method is a translation and a bridge call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from hookd.engine import catalogue
+from hookd.engine.service import Engine, EventInput
+from hookd.engine.store.queries import WebhookFilter
+from hookd.server import convert
+from hookd.server.bridge import TrioBridge
+from hookd.server.errors import grpc_errors
+from hookd.v1 import hookd_pb2 as pb
+from hookd.v1 import hookd_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _event_input(message: pb.EventInput) -> EventInput:
+    return EventInput(
+        resource=message.resource,
+        event=message.event,
+        data=convert.struct_to_dict(message.data),
+        related=convert.struct_to_dict(message.related),
+        idempotency_key=message.idempotency_key,
+    )
+
+
+def _publish_answer(result: Any) -> pb.PublishEventResponse:
+    return pb.PublishEventResponse(
+        name=f"events/{result.event_id}", delivery_count=result.delivery_count, duplicate=result.duplicate
+    )
+
+
+class WebhookServicer(pb_grpc.WebhookServiceServicer):
+    def __init__(self, engine: Engine, bridge: TrioBridge) -> None:
+        self._engine = engine
+        self._bridge = bridge
+
+    @grpc_errors
+    async def CreateWebhook(self, request: pb.CreateWebhookRequest, context: Context) -> pb.Webhook:
+        data = convert.webhook_input(request.webhook)
+        webhook = await self._bridge.call(self._engine.create_webhook, data)
+        return convert.webhook_to_proto(webhook, reveal_secret=True)
+
+    @grpc_errors
+    async def GetWebhook(self, request: pb.GetWebhookRequest, context: Context) -> pb.Webhook:
+        webhook = await self._bridge.call(self._engine.get_webhook, convert.webhook_id(request.name))
+        return convert.webhook_to_proto(webhook, now=self._engine.clock.now())
+
+    @grpc_errors
+    async def UpdateWebhook(self, request: pb.UpdateWebhookRequest, context: Context) -> pb.Webhook:
+        hook_id = convert.webhook_id(request.webhook.name, "webhook.name")
+        paths = list(request.update_mask.paths)
+        if paths == ["*"]:
+            paths = list(convert.UPDATABLE)
+        elif not paths:
+            paths = convert.populated_paths(request.webhook)
+        data = convert.webhook_input(request.webhook)
+        webhook = await self._bridge.call(self._engine.update_webhook, hook_id, data, paths)
+        return convert.webhook_to_proto(webhook, now=self._engine.clock.now())
+
+    @grpc_errors
+    async def DeleteWebhook(self, request: pb.DeleteWebhookRequest, context: Context) -> pb.DeleteWebhookResponse:
+        cancelled = await self._bridge.call(self._engine.delete_webhook, convert.webhook_id(request.name))
+        return pb.DeleteWebhookResponse(cancelled_deliveries=cancelled)
+
+    @grpc_errors
+    async def ListWebhooks(self, request: pb.ListWebhooksRequest, context: Context) -> pb.ListWebhooksResponse:
+        status = None
+        if request.status:
+            status = convert.webhook_input(pb.Webhook(status=request.status)).status
+        filters = WebhookFilter(request.resource, request.event, status, request.query)
+        page = await self._bridge.call(self._engine.list_webhooks, filters, request.page_size, request.page_token)
+        now = self._engine.clock.now()
+        return pb.ListWebhooksResponse(
+            webhooks=[convert.webhook_to_proto(hook, now=now) for hook in page.items],
+            next_page_token=page.next_token,
+            total_size=page.total,
+        )
+
+    @grpc_errors
+    async def ListEventTypes(self, request: pb.ListEventTypesRequest, context: Context) -> pb.ListEventTypesResponse:
+        return pb.ListEventTypesResponse(
+            event_types=[
+                pb.EventType(resource=resource, event=event, type=f"{resource}.{event}")
+                for resource, event in catalogue.event_types()
+            ]
+        )
+
+    @grpc_errors
+    async def TestWebhook(self, request: pb.TestWebhookRequest, context: Context) -> pb.TestWebhookResponse:
+        _, attempt = await self._bridge.call(self._engine.test_webhook, convert.webhook_id(request.name))
+        return pb.TestWebhookResponse(attempt=convert.attempt_to_proto(attempt))
+
+    @grpc_errors
+    async def RotateSecret(self, request: pb.RotateSecretRequest, context: Context) -> pb.Webhook:
+        grace = convert.seconds(request.grace_period, "grace_period") if request.HasField("grace_period") else None
+        webhook = await self._bridge.call(self._engine.rotate_secret, convert.webhook_id(request.name), grace)
+        return convert.webhook_to_proto(webhook, reveal_secret=True, now=self._engine.clock.now())
+
+    @grpc_errors
+    async def PublishEvent(self, request: pb.PublishEventRequest, context: Context) -> pb.PublishEventResponse:
+        results = await self._bridge.call(self._engine.publish, [_event_input(request.event)], batch=False)
+        return _publish_answer(results[0])
+
+    @grpc_errors
+    async def PublishEvents(self, request: pb.PublishEventsRequest, context: Context) -> pb.PublishEventsResponse:
+        items = [_event_input(item) for item in request.events]
+        results = await self._bridge.call(self._engine.publish, items, batch=True)
+        return pb.PublishEventsResponse(results=[_publish_answer(result) for result in results])
+
+    @grpc_errors
+    async def GetEvent(self, request: pb.GetEventRequest, context: Context) -> pb.Event:
+        event = await self._bridge.call(self._engine.get_event, convert.event_id(request.name))
+        return convert.event_to_proto(event)
+
+    @grpc_errors
+    async def ListDeliveries(self, request: pb.ListDeliveriesRequest, context: Context) -> pb.ListDeliveriesResponse:
+        hook_id = convert.deliveries_parent(request.parent)
+        event = convert.event_id(request.event, "event") if request.event else ""
+        state = convert.delivery_state(request.state)
+        page = await self._bridge.call(
+            self._engine.list_deliveries, hook_id, event, state, request.page_size, request.page_token
+        )
+        return pb.ListDeliveriesResponse(
+            deliveries=[convert.delivery_to_proto(item) for item in page.items], next_page_token=page.next_token
+        )
+
+    @grpc_errors
+    async def ListAttempts(self, request: pb.ListAttemptsRequest, context: Context) -> pb.ListAttemptsResponse:
+        hook_id, delivery_id = convert.delivery_ref(request.parent, "parent")
+        page = await self._bridge.call(
+            self._engine.list_attempts, hook_id, delivery_id, request.page_size, request.page_token
+        )
+        return pb.ListAttemptsResponse(
+            attempts=[convert.attempt_to_proto(item) for item in page.items], next_page_token=page.next_token
+        )
+
+    @grpc_errors
+    async def RetryDelivery(self, request: pb.RetryDeliveryRequest, context: Context) -> pb.Delivery:
+        hook_id, delivery_id = convert.delivery_ref(request.name)
+        delivery = await self._bridge.call(self._engine.retry_delivery, hook_id, delivery_id)
+        return convert.delivery_to_proto(delivery)
+
+    async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context) -> AsyncIterator[pb.HealthSnapshot]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamHealth is not implemented yet")
+        yield pb.HealthSnapshot()  # pragma: no cover - unreachable, makes this a generator
