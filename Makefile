@@ -27,7 +27,8 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy server/hookd engine/hookd clients/python/hookd/client bench tests scripts
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server/hookd engine/hookd clients/python/hookd/client tests scripts
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

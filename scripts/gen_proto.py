@@ -23,7 +23,7 @@ def generate(out: Path) -> None:
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     include = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "hookd" / "v1").mkdir(parents=True, exist_ok=True)
     code = protoc.main(
         [
             "protoc",
@@ -33,6 +33,9 @@ def generate(out: Path) -> None:
             f"--grpc_python_out={out}",
             f"--mypy_out={out}",
             f"--mypy_grpc_out={out}",
+            # Served by reflection so that `grpcurl describe` shows the proto's comments.
+            "--include_source_info",
+            f"--descriptor_set_out={out / 'hookd' / 'v1' / 'descriptors.binpb'}",
             *sources,
         ]
     )

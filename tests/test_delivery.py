@@ -29,8 +29,9 @@ def wait_state(client: HookdClient, parent: str, state: int, count: int = 1, tim
 
 def test_delivery_is_signed_enveloped_and_recorded(client: HookdClient, receiver: Receiver) -> None:
     hook = client.create_webhook("order", "created", receiver.url())
-    published = client.publish_event("order", "created", data={"id": 1001, "total": "25.00"},
-                                     related={"customer": {"id": 7}})
+    published = client.publish_event(
+        "order", "created", data={"id": 1001, "total": "25.00"}, related={"customer": {"id": 7}}
+    )
     assert published.delivery_count == 1 and published.name.startswith("events/evt_")
     (request,) = receiver.wait_for(1)
     envelope = request.json()
@@ -60,12 +61,21 @@ def test_delivery_is_signed_enveloped_and_recorded(client: HookdClient, receiver
 
 
 def test_destination_authentication_is_sent(client: HookdClient, receiver: Receiver) -> None:
-    client.create_webhook("order", "created", receiver.url("/bearer"),
-                          auth=pb.DestinationAuth(bearer=pb.BearerAuth(token="t0ken")))
-    client.create_webhook("order", "created", receiver.url("/basic"),
-                          auth=pb.DestinationAuth(basic=pb.BasicAuth(username="erp", password="pw")))
-    client.create_webhook("order", "created", receiver.url("/headers"),
-                          auth=pb.DestinationAuth(headers=pb.HeaderAuth(headers={"X-Api-Key": "k1"})))
+    client.create_webhook(
+        "order", "created", receiver.url("/bearer"), auth=pb.DestinationAuth(bearer=pb.BearerAuth(token="t0ken"))
+    )
+    client.create_webhook(
+        "order",
+        "created",
+        receiver.url("/basic"),
+        auth=pb.DestinationAuth(basic=pb.BasicAuth(username="erp", password="pw")),
+    )
+    client.create_webhook(
+        "order",
+        "created",
+        receiver.url("/headers"),
+        auth=pb.DestinationAuth(headers=pb.HeaderAuth(headers={"X-Api-Key": "k1"})),
+    )
     client.publish_event("order", "created", data={"id": 1})
     receiver.wait_for(3)
     assert receiver.received("/bearer")[0].headers["authorization"] == "Bearer t0ken"
@@ -159,6 +169,7 @@ def test_outcomes_are_classified(client: HookdClient) -> None:
         hooks = {client.create_webhook("order", "fulfilled", url, timeout_s=0.3).name: url for url in cases}
         client.publish_event("order", "fulfilled", data={})
         for name, url in hooks.items():
+
             def first_attempt(name: str = name) -> pb.Attempt | None:
                 found = deliveries(client, name)
                 if not found:
@@ -191,8 +202,9 @@ def test_inactive_queue_holds_then_sends_in_order(client: HookdClient, receiver:
 
 
 def test_inactive_discard_never_sends(client: HookdClient, receiver: Receiver) -> None:
-    hook = client.create_webhook("product", "deleted", receiver.url(), status=pb.Webhook.INACTIVE,
-                                 inactive_policy=pb.Webhook.DISCARD)
+    hook = client.create_webhook(
+        "product", "deleted", receiver.url(), status=pb.Webhook.INACTIVE, inactive_policy=pb.Webhook.DISCARD
+    )
     client.publish_event("product", "deleted", data={})
     (delivery,) = deliveries(client, hook.name)
     assert delivery.state == pb.Delivery.DISCARDED
@@ -209,7 +221,7 @@ def test_deactivating_stops_sending(client: HookdClient) -> None:
         client.publish_event("order", "created", data={})
         receiver.wait_for(1)
         client.set_status(hook.name, pb.Webhook.INACTIVE)
-        (delivery,) = wait_state(client, hook.name, pb.Delivery.HELD)
+        wait_state(client, hook.name, pb.Delivery.HELD)
         count = len(receiver.received())
         client.publish_event("order", "created", data={})
         assert len(deliveries(client, hook.name, state=pb.Delivery.HELD)) == 2

@@ -116,7 +116,9 @@ def test_bad_scalars_name_the_field(client: HookdClient) -> None:
         client.create_webhook("order", "created", URL, auth=pb.DestinationAuth(bearer=pb.BearerAuth()))
     with pytest.raises(InvalidArgument, match="webhook-signature"):
         client.create_webhook(
-            "order", "created", URL,
+            "order",
+            "created",
+            URL,
             auth=pb.DestinationAuth(headers=pb.HeaderAuth(headers={"webhook-signature": "forged"})),
         )
     with pytest.raises(InvalidArgument, match="name"):

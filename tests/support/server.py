@@ -41,9 +41,23 @@ class HookdProcess:
         log = self.log_path.open("ab")
         env = {**os.environ, **(self.env or {})}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "hookd.server", "serve", "--listen", "127.0.0.1:0",
-             "--database", str(self.database), "--port-file", str(port_file), *self.args],
-            stdout=log, stderr=log, env=env, cwd=self.workdir,
+            [
+                sys.executable,
+                "-m",
+                "hookd.server",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                str(self.database),
+                "--port-file",
+                str(port_file),
+                *self.args,
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd=self.workdir,
         )
         log.close()
         deadline = time.monotonic() + timeout

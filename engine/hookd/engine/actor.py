@@ -129,34 +129,33 @@ class DestinationActor:
         """Deliver until idle for ``actor_idle_s``; then retire (synchronously, so no offer is lost)."""
         config = self._ctx.config
         idle_since = trio.current_time()
-        async with make_client(config.destinations, config.max_in_flight) as client:
-            async with trio.open_nursery() as nursery:
-                while True:
-                    self._wake = trio.Event()
-                    if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
-                        await self._refill()
-                    self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
-                    while len(self.in_flight) < config.max_in_flight:
-                        job = self._next_job()
-                        if job is None or not self.breaker.allow():
-                            break
-                        self.queue.popleft()
-                        await self.limiter.acquire()
-                        await nursery.start(self._attempt, client, job)
-                    if self.queue or self.in_flight or self.backlog:
-                        idle_since = trio.current_time()
-                    elif trio.current_time() - idle_since >= config.actor_idle_s:
-                        self._on_retire(self)
-                        nursery.cancel_scope.cancel()
-                        return
-                    deadline = idle_since + config.actor_idle_s
-                    reopen = self.breaker.reopen_at()
-                    if reopen is not None and self.queue:
-                        deadline = min(deadline, reopen)
-                    if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
-                        deadline = trio.current_time()
-                    with trio.move_on_at(deadline):
-                        await self._wake.wait()
+        async with make_client(config.destinations, config.max_in_flight) as client, trio.open_nursery() as nursery:
+            while True:
+                self._wake = trio.Event()
+                if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
+                    await self._refill()
+                self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
+                while len(self.in_flight) < config.max_in_flight:
+                    job = self._next_job()
+                    if job is None or not self.breaker.allow():
+                        break
+                    self.queue.popleft()
+                    await self.limiter.acquire()
+                    await nursery.start(self._attempt, client, job)
+                if self.queue or self.in_flight or self.backlog:
+                    idle_since = trio.current_time()
+                elif trio.current_time() - idle_since >= config.actor_idle_s:
+                    self._on_retire(self)
+                    nursery.cancel_scope.cancel()
+                    return
+                deadline = idle_since + config.actor_idle_s
+                reopen = self.breaker.reopen_at()
+                if reopen is not None and self.queue:
+                    deadline = min(deadline, reopen)
+                if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
+                    deadline = trio.current_time()
+                with trio.move_on_at(deadline):
+                    await self._wake.wait()
 
     def _next_job(self) -> Job | None:
         """The first queued job still meant for this URL; stale ones are dropped (disk has them)."""
@@ -199,7 +198,8 @@ class DestinationActor:
                     return
                 now = ctx.clock.now()
                 body = job.envelope.encode()
-                result = await post(client, hook.url, request_headers(hook, message_id(job.delivery_id), body, now), body, hook.timeout_s)
+                headers = request_headers(hook, message_id(job.delivery_id), body, now)
+                result = await post(client, hook.url, headers, body, hook.timeout_s)
             if scope.cancelled_caught:
                 self.breaker.record_neutral()
                 return

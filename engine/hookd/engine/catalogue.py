@@ -34,7 +34,6 @@ def check_event_type(resource: str, event: str, *, field_prefix: str = "") -> st
     if event not in CATALOGUE[resource]:
         raise InvalidArgument(
             f"{field_prefix}event",
-            f"unknown event {event!r} for resource {resource!r}; "
-            f"valid events: {', '.join(CATALOGUE[resource])}",
+            f"unknown event {event!r} for resource {resource!r}; valid events: {', '.join(CATALOGUE[resource])}",
         )
     return f"{resource}.{event}"

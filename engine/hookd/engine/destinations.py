@@ -78,9 +78,7 @@ class DestinationPolicy:
         if parts.scheme not in ("http", "https"):
             raise InvalidArgument(field_name, "must be an absolute http or https URL")
         if parts.scheme == "http" and not self.allow_http:
-            raise InvalidArgument(
-                field_name, "must use https (plain http is disabled; see --allow-http)"
-            )
+            raise InvalidArgument(field_name, "must use https (plain http is disabled; see --allow-http)")
         host = parts.hostname
         if not host:
             raise InvalidArgument(field_name, "has no host")

@@ -26,8 +26,17 @@ EXCERPT_CHARS = 1024
 USER_AGENT = "hookd/0.1 (+webhook delivery)"
 
 _RESERVED_HEADERS = frozenset(
-    {"content-type", "content-length", "user-agent", "webhook-id", "webhook-timestamp",
-     "webhook-signature", "host", "transfer-encoding", "connection"}
+    {
+        "content-type",
+        "content-length",
+        "user-agent",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "host",
+        "transfer-encoding",
+        "connection",
+    }
 )
 
 
@@ -66,7 +75,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await trio.sleep(seconds)
 
 
-def make_client(policy: DestinationPolicy, max_connections: int, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+def make_client(
+    policy: DestinationPolicy, max_connections: int, ssl_context: ssl.SSLContext | None = None
+) -> httpx.AsyncClient:
     """A small client for one destination: its own pool, no redirects, the guarded backend."""
     transport = httpx.AsyncHTTPTransport()
     transport._pool = httpcore.AsyncConnectionPool(
@@ -155,7 +166,7 @@ async def post(
                     received += chunk
                     if len(received) >= MAX_RESPONSE_BYTES:
                         break
-            excerpt = bytes(received[:EXCERPT_CHARS * 4]).decode("utf-8", "replace")[:EXCERPT_CHARS]
+            excerpt = bytes(received[: EXCERPT_CHARS * 4]).decode("utf-8", "replace")[:EXCERPT_CHARS]
             outcome = _status_outcome(status)
             if outcome is not Outcome.SUCCESS:
                 error = f"HTTP {status}"

@@ -36,7 +36,8 @@ class TokenBucket:
         """Wait until a token is available and take it."""
         while True:
             self._refill()
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
+            # The tolerance keeps float rounding from turning into endless zero-length sleeps.
+            if self._tokens >= 1.0 - 1e-9:
+                self._tokens = max(0.0, self._tokens - 1.0)
                 return
             await trio.sleep((1.0 - self._tokens) / self._rate)

@@ -195,7 +195,9 @@ class Engine:
         new = replace(current, **changes)
         catalogue.check_event_type(new.resource, new.event, field_prefix="webhook.")
         check_scalars(
-            WebhookInput(description=new.description, rate_limit=new.rate_limit, timeout_s=new.timeout_s, auth=new.auth),
+            WebhookInput(
+                description=new.description, rate_limit=new.rate_limit, timeout_s=new.timeout_s, auth=new.auth
+            ),
             "webhook",
         )
         if new.url != current.url:
@@ -237,8 +239,13 @@ class Engine:
         await self.get_webhook(webhook_id)
         now = self.clock.now()
         webhook = await self.writer.execute(
-            partial(webhook_ops.rotate_secret, webhook_id=webhook_id, secret=new_signing_secret(),
-                    previous_expires=now + grace, now=now)
+            partial(
+                webhook_ops.rotate_secret,
+                webhook_id=webhook_id,
+                secret=new_signing_secret(),
+                previous_expires=now + grace,
+                now=now,
+            )
         )
         self.registry.put(webhook)
         log.info("secret rotated name=webhooks/%s grace_s=%g", webhook_id, grace)
@@ -257,10 +264,18 @@ class Engine:
             result = await post(client, webhook.url, headers, body.encode(), webhook.timeout_s)
         self._attempt_finished(webhook.url, webhook_id, result)
         delivery_id = await self.writer.execute(
-            partial(delivery_ops.record_test_ping, event=ping, webhook_id=webhook_id, url=webhook.url,
-                    attempt=result, now=self.clock.now())
+            partial(
+                delivery_ops.record_test_ping,
+                event=ping,
+                webhook_id=webhook_id,
+                url=webhook.url,
+                attempt=result,
+                now=self.clock.now(),
+            )
         )
-        attempts = await self.readers.run(partial(queries.list_attempts, delivery_id=delivery_id, after_id=None, limit=1))
+        attempts = await self.readers.run(
+            partial(queries.list_attempts, delivery_id=delivery_id, after_id=None, limit=1)
+        )
         return delivery_id, attempts[0]
 
     # -- events ------------------------------------------------------------------------------------
@@ -316,8 +331,14 @@ class Engine:
         fingerprint = [webhook_id, event_id, state and state.value]
         before = decode_token(token, fingerprint)
         rows = await self.readers.run(
-            partial(queries.list_deliveries, webhook_id=webhook_id, event_id=event_id, state=state,
-                    before_id=before, limit=limit + 1)
+            partial(
+                queries.list_deliveries,
+                webhook_id=webhook_id,
+                event_id=event_id,
+                state=state,
+                before_id=before,
+                limit=limit + 1,
+            )
         )
         more = len(rows) > limit
         rows = rows[:limit]

@@ -23,7 +23,15 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 #: Fields UpdateWebhook may change.
 UPDATABLE = (
-    "resource", "event", "url", "auth", "status", "inactive_policy", "description", "rate_limit", "timeout",
+    "resource",
+    "event",
+    "url",
+    "auth",
+    "status",
+    "inactive_policy",
+    "description",
+    "rate_limit",
+    "timeout",
 )
 
 
@@ -80,9 +88,7 @@ def check_scalars(data: WebhookInput, prefix: str) -> None:
     if not (0.0 <= data.rate_limit <= MAX_RATE_LIMIT) or data.rate_limit != data.rate_limit:
         raise InvalidArgument(f"{prefix}.rate_limit", f"must be between 0 and {MAX_RATE_LIMIT:g}")
     if data.timeout_s is not None and not (MIN_TIMEOUT_S <= data.timeout_s <= MAX_TIMEOUT_S):
-        raise InvalidArgument(
-            f"{prefix}.timeout", f"must be between {MIN_TIMEOUT_S:g} s and {MAX_TIMEOUT_S:g} s"
-        )
+        raise InvalidArgument(f"{prefix}.timeout", f"must be between {MIN_TIMEOUT_S:g} s and {MAX_TIMEOUT_S:g} s")
     check_auth(data.auth, f"{prefix}.auth")
 
 

@@ -7,6 +7,7 @@ grace period), then cancel the engine, whose writer commits what it holds before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
@@ -14,13 +15,15 @@ from typing import Any
 import grpc
 import outcome
 import trio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from hookd.engine.service import Engine
 from hookd.server.auth import TokenAuthInterceptor
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
+from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer
 from hookd.v1 import hookd_pb2, hookd_pb2_grpc
 
@@ -39,7 +42,9 @@ class _TrioSide:
         self.token: trio.lowlevel.TrioToken | None = None
 
 
-def _start_trio(loop: asyncio.AbstractEventLoop, config: ServerConfig) -> tuple[_TrioSide, asyncio.Future[Any], asyncio.Future[None]]:
+def _start_trio(
+    loop: asyncio.AbstractEventLoop, config: ServerConfig
+) -> tuple[_TrioSide, asyncio.Future[Any], asyncio.Future[None]]:
     side = _TrioSide()
     ready: asyncio.Future[None] = loop.create_future()
     finished: asyncio.Future[Any] = loop.create_future()
@@ -112,11 +117,12 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         ],
     )
     hookd_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(side.engine, side.bridge), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
         server,
+        pool=DocumentedPool(),  # type: ignore[arg-type]
     )
     credentials = _credentials(config)
     if credentials is None:
@@ -143,7 +149,5 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     result = await finished
     finished_or_stop.cancel()
     log.info("stopped")
-    try:
+    with contextlib.suppress(trio.Cancelled):
         result.unwrap()
-    except trio.Cancelled:
-        pass

@@ -16,7 +16,7 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIX = "/grpc.reflection."
 
 
-def _deny(kind: str) -> grpc.RpcMethodHandler:
+def _deny(kind: str) -> grpc.RpcMethodHandler[Any, Any]:
     async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
@@ -29,11 +29,12 @@ def _deny(kind: str) -> grpc.RpcMethodHandler:
     return grpc.stream_stream_rpc_method_handler(abort)
 
 
-class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, tokens: tuple[str, ...], *, open_health: bool, open_reflection: bool) -> None:
         self._tokens = [token.encode() for token in tokens]
         self._open: tuple[str, ...] = tuple(
-            prefix for prefix, is_open in ((HEALTH_PREFIX, open_health), (REFLECTION_PREFIX, open_reflection))
+            prefix
+            for prefix, is_open in ((HEALTH_PREFIX, open_health), (REFLECTION_PREFIX, open_reflection))
             if is_open
         )
 
@@ -52,9 +53,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         method = handler_call_details.method or ""
         if method.startswith(self._open) or self._valid(handler_call_details.invocation_metadata):
             return await continuation(handler_call_details)

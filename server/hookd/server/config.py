@@ -52,63 +52,139 @@ def parser() -> argparse.ArgumentParser:
         description="Run the gRPC server and the delivery engine. Each flag can also be set with the "
         "environment variable named in its help.",
     )
-    s.add_argument("--listen", default=_env("HOOKD_LISTEN", "127.0.0.1:50051"),
-                   help="host:port for gRPC; port 0 picks a free one [HOOKD_LISTEN]")
-    s.add_argument("--database", default=_env("HOOKD_DATABASE", "var/hookd.db"),
-                   help="SQLite file, created owner-only if missing [HOOKD_DATABASE]")
-    s.add_argument("--synchronous", choices=["NORMAL", "FULL"], default=_env("HOOKD_SYNCHRONOUS", "NORMAL"),
-                   help="SQLite durability: NORMAL survives a process crash, FULL also a power cut "
-                   "[HOOKD_SYNCHRONOUS]")
-    s.add_argument("--port-file", default=_env("HOOKD_PORT_FILE", ""),
-                   help="write the bound port to this file once serving [HOOKD_PORT_FILE]")
-    s.add_argument("--allow-http", action="store_true", default=_flag(_env("HOOKD_ALLOW_HTTP", "")),
-                   help="allow plain http destinations (default: https only) [HOOKD_ALLOW_HTTP=1]")
-    s.add_argument("--allow-destination", action="append",
-                   default=[e for e in _env("HOOKD_ALLOW_DESTINATIONS", "").split(",") if e],
-                   help="CIDR, address or host name that destinations may reach although private or "
-                   "loopback; repeatable [HOOKD_ALLOW_DESTINATIONS, comma-separated]")
-    s.add_argument("--max-attempts", type=int, default=int(_env("HOOKD_MAX_ATTEMPTS", "8")),
-                   help="attempts per delivery before it is marked failed [HOOKD_MAX_ATTEMPTS]")
-    s.add_argument("--retry-base", type=float, default=float(_env("HOOKD_RETRY_BASE", "30")),
-                   help="seconds: ceiling of the first retry delay, doubled each retry (full jitter) "
-                   "[HOOKD_RETRY_BASE]")
-    s.add_argument("--retry-cap", type=float, default=float(_env("HOOKD_RETRY_CAP", "3600")),
-                   help="seconds: longest retry delay, Retry-After included [HOOKD_RETRY_CAP]")
-    s.add_argument("--breaker-threshold", type=int, default=int(_env("HOOKD_BREAKER_THRESHOLD", "5")),
-                   help="consecutive failures that open a destination's breaker [HOOKD_BREAKER_THRESHOLD]")
-    s.add_argument("--breaker-cooldown", type=float, default=float(_env("HOOKD_BREAKER_COOLDOWN", "30")),
-                   help="seconds an open breaker waits before its probe; doubles per failed probe up to "
-                   "10 min [HOOKD_BREAKER_COOLDOWN]")
-    s.add_argument("--default-rate-limit", type=float, default=float(_env("HOOKD_DEFAULT_RATE_LIMIT", "1000")),
-                   help="requests per second per destination when its webhooks set none "
-                   "[HOOKD_DEFAULT_RATE_LIMIT]")
-    s.add_argument("--max-in-flight", type=int, default=int(_env("HOOKD_MAX_IN_FLIGHT", "16")),
-                   help="concurrent requests per destination [HOOKD_MAX_IN_FLIGHT]")
-    s.add_argument("--queue-size", type=int, default=int(_env("HOOKD_QUEUE_SIZE", "256")),
-                   help="deliveries each destination holds in memory; the rest wait on disk "
-                   "[HOOKD_QUEUE_SIZE]")
-    s.add_argument("--actor-idle", type=float, default=float(_env("HOOKD_ACTOR_IDLE", "30")),
-                   help="seconds before an idle destination actor stops [HOOKD_ACTOR_IDLE]")
-    s.add_argument("--secret-grace", type=float, default=float(_env("HOOKD_SECRET_GRACE", "86400")),
-                   help="seconds the previous secret keeps signing after a rotation [HOOKD_SECRET_GRACE]")
-    s.add_argument("--tls-cert", default=_env("HOOKD_TLS_CERT", ""),
-                   help="PEM certificate chain: serve gRPC over TLS [HOOKD_TLS_CERT]")
-    s.add_argument("--tls-key", default=_env("HOOKD_TLS_KEY", ""),
-                   help="PEM private key for --tls-cert [HOOKD_TLS_KEY]")
-    s.add_argument("--auth-token", action="append",
-                   default=[t for t in _env("HOOKD_AUTH_TOKENS", "").split(",") if t],
-                   help="require 'authorization: Bearer <token>' on every call; repeatable "
-                   "[HOOKD_AUTH_TOKENS, comma-separated]")
-    s.add_argument("--protect-health", action="store_true", default=_flag(_env("HOOKD_PROTECT_HEALTH", "")),
-                   help="with tokens set, require a token for grpc.health.v1 too [HOOKD_PROTECT_HEALTH=1]")
-    s.add_argument("--protect-reflection", action="store_true",
-                   default=_flag(_env("HOOKD_PROTECT_REFLECTION", "")),
-                   help="with tokens set, require a token for server reflection too "
-                   "[HOOKD_PROTECT_REFLECTION=1]")
-    s.add_argument("--metrics-port", type=int, default=int(_env("HOOKD_METRICS_PORT", "0")) or None,
-                   help="serve Prometheus metrics on 127.0.0.1:PORT (off unless set) [HOOKD_METRICS_PORT]")
-    s.add_argument("--log-level", default=_env("HOOKD_LOG_LEVEL", "info"),
-                   choices=["debug", "info", "warning", "error"], help="[HOOKD_LOG_LEVEL]")
+    s.add_argument(
+        "--listen",
+        default=_env("HOOKD_LISTEN", "127.0.0.1:50051"),
+        help="host:port for gRPC; port 0 picks a free one [HOOKD_LISTEN]",
+    )
+    s.add_argument(
+        "--database",
+        default=_env("HOOKD_DATABASE", "var/hookd.db"),
+        help="SQLite file, created owner-only if missing [HOOKD_DATABASE]",
+    )
+    s.add_argument(
+        "--synchronous",
+        choices=["NORMAL", "FULL"],
+        default=_env("HOOKD_SYNCHRONOUS", "NORMAL"),
+        help="SQLite durability: NORMAL survives a process crash, FULL also a power cut [HOOKD_SYNCHRONOUS]",
+    )
+    s.add_argument(
+        "--port-file",
+        default=_env("HOOKD_PORT_FILE", ""),
+        help="write the bound port to this file once serving [HOOKD_PORT_FILE]",
+    )
+    s.add_argument(
+        "--allow-http",
+        action="store_true",
+        default=_flag(_env("HOOKD_ALLOW_HTTP", "")),
+        help="allow plain http destinations (default: https only) [HOOKD_ALLOW_HTTP=1]",
+    )
+    s.add_argument(
+        "--allow-destination",
+        action="append",
+        default=[e for e in _env("HOOKD_ALLOW_DESTINATIONS", "").split(",") if e],
+        help="CIDR, address or host name that destinations may reach although private or "
+        "loopback; repeatable [HOOKD_ALLOW_DESTINATIONS, comma-separated]",
+    )
+    s.add_argument(
+        "--max-attempts",
+        type=int,
+        default=int(_env("HOOKD_MAX_ATTEMPTS", "8")),
+        help="attempts per delivery before it is marked failed [HOOKD_MAX_ATTEMPTS]",
+    )
+    s.add_argument(
+        "--retry-base",
+        type=float,
+        default=float(_env("HOOKD_RETRY_BASE", "30")),
+        help="seconds: ceiling of the first retry delay, doubled each retry (full jitter) [HOOKD_RETRY_BASE]",
+    )
+    s.add_argument(
+        "--retry-cap",
+        type=float,
+        default=float(_env("HOOKD_RETRY_CAP", "3600")),
+        help="seconds: longest retry delay, Retry-After included [HOOKD_RETRY_CAP]",
+    )
+    s.add_argument(
+        "--breaker-threshold",
+        type=int,
+        default=int(_env("HOOKD_BREAKER_THRESHOLD", "5")),
+        help="consecutive failures that open a destination's breaker [HOOKD_BREAKER_THRESHOLD]",
+    )
+    s.add_argument(
+        "--breaker-cooldown",
+        type=float,
+        default=float(_env("HOOKD_BREAKER_COOLDOWN", "30")),
+        help="seconds an open breaker waits before its probe; doubles per failed probe up to "
+        "10 min [HOOKD_BREAKER_COOLDOWN]",
+    )
+    s.add_argument(
+        "--default-rate-limit",
+        type=float,
+        default=float(_env("HOOKD_DEFAULT_RATE_LIMIT", "1000")),
+        help="requests per second per destination when its webhooks set none [HOOKD_DEFAULT_RATE_LIMIT]",
+    )
+    s.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=int(_env("HOOKD_MAX_IN_FLIGHT", "16")),
+        help="concurrent requests per destination [HOOKD_MAX_IN_FLIGHT]",
+    )
+    s.add_argument(
+        "--queue-size",
+        type=int,
+        default=int(_env("HOOKD_QUEUE_SIZE", "256")),
+        help="deliveries each destination holds in memory; the rest wait on disk [HOOKD_QUEUE_SIZE]",
+    )
+    s.add_argument(
+        "--actor-idle",
+        type=float,
+        default=float(_env("HOOKD_ACTOR_IDLE", "30")),
+        help="seconds before an idle destination actor stops [HOOKD_ACTOR_IDLE]",
+    )
+    s.add_argument(
+        "--secret-grace",
+        type=float,
+        default=float(_env("HOOKD_SECRET_GRACE", "86400")),
+        help="seconds the previous secret keeps signing after a rotation [HOOKD_SECRET_GRACE]",
+    )
+    s.add_argument(
+        "--tls-cert",
+        default=_env("HOOKD_TLS_CERT", ""),
+        help="PEM certificate chain: serve gRPC over TLS [HOOKD_TLS_CERT]",
+    )
+    s.add_argument(
+        "--tls-key", default=_env("HOOKD_TLS_KEY", ""), help="PEM private key for --tls-cert [HOOKD_TLS_KEY]"
+    )
+    s.add_argument(
+        "--auth-token",
+        action="append",
+        default=[t for t in _env("HOOKD_AUTH_TOKENS", "").split(",") if t],
+        help="require 'authorization: Bearer <token>' on every call; repeatable [HOOKD_AUTH_TOKENS, comma-separated]",
+    )
+    s.add_argument(
+        "--protect-health",
+        action="store_true",
+        default=_flag(_env("HOOKD_PROTECT_HEALTH", "")),
+        help="with tokens set, require a token for grpc.health.v1 too [HOOKD_PROTECT_HEALTH=1]",
+    )
+    s.add_argument(
+        "--protect-reflection",
+        action="store_true",
+        default=_flag(_env("HOOKD_PROTECT_REFLECTION", "")),
+        help="with tokens set, require a token for server reflection too [HOOKD_PROTECT_REFLECTION=1]",
+    )
+    s.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("HOOKD_METRICS_PORT", "0")) or None,
+        help="serve Prometheus metrics on 127.0.0.1:PORT (off unless set) [HOOKD_METRICS_PORT]",
+    )
+    s.add_argument(
+        "--log-level",
+        default=_env("HOOKD_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="[HOOKD_LOG_LEVEL]",
+    )
     return p
 
 

@@ -132,9 +132,7 @@ def webhook_input(message: pb.Webhook) -> WebhookInput:
         auth=auth_from_proto(message.auth),
         status=Status(pb.Webhook.Status.Name(message.status)) if message.status else None,
         inactive_policy=(
-            InactivePolicy(pb.Webhook.InactivePolicy.Name(message.inactive_policy))
-            if message.inactive_policy
-            else None
+            InactivePolicy(pb.Webhook.InactivePolicy.Name(message.inactive_policy)) if message.inactive_policy else None
         ),
         description=message.description,
         rate_limit=rate,
@@ -199,7 +197,7 @@ def delivery_state(value: int) -> DeliveryState | None:
     if value == pb.Delivery.STATE_UNSPECIFIED:
         return None
     try:
-        return DeliveryState(pb.Delivery.State.Name(value))
+        return DeliveryState(pb.Delivery.State.Name(pb.Delivery.State.ValueType(value)))
     except ValueError as error:
         raise InvalidArgument("state", f"unknown delivery state {value}") from error
 

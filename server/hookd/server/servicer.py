@@ -13,6 +13,7 @@ import grpc
 from hookd.engine import catalogue
 from hookd.engine.service import Engine, EventInput
 from hookd.engine.store.queries import WebhookFilter
+from hookd.engine.validation import UPDATABLE
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
 from hookd.server.errors import grpc_errors
@@ -59,7 +60,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         hook_id = convert.webhook_id(request.webhook.name, "webhook.name")
         paths = list(request.update_mask.paths)
         if paths == ["*"]:
-            paths = list(convert.UPDATABLE)
+            paths = list(UPDATABLE)
         elif not paths:
             paths = convert.populated_paths(request.webhook)
         data = convert.webhook_input(request.webhook)

@@ -40,7 +40,10 @@ def webhook_name(name_or_id: str) -> str:
 
 
 def event_input(
-    resource: str, event: str, data: dict[str, Any] | None = None, related: dict[str, Any] | None = None,
+    resource: str,
+    event: str,
+    data: dict[str, Any] | None = None,
+    related: dict[str, Any] | None = None,
     idempotency_key: str = "",
 ) -> pb.EventInput:
     return pb.EventInput(
@@ -60,14 +63,16 @@ class HookdClient:
         tls: bool = False,
         timeout: float | None = 30.0,
     ) -> None:
-        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                   ("grpc.max_send_message_length", 64 * 1024 * 1024)]
+        options = [
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
         if tls or root_certificates is not None:
             self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options)
         else:
             self.channel = grpc.insecure_channel(address, options)
         self.stub = pb_grpc.WebhookServiceStub(self.channel)
-        self._metadata: Sequence[tuple[str, str]] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self._timeout = timeout
 
     def __enter__(self) -> HookdClient:
@@ -99,8 +104,13 @@ class HookdClient:
         timeout_s: float | None = None,
     ) -> pb.Webhook:
         webhook = pb.Webhook(
-            resource=resource, event=event, url=url, status=status, inactive_policy=inactive_policy,
-            description=description, rate_limit=rate_limit,
+            resource=resource,
+            event=event,
+            url=url,
+            status=status,
+            inactive_policy=inactive_policy,
+            description=description,
+            rate_limit=rate_limit,
         )
         if auth is not None:
             webhook.auth.CopyFrom(auth)
@@ -126,8 +136,14 @@ class HookdClient:
 
     @_named_errors
     def list_webhooks(
-        self, *, resource: str = "", event: str = "", status: pb.Webhook.Status.ValueType = 0, query: str = "",
-        page_size: int = 0, page_token: str = "",
+        self,
+        *,
+        resource: str = "",
+        event: str = "",
+        status: pb.Webhook.Status.ValueType = pb.Webhook.STATUS_UNSPECIFIED,
+        query: str = "",
+        page_size: int = 0,
+        page_token: str = "",
     ) -> pb.ListWebhooksResponse:
         request = pb.ListWebhooksRequest(
             resource=resource, event=event, status=status, query=query, page_size=page_size, page_token=page_token
@@ -156,16 +172,22 @@ class HookdClient:
     def rotate_secret(self, name: str, grace_period_s: float | None = None) -> pb.Webhook:
         request = pb.RotateSecretRequest(name=webhook_name(name))
         if grace_period_s is not None:
-            request.grace_period.CopyFrom(duration_pb2.Duration(seconds=int(grace_period_s),
-                                                                nanos=int((grace_period_s % 1) * 1e9)))
+            request.grace_period.CopyFrom(
+                duration_pb2.Duration(seconds=int(grace_period_s), nanos=int((grace_period_s % 1) * 1e9))
+            )
         return self._call(self.stub.RotateSecret, request)  # type: ignore[no-any-return]
 
     # -- events and deliveries ---------------------------------------------------------------------
 
     @_named_errors
     def publish_event(
-        self, resource: str, event: str, data: dict[str, Any] | None = None, related: dict[str, Any] | None = None,
-        *, idempotency_key: str = "",
+        self,
+        resource: str,
+        event: str,
+        data: dict[str, Any] | None = None,
+        related: dict[str, Any] | None = None,
+        *,
+        idempotency_key: str = "",
     ) -> pb.PublishEventResponse:
         request = pb.PublishEventRequest(event=event_input(resource, event, data, related, idempotency_key))
         return self._call(self.stub.PublishEvent, request)  # type: ignore[no-any-return]
@@ -181,12 +203,20 @@ class HookdClient:
 
     @_named_errors
     def list_deliveries(
-        self, parent: str = "webhooks/-", *, event: str = "", state: pb.Delivery.State.ValueType = 0,
-        page_size: int = 0, page_token: str = "",
+        self,
+        parent: str = "webhooks/-",
+        *,
+        event: str = "",
+        state: pb.Delivery.State.ValueType = pb.Delivery.STATE_UNSPECIFIED,
+        page_size: int = 0,
+        page_token: str = "",
     ) -> pb.ListDeliveriesResponse:
         request = pb.ListDeliveriesRequest(
-            parent=parent if parent == "webhooks/-" else webhook_name(parent), event=event, state=state,
-            page_size=page_size, page_token=page_token,
+            parent=parent if parent == "webhooks/-" else webhook_name(parent),
+            event=event,
+            state=state,
+            page_size=page_size,
+            page_token=page_token,
         )
         return self._call(self.stub.ListDeliveries, request)  # type: ignore[no-any-return]
 
@@ -200,7 +230,11 @@ class HookdClient:
         return self._call(self.stub.RetryDelivery, pb.RetryDeliveryRequest(name=delivery))  # type: ignore[no-any-return]
 
     def stream_health(
-        self, *, webhooks: Sequence[str] = (), destinations: Sequence[str] = (), interval_s: float | None = None,
+        self,
+        *,
+        webhooks: Sequence[str] = (),
+        destinations: Sequence[str] = (),
+        interval_s: float | None = None,
     ) -> Iterator[pb.HealthSnapshot]:
         """Health snapshots until the iterator is closed; errors arrive as named exceptions."""
         request = pb.StreamHealthRequest(webhooks=[webhook_name(w) for w in webhooks], destinations=list(destinations))
@@ -213,4 +247,4 @@ class HookdClient:
             if error.code() != grpc.StatusCode.CANCELLED:
                 raise from_rpc_error(error) from None
         finally:
-            call.cancel()
+            call.cancel()  # type: ignore[no-untyped-call]

@@ -40,8 +40,7 @@ def publish(db: sqlite_utils.Database, events: Sequence[PreparedEvent]) -> list[
         pair = (event.resource, event.event)
         if pair not in subscribers:
             subscribers[pair] = conn.execute(
-                "SELECT id, url, status, inactive_policy FROM webhooks "
-                "WHERE resource = ? AND event = ? ORDER BY seq",
+                "SELECT id, url, status, inactive_policy FROM webhooks WHERE resource = ? AND event = ? ORDER BY seq",
                 pair,
             ).fetchall()
         hooks = subscribers[pair]
@@ -56,8 +55,16 @@ def publish(db: sqlite_utils.Database, events: Sequence[PreparedEvent]) -> list[
             cursor = conn.execute(
                 "INSERT INTO deliveries (event_id, webhook_id, destination, event_type, state, "
                 "next_attempt_at, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [event.id, webhook_id, url, event.type, state.value, event.create_time,
-                 event.create_time, event.create_time],
+                [
+                    event.id,
+                    webhook_id,
+                    url,
+                    event.type,
+                    state.value,
+                    event.create_time,
+                    event.create_time,
+                    event.create_time,
+                ],
             )
             if state is DeliveryState.PENDING:
                 delivery_id = cursor.lastrowid
@@ -67,17 +74,24 @@ def publish(db: sqlite_utils.Database, events: Sequence[PreparedEvent]) -> list[
     return results
 
 
-def _insert_attempt(
-    db: sqlite_utils.Database, delivery_id: int, webhook_id: str, attempt: AttemptResult
-) -> None:
+def _insert_attempt(db: sqlite_utils.Database, delivery_id: int, webhook_id: str, attempt: AttemptResult) -> None:
     error = attempt.error
     if attempt.location:
         error = f"{error} (location: {attempt.location})"
     db.conn.execute(
         "INSERT INTO attempts (delivery_id, webhook_id, url, start_time, duration_ms, status_code, "
         "outcome, error, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [delivery_id, webhook_id, attempt.url, attempt.start_time, attempt.duration_ms,
-         attempt.status_code, attempt.outcome.value, error, attempt.response_excerpt],
+        [
+            delivery_id,
+            webhook_id,
+            attempt.url,
+            attempt.start_time,
+            attempt.duration_ms,
+            attempt.status_code,
+            attempt.outcome.value,
+            error,
+            attempt.response_excerpt,
+        ],
     )
 
 
@@ -106,8 +120,14 @@ def record_failure(
     db.conn.execute(
         "UPDATE deliveries SET attempt_count = attempt_count + 1, last_error = ?, "
         "next_attempt_at = ?, update_time = ? WHERE id = ? AND state IN (?, ?)",
-        [attempt.error, retry_at if retry_at is not None else now, now, job.delivery_id,
-         DeliveryState.PENDING.value, DeliveryState.HELD.value],
+        [
+            attempt.error,
+            retry_at if retry_at is not None else now,
+            now,
+            job.delivery_id,
+            DeliveryState.PENDING.value,
+            DeliveryState.HELD.value,
+        ],
     )
 
 
@@ -126,8 +146,7 @@ def retry_delivery(db: sqlite_utils.Database, webhook_id: str, delivery_id: int,
     if hook[1] != Status.ACTIVE.value:
         raise FailedPrecondition(f"webhooks/{webhook_id} is inactive; activate it before retrying")
     db.conn.execute(
-        "UPDATE deliveries SET state = ?, next_attempt_at = ?, destination = ?, update_time = ? "
-        "WHERE id = ?",
+        "UPDATE deliveries SET state = ?, next_attempt_at = ?, destination = ?, update_time = ? WHERE id = ?",
         [DeliveryState.PENDING.value, now, hook[0], now, delivery_id],
     )
     return str(hook[0])

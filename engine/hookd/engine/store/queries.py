@@ -76,9 +76,7 @@ def list_webhooks(
     total = db.execute(f"SELECT COUNT(*) FROM webhooks WHERE {clause}", params).fetchone()[0]
     page_clause = clause + (" AND seq > ?" if after_seq is not None else "")
     page_params = params + ([after_seq] if after_seq is not None else [])
-    rows = db.query(
-        f"SELECT * FROM webhooks WHERE {page_clause} ORDER BY seq LIMIT ?", [*page_params, limit]
-    )
+    rows = db.query(f"SELECT * FROM webhooks WHERE {page_clause} ORDER BY seq LIMIT ?", [*page_params, limit])
     return [(row["seq"], webhook_from_row(row)) for row in rows], int(total)
 
 
@@ -127,9 +125,7 @@ def list_deliveries(
     return [delivery_from_row(row) for row in rows]
 
 
-def list_attempts(
-    db: sqlite_utils.Database, delivery_id: int, after_id: int | None, limit: int
-) -> list[AttemptRecord]:
+def list_attempts(db: sqlite_utils.Database, delivery_id: int, after_id: int | None, limit: int) -> list[AttemptRecord]:
     """A page of one delivery's attempts, oldest first."""
     rows = db.query(
         "SELECT * FROM attempts WHERE delivery_id = ? AND id > ? ORDER BY id LIMIT ?",
@@ -162,7 +158,6 @@ def next_due(db: sqlite_utils.Database, destination: str) -> float | None:
 def destinations_with_work(db: sqlite_utils.Database) -> list[tuple[str, float]]:
     """Every destination with pending deliveries and when its first one is due (for start-up)."""
     rows = db.execute(
-        "SELECT destination, MIN(next_attempt_at) FROM deliveries WHERE state = 'PENDING' "
-        "GROUP BY destination"
+        "SELECT destination, MIN(next_attempt_at) FROM deliveries WHERE state = 'PENDING' GROUP BY destination"
     ).fetchall()
     return [(row[0], float(row[1])) for row in rows]

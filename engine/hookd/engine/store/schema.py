@@ -48,10 +48,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"type", "create_time", "envelope"},
     )
-    db.execute(
-        "CREATE UNIQUE INDEX events_idempotency ON events(idempotency_key) "
-        "WHERE idempotency_key IS NOT NULL"
-    )
+    db.execute("CREATE UNIQUE INDEX events_idempotency ON events(idempotency_key) WHERE idempotency_key IS NOT NULL")
     db.execute(
         """
         CREATE TABLE deliveries (
@@ -70,10 +67,7 @@ def _v1(db: sqlite_utils.Database) -> None:
         """
     )
     # The actors' window onto the backlog: due deliveries of one destination, in order.
-    db.execute(
-        "CREATE INDEX deliveries_due ON deliveries(destination, next_attempt_at, id) "
-        "WHERE state = 'PENDING'"
-    )
+    db.execute("CREATE INDEX deliveries_due ON deliveries(destination, next_attempt_at, id) WHERE state = 'PENDING'")
     db.execute("CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id)")
     db.execute("CREATE INDEX deliveries_event ON deliveries(event_id)")
     db.execute("CREATE INDEX deliveries_state ON deliveries(state, id)")
@@ -108,9 +102,7 @@ def migrate(db: sqlite_utils.Database) -> int:
     """Apply every migration the database has not seen; return the resulting version."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
-        raise SchemaTooNew(
-            f"database schema version {version} is newer than this hookd ({len(MIGRATIONS)})"
-        )
+        raise SchemaTooNew(f"database schema version {version} is newer than this hookd ({len(MIGRATIONS)})")
     for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
         db.execute("BEGIN IMMEDIATE")
         try:

@@ -19,9 +19,7 @@ _WAITING = (DeliveryState.PENDING.value, DeliveryState.HELD.value)
 
 
 def _duplicate(webhook: Webhook) -> AlreadyExists:
-    return AlreadyExists(
-        f"a webhook for {webhook.resource}.{webhook.event} to {webhook.url} already exists"
-    )
+    return AlreadyExists(f"a webhook for {webhook.resource}.{webhook.event} to {webhook.url} already exists")
 
 
 def load_webhook(db: sqlite_utils.Database, webhook_id: str) -> Webhook:
@@ -63,16 +61,13 @@ def update_webhook(db: sqlite_utils.Database, new: Webhook, now: float) -> tuple
     elif old.status is Status.INACTIVE:
         # Re-activated: held deliveries go out in the order they were made.
         db.execute(
-            "UPDATE deliveries SET state = ?, next_attempt_at = ?, update_time = ? "
-            "WHERE webhook_id = ? AND state = ?",
+            "UPDATE deliveries SET state = ?, next_attempt_at = ?, update_time = ? WHERE webhook_id = ? AND state = ?",
             [DeliveryState.PENDING.value, now, now, new.id, DeliveryState.HELD.value],
         )
     return old, new
 
 
-def _move(
-    db: sqlite_utils.Database, webhook_id: str, source: DeliveryState, target: DeliveryState, now: float
-) -> None:
+def _move(db: sqlite_utils.Database, webhook_id: str, source: DeliveryState, target: DeliveryState, now: float) -> None:
     db.execute(
         "UPDATE deliveries SET state = ?, update_time = ? WHERE webhook_id = ? AND state = ?",
         [target.value, now, webhook_id, source.value],

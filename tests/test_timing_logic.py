@@ -1,0 +1,84 @@
+"""Retry schedule, circuit breaker and rate limiter, driven by trio's MockClock (no real sleeps)."""
+
+from __future__ import annotations
+
+import random
+
+import trio
+import trio.testing
+
+from hookd.engine.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from hookd.engine.ratelimit import TokenBucket
+from hookd.engine.retry import RetryPolicy
+
+
+def test_retry_schedule_is_capped_full_jitter() -> None:
+    policy = RetryPolicy(max_attempts=8, base_s=30, cap_s=3600)
+    rng = random.Random(7)
+    for attempt in range(1, 8):
+        ceiling = min(3600, 30 * 2 ** (attempt - 1))
+        draws = [policy.delay(attempt, rng) for _ in range(400)]
+        assert all(d is not None and 0 <= d <= ceiling for d in draws)
+        # Full jitter spreads over the whole range, not just near the ceiling.
+        assert min(d for d in draws if d is not None) < ceiling * 0.1
+        assert max(d for d in draws if d is not None) > ceiling * 0.9
+    assert policy.delay(8, rng) is None
+    assert policy.delay(2, rng, retry_after_s=120) == 120
+    assert policy.delay(2, rng, retry_after_s=10**6) == 3600
+
+
+def state(breaker: CircuitBreaker) -> BreakerState:
+    """Read through a call, so mypy does not narrow the attribute across transitions."""
+    return breaker.state
+
+
+async def test_breaker_opens_probes_once_and_closes(autojump_clock: trio.testing.MockClock) -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=3, cooldown_s=30, max_cooldown_s=100))
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record_failure()
+    assert state(breaker) is BreakerState.CLOSED
+    breaker.record_failure()
+    assert state(breaker) is BreakerState.OPEN
+    assert not breaker.allow()
+    await trio.sleep(29.9)
+    assert not breaker.allow()
+    await trio.sleep(0.2)
+    assert breaker.allow()  # the single probe
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert not breaker.allow()
+    breaker.record_failure()  # failed probe: open again, cool-down doubled
+    assert state(breaker) is BreakerState.OPEN
+    await trio.sleep(59)
+    assert not breaker.allow()
+    await trio.sleep(1.1)
+    assert breaker.allow()
+    breaker.record_success()
+    assert state(breaker) is BreakerState.CLOSED
+    assert breaker.allow() and breaker.allow()
+
+
+async def test_breaker_cooldown_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=30, max_cooldown_s=100))
+    breaker.record_failure()
+    for expected in (30, 60, 100, 100):
+        assert breaker.reopen_at() == trio.current_time() + expected
+        await trio.sleep(expected)
+        assert breaker.allow()
+        breaker.record_failure()
+
+
+async def test_token_bucket_paces_requests(autojump_clock: trio.testing.MockClock) -> None:
+    bucket = TokenBucket(rate=10)
+    start = trio.current_time()
+    for _ in range(10):  # the burst
+        await bucket.acquire()
+    assert trio.current_time() == start
+    for _ in range(20):
+        await bucket.acquire()
+    assert abs(trio.current_time() - start - 2.0) < 1e-6
+    bucket.set_rate(1)
+    before = trio.current_time()
+    await bucket.acquire()
+    await bucket.acquire()
+    assert trio.current_time() - before >= 1.0
