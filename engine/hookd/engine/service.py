@@ -36,6 +36,7 @@ from hookd.engine.model import (
     Status,
     Webhook,
 )
+from hookd.engine.monitor import HealthMonitor
 from hookd.engine.paging import decode_token, encode_token, page_size
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.store import delivery_ops, queries, webhook_ops
@@ -99,6 +100,7 @@ class Engine:
         self.writer: Writer
         self.readers: Readers
         self.dispatcher: Dispatcher
+        self.monitor: HealthMonitor
 
     def add_attempt_listener(self, listener: Callable[[str, str, AttemptResult], None]) -> None:
         """Called with (destination, webhook id, result) after every attempt (health figures)."""
@@ -132,6 +134,9 @@ class Engine:
                 attempt_finished=self._attempt_finished,
             )
             self.dispatcher = Dispatcher(ctx)
+            self.monitor = HealthMonitor(self.clock, self.registry, self.dispatcher, self.readers)
+            await self.monitor.load_history()
+            self.add_attempt_listener(self.monitor.record)
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.writer.run)
                 await nursery.start(self.dispatcher.run)

@@ -8,7 +8,9 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
+from hookd.engine.breaker import BreakerState
 from hookd.engine.errors import InvalidArgument
+from hookd.engine.health import WindowFigures
 from hookd.engine.ids import mask
 from hookd.engine.model import (
     AttemptRecord,
@@ -21,6 +23,7 @@ from hookd.engine.model import (
     Webhook,
     message_id,
 )
+from hookd.engine.monitor import Snapshot, Stats
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 
@@ -229,4 +232,56 @@ def attempt_to_proto(attempt: AttemptRecord) -> pb.Attempt:
         error=attempt.error,
         response_excerpt=attempt.response_excerpt,
         url=attempt.url,
+    )
+
+
+# -- health ---------------------------------------------------------------------------------------
+
+_BREAKER = {
+    BreakerState.CLOSED: pb.CLOSED,
+    BreakerState.OPEN: pb.OPEN,
+    BreakerState.HALF_OPEN: pb.HALF_OPEN,
+}
+
+
+def window_to_proto(figures: WindowFigures) -> pb.WindowStats:
+    return pb.WindowStats(
+        window=duration(figures.window_s),
+        attempts=figures.attempts,
+        successes=figures.successes,
+        success_rate=figures.success_rate,
+        p50_ms=figures.p50_ms,
+        p95_ms=figures.p95_ms,
+        p99_ms=figures.p99_ms,
+        errors=figures.errors,
+    )
+
+
+def stats_to_proto(stats: Stats) -> pb.HealthStats:
+    message = pb.HealthStats(
+        key=stats.key,
+        windows=[window_to_proto(w) for w in stats.windows],
+        backlog=stats.backlog,
+        queued_in_memory=stats.queued_in_memory,
+        in_flight=stats.in_flight,
+        retries_scheduled=stats.retries_scheduled,
+        last_error=stats.last_error,
+    )
+    if stats.breaker_state is not None:
+        message.breaker_state = _BREAKER[stats.breaker_state]
+    if stats.breaker_since:
+        message.breaker_since.CopyFrom(timestamp(stats.breaker_since))
+    if stats.last_success:
+        message.last_success_time.CopyFrom(timestamp(stats.last_success))
+    if stats.last_failure:
+        message.last_failure_time.CopyFrom(timestamp(stats.last_failure))
+    return message
+
+
+def snapshot_to_proto(snapshot: Snapshot) -> pb.HealthSnapshot:
+    return pb.HealthSnapshot(
+        time=timestamp(snapshot.time),
+        service=stats_to_proto(snapshot.service),
+        webhooks=[stats_to_proto(s) for s in snapshot.webhooks],
+        destinations=[stats_to_proto(s) for s in snapshot.destinations],
     )

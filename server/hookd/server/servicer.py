@@ -5,22 +5,28 @@ No business logic lives here; each method is a translation and a bridge call.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from hookd.engine import catalogue
+from hookd.engine.errors import HookdError, InvalidArgument, NotFound
 from hookd.engine.service import Engine, EventInput
 from hookd.engine.store.queries import WebhookFilter
 from hookd.engine.validation import UPDATABLE
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
-from hookd.server.errors import grpc_errors
+from hookd.server.errors import grpc_errors, status_for
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_HEALTH_INTERVAL_S = 1.0
+#: Shorter intervals are raised to this floor.
+MIN_HEALTH_INTERVAL_S = 0.1
 
 
 def _event_input(message: pb.EventInput) -> EventInput:
@@ -151,5 +157,24 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         return convert.delivery_to_proto(delivery)
 
     async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context) -> AsyncIterator[pb.HealthSnapshot]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "StreamHealth is not implemented yet")
-        yield pb.HealthSnapshot()  # pragma: no cover - unreachable, makes this a generator
+        """A snapshot at once, then one per interval, until the client cancels (which ends the loop)."""
+        try:
+            hook_ids, urls, interval = self._health_request(request)
+        except HookdError as error:
+            await context.abort(status_for(error), error.message)
+        while True:
+            snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
+            yield convert.snapshot_to_proto(snapshot)
+            await asyncio.sleep(interval)
+
+    def _health_request(self, request: pb.StreamHealthRequest) -> tuple[list[str] | None, list[str] | None, float]:
+        hook_ids = [convert.webhook_id(name, "webhooks") for name in request.webhooks] or None
+        for hook_id in hook_ids or ():
+            if self._engine.registry.get(hook_id) is None:
+                raise NotFound(f"webhooks/{hook_id} not found")
+        interval = DEFAULT_HEALTH_INTERVAL_S
+        if request.HasField("interval"):
+            interval = convert.seconds(request.interval, "interval")
+            if interval <= 0:
+                raise InvalidArgument("interval", "must be positive")
+        return hook_ids, list(request.destinations) or None, max(interval, MIN_HEALTH_INTERVAL_S)
