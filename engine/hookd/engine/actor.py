@@ -7,7 +7,8 @@ frees. Nothing is ever dropped from memory that is not on disk, so a full queue 
 event nor blocks a publisher, and memory stays flat however deep the backlog gets.
 
 A delivery id stays in ``known`` from the moment it is loaded until its attempt's outcome is
-committed, so a refill can never load the same delivery twice.
+committed, and a refill ignores deliveries settled while it read, so no delivery is loaded twice.
+New deliveries are offered from the writer's commit hook, before any actor can have sent them.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class DestinationActor:
         self._wake = trio.Event()
         self.breaker = CircuitBreaker(ctx.config.breaker)
         self.limiter = TokenBucket(ctx.registry.rate_for(url))
-        self.retries_scheduled = 0
+        self._settled_during_refill: set[int] | None = None
 
     # -- called by the dispatcher (synchronous, from other tasks) --------------------------------
 
@@ -174,10 +175,17 @@ class DestinationActor:
         limit = room + len(self.known)
         pokes = self._pokes
         now = self._ctx.clock.now()
-        jobs, next_due = await self._ctx.readers.run(partial(_load_window, url=self.url, now=now, limit=limit))
+        # The read runs beside the writer: a delivery whose outcome commits while it runs can come
+        # back in its stale, still-pending form. Those settled meanwhile are therefore skipped.
+        self._settled_during_refill = set()
+        try:
+            jobs, next_due = await self._ctx.readers.run(partial(_load_window, url=self.url, now=now, limit=limit))
+            settled = self._settled_during_refill
+        finally:
+            self._settled_during_refill = None
         added = 0
         for job in jobs:
-            if job.delivery_id not in self.known and added < room:
+            if job.delivery_id not in self.known and job.delivery_id not in settled and added < room:
                 self.queue.append(job)
                 self.known.add(job.delivery_id)
                 added += 1
@@ -207,6 +215,8 @@ class DestinationActor:
         finally:
             self.in_flight.pop(job.delivery_id, None)
             self.known.discard(job.delivery_id)
+            if self._settled_during_refill is not None:
+                self._settled_during_refill.add(job.delivery_id)
             self._wake.set()
 
     async def _record(self, job: Job, result: AttemptResult) -> None:
@@ -230,16 +240,11 @@ class DestinationActor:
             partial(delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at)
         )
         if retry_at is not None:
-            self.retries_scheduled += 1
             ctx.schedule(self.url, retry_at)
 
 
 def _load_window(db: sqlite_utils.Database, url: str, now: float, limit: int) -> tuple[list[Job], float | None]:
     """Due jobs, and when the next not-yet-due one falls due (one trip to the worker thread)."""
     jobs = queries.due_jobs(db, url, now, limit)
-    following = None
-    if len(jobs) < limit:
-        due = queries.next_due(db, url)
-        if due is not None and due > now:
-            following = due
+    following = queries.next_due(db, url, now) if len(jobs) < limit else None
     return jobs, following

@@ -5,12 +5,17 @@ A destination whose host is, or resolves to, a loopback, private, link-local (cl
 allow-list entry names it. The check runs when a webhook is saved and again at every connection,
 and the connection goes to the very address that was checked, so a DNS answer that changes
 between check and connect (DNS rebinding) gains nothing.
+
+https destinations must present a certificate the system trusts, or one signed by the extra CA
+file the operator names (an internal CA), never anything less.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -39,16 +44,36 @@ def _is_public(address: IPAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
+@functools.lru_cache(maxsize=4)
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Built once per CA file: loading the system store costs milliseconds, and actors come and go."""
+    context = ssl.create_default_context()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 @dataclass(frozen=True)
 class DestinationPolicy:
-    """``allow_http`` permits plain http; ``allow_networks`` and ``allow_hosts`` open exactly what they name."""
+    """``allow_http`` permits plain http; ``allow_networks`` and ``allow_hosts`` open exactly what they name.
+
+    ``ca_file`` is a PEM bundle trusted for https destinations in addition to the system's CAs.
+    """
 
     allow_http: bool = False
     allow_networks: tuple[IPNetwork, ...] = ()
     allow_hosts: frozenset[str] = field(default_factory=frozenset)
+    ca_file: str | None = None
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The TLS settings for destinations: verification on, system CAs plus ``ca_file``.
+
+        Raises OSError or ssl.SSLError when ``ca_file`` cannot be read or holds no certificate.
+        """
+        return _tls_context(self.ca_file)
 
     @classmethod
-    def from_entries(cls, entries: list[str], *, allow_http: bool) -> DestinationPolicy:
+    def from_entries(cls, entries: list[str], *, allow_http: bool, ca_file: str | None = None) -> DestinationPolicy:
         """Build from configuration entries: CIDRs (``10.0.0.0/8``), addresses or host names."""
         networks: list[IPNetwork] = []
         hosts: set[str] = set()
@@ -59,7 +84,9 @@ class DestinationPolicy:
                 networks.append(ipaddress.ip_network(entry, strict=False))
             except ValueError:
                 hosts.add(entry.lower().rstrip("."))
-        return cls(allow_http=allow_http, allow_networks=tuple(networks), allow_hosts=frozenset(hosts))
+        return cls(
+            allow_http=allow_http, allow_networks=tuple(networks), allow_hosts=frozenset(hosts), ca_file=ca_file or None
+        )
 
     def address_allowed(self, address: IPAddress) -> bool:
         return _is_public(address) or any(address in network for network in self.allow_networks)

@@ -81,7 +81,7 @@ def make_client(
     """A small client for one destination: its own pool, no redirects, the guarded backend."""
     transport = httpx.AsyncHTTPTransport()
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context or ssl.create_default_context(),
+        ssl_context=ssl_context or policy.tls_context(),
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
         keepalive_expiry=30.0,

@@ -311,11 +311,12 @@ class Engine:
         prepared = [
             self._prepare(item, f"events[{index}]" if batch else "event", now) for index, item in enumerate(items)
         ]
-        results = await self.writer.execute(partial(delivery_ops.publish, events=prepared))
+        return await self.writer.execute(partial(delivery_ops.publish, events=prepared), on_commit=self._offer)
+
+    def _offer(self, results: list[PublishResult]) -> None:
         for result in results:
             for url, job in result.jobs:
                 self.dispatcher.offer(url, job)
-        return results
 
     async def get_event(self, event_id: str) -> EventRecord:
         return await self.readers.run(partial(queries.get_event, event_id=event_id))

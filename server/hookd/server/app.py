@@ -23,6 +23,7 @@ from hookd.engine.service import Engine
 from hookd.server.auth import TokenAuthInterceptor
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
+from hookd.server.metrics import serve_metrics
 from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer
 from hookd.v1 import hookd_pb2, hookd_pb2_grpc
@@ -56,6 +57,11 @@ def _start_trio(
             async with trio.open_nursery() as nursery:
                 side.cancel_scope = nursery.cancel_scope
                 await nursery.start(engine.run)
+                if config.metrics_listen:
+                    host, _, port = config.metrics_listen.rpartition(":")
+                    bound = await nursery.start(serve_metrics, engine.monitor, host or "127.0.0.1", int(port))
+                    if config.port_file is not None:
+                        config.port_file.with_name(config.port_file.name + ".metrics").write_text(str(bound))
                 side.engine = engine
                 side.bridge = TrioBridge(loop, nursery)
                 ready.set_result(None)

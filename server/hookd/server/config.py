@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ class ServerConfig:
     auth_tokens: tuple[str, ...] = ()
     open_health: bool = True
     open_reflection: bool = True
-    metrics_port: int | None = None
+    metrics_listen: str = ""
     log_level: str = "info"
     shutdown_grace_s: float = 5.0
 
@@ -85,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
         default=[e for e in _env("HOOKD_ALLOW_DESTINATIONS", "").split(",") if e],
         help="CIDR, address or host name that destinations may reach although private or "
         "loopback; repeatable [HOOKD_ALLOW_DESTINATIONS, comma-separated]",
+    )
+    s.add_argument(
+        "--destination-ca-file",
+        default=_env("HOOKD_DESTINATION_CA_FILE", ""),
+        help="PEM file of CA certificates trusted for https destinations, in addition to the system's "
+        "[HOOKD_DESTINATION_CA_FILE]",
     )
     s.add_argument(
         "--max-attempts",
@@ -174,10 +181,10 @@ def parser() -> argparse.ArgumentParser:
         help="with tokens set, require a token for server reflection too [HOOKD_PROTECT_REFLECTION=1]",
     )
     s.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(_env("HOOKD_METRICS_PORT", "0")) or None,
-        help="serve Prometheus metrics on 127.0.0.1:PORT (off unless set) [HOOKD_METRICS_PORT]",
+        "--metrics-listen",
+        default=_env("HOOKD_METRICS_LISTEN", ""),
+        help="host:port to serve Prometheus metrics at /metrics; off unless set; port 0 picks a free one, "
+        "written to <port-file>.metrics [HOOKD_METRICS_LISTEN]",
     )
     s.add_argument(
         "--log-level",
@@ -188,13 +195,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _destinations(args: argparse.Namespace) -> DestinationPolicy:
+    policy = DestinationPolicy.from_entries(
+        args.allow_destination, allow_http=args.allow_http, ca_file=args.destination_ca_file
+    )
+    try:
+        policy.tls_context()  # an unreadable CA file stops the start, not the first delivery
+    except (OSError, ssl.SSLError) as error:
+        raise SystemExit(f"--destination-ca-file {args.destination_ca_file}: {error}") from error
+    return policy
+
+
 def from_args(args: argparse.Namespace) -> ServerConfig:
     engine = EngineConfig(
         database=Path(args.database),
         synchronous=args.synchronous,
         retry=RetryPolicy(max_attempts=args.max_attempts, base_s=args.retry_base, cap_s=args.retry_cap),
         breaker=BreakerPolicy(failure_threshold=args.breaker_threshold, cooldown_s=args.breaker_cooldown),
-        destinations=DestinationPolicy.from_entries(args.allow_destination, allow_http=args.allow_http),
+        destinations=_destinations(args),
         default_rate_limit=args.default_rate_limit,
         max_in_flight=args.max_in_flight,
         queue_size=args.queue_size,
@@ -210,6 +228,6 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
         auth_tokens=tuple(args.auth_token),
         open_health=not args.protect_health,
         open_reflection=not args.protect_reflection,
-        metrics_port=args.metrics_port,
+        metrics_listen=args.metrics_listen,
         log_level=args.log_level,
     )

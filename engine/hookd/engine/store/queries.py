@@ -146,11 +146,12 @@ def due_jobs(db: sqlite_utils.Database, destination: str, now: float, limit: int
     return [Job(row[0], row[1], row[2], row[3], row[4]) for row in rows]
 
 
-def next_due(db: sqlite_utils.Database, destination: str) -> float | None:
-    """When the destination's earliest pending delivery falls due, if it has any."""
+def next_due(db: sqlite_utils.Database, destination: str, after: float) -> float | None:
+    """When the destination's next pending delivery not yet due at ``after`` falls due, if any."""
     row = db.execute(
-        "SELECT MIN(next_attempt_at) FROM deliveries WHERE destination = ? AND state = 'PENDING'",
-        [destination],
+        "SELECT MIN(next_attempt_at) FROM deliveries "
+        "WHERE destination = ? AND state = 'PENDING' AND next_attempt_at > ?",
+        [destination, after],
     ).fetchone()
     return None if row[0] is None else float(row[0])
 

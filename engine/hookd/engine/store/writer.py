@@ -21,10 +21,11 @@ WriteFn = Callable[[sqlite_utils.Database], T]
 
 
 class _Op(Generic[T]):
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("done", "error", "fn", "on_commit", "result")
 
-    def __init__(self, fn: WriteFn[T], wait: bool) -> None:
+    def __init__(self, fn: WriteFn[T], wait: bool, on_commit: Callable[[T], None] | None = None) -> None:
         self.fn = fn
+        self.on_commit = on_commit
         self.done: trio.Event | None = trio.Event() if wait else None
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -39,9 +40,13 @@ class Writer:
         self._send, self._receive = trio.open_memory_channel[_Op[Any]](queue_size)
         self.transactions = 0
 
-    async def execute(self, fn: WriteFn[T]) -> T:
-        """Run ``fn`` in the next transaction and return its result once committed."""
-        op: _Op[T] = _Op(fn, wait=True)
+    async def execute(self, fn: WriteFn[T], on_commit: Callable[[T], None] | None = None) -> T:
+        """Run ``fn`` in the next transaction and return its result once committed.
+
+        ``on_commit`` runs in the writer task right after the commit, before any other task can
+        observe the result: the place to hand new deliveries to the actors without a race.
+        """
+        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit)
         await self._send.send(op)
         assert op.done is not None
         await op.done.wait()
@@ -65,6 +70,11 @@ class Writer:
             await trio.to_thread.run_sync(self._commit, batch)
             self.transactions += 1
             for op in batch:
+                if op.on_commit is not None and op.error is None:
+                    try:
+                        op.on_commit(op.result)
+                    except Exception as error:  # the commit stands; report to the caller
+                        op.error = error
                 if op.done is not None:
                     op.done.set()
                 elif op.error is not None:

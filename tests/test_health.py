@@ -1,0 +1,213 @@
+"""Health figures against known traffic: StreamHealth and the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hookd.client import HookdClient, InvalidArgument, NotFound
+from hookd.client.client import event_input
+from hookd.v1 import hookd_pb2 as pb
+from tests.support.receiver import Receiver, Reply, always, wait_until
+from tests.support.server import HookdProcess
+
+
+def snapshot(client: HookdClient, **filters: object) -> pb.HealthSnapshot:
+    stream = client.stream_health(**filters)  # type: ignore[arg-type]
+    try:
+        return next(stream)
+    finally:
+        stream.close()  # type: ignore[attr-defined]
+
+
+def stats_for(snap: pb.HealthSnapshot, key: str) -> pb.HealthStats:
+    for stats in [snap.service, *snap.webhooks, *snap.destinations]:
+        if stats.key == key:
+            return stats
+    raise AssertionError(f"{key} not in snapshot")
+
+
+def five_minutes(stats: pb.HealthStats) -> pb.WindowStats:
+    (window,) = [w for w in stats.windows if w.window.seconds == 300]
+    return window
+
+
+def test_figures_match_known_traffic(tmp_path: Path) -> None:
+    # A breaker that never opens, so every scheduled attempt is made and counted.
+    hookd = HookdProcess(
+        tmp_path, "--retry-base", "0.05", "--retry-cap", "0.5", "--max-attempts", "4", "--breaker-threshold", "1000"
+    ).start()
+    client = hookd.client()
+    timing = Receiver(lambda request, count: Reply(delay=0.2 if count > 8 else 0.02))
+    failing = Receiver(always(Reply(status=500, body=b"down")))
+    limited = Receiver(always(Reply(status=429)))
+    try:
+        fast = client.create_webhook("order", "created", timing.url())
+        broken = client.create_webhook("order", "created", failing.url())
+        throttled = client.create_webhook("order", "created", limited.url())
+        for n in range(10):
+            client.publish_event("order", "created", data={"n": n})
+        timing.wait_for(10)
+        wait_until(lambda: len(client.list_deliveries(state=pb.Delivery.FAILED, page_size=100).deliveries) == 20)
+
+        snap = snapshot(client)
+        good = five_minutes(stats_for(snap, fast.name))
+        assert (good.attempts, good.successes, good.success_rate) == (10, 10, 1.0)
+        assert dict(good.errors) == {}
+        assert 18 <= good.p50_ms <= 150  # eight requests took >= 20 ms
+        assert 190 <= good.p99_ms <= 1500  # two took >= 200 ms
+        assert good.p95_ms >= good.p50_ms
+
+        bad = five_minutes(stats_for(snap, broken.name))
+        assert (bad.attempts, bad.successes, bad.success_rate) == (40, 0, 0.0)  # 10 deliveries x 4 attempts
+        assert dict(bad.errors) == {"SERVER_ERROR": 40}
+        assert stats_for(snap, broken.name).last_error == "HTTP 500"
+        assert dict(five_minutes(stats_for(snap, throttled.name)).errors) == {"RATE_LIMITED": 40}
+
+        destination = stats_for(snap, failing.url())
+        assert five_minutes(destination).attempts == 40
+        service = five_minutes(snap.service)
+        assert service.attempts == 90 and service.successes == 10
+        assert abs(service.success_rate - 10 / 90) < 1e-9
+        assert dict(service.errors) == {"SERVER_ERROR": 40, "RATE_LIMITED": 40}
+        assert stats_for(snap, fast.name).last_success_time.seconds > 0
+
+        hookd.restart()  # figures come from the stored attempts
+        after = snapshot(hookd.client())
+        assert five_minutes(after.service).attempts == 90
+        assert dict(five_minutes(stats_for(after, broken.name)).errors) == {"SERVER_ERROR": 40}
+    finally:
+        timing.close()
+        failing.close()
+        limited.close()
+        hookd.stop()
+
+
+def test_queue_depth_while_a_destination_hangs(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, "--max-in-flight", "2", "--queue-size", "4").start()
+    hanging = Receiver(always(Reply(hang=True)))
+    try:
+        client = server.client()
+        hook = client.create_webhook("product", "updated", hanging.url(), timeout_s=30)
+        client.publish_events([event_input("product", "updated", {"n": n}) for n in range(20)])
+        hanging.wait_for(2)
+
+        def settled() -> pb.HealthStats | None:
+            stats = stats_for(snapshot(client), hanging.url())
+            return stats if stats.in_flight == 2 and stats.queued_in_memory > 0 else None
+
+        destination = wait_until(settled)
+        assert destination.backlog == 20
+        assert destination.queued_in_memory <= 4
+        webhook = stats_for(snapshot(client, webhooks=[hook.name]), hook.name)
+        assert (webhook.in_flight, webhook.backlog) == (2, 20)
+        assert snapshot(client).service.backlog == 20
+    finally:
+        hanging.close()
+        server.stop()
+
+
+def test_breaker_opens_after_failures(tmp_path: Path) -> None:
+    server = HookdProcess(
+        tmp_path,
+        "--breaker-threshold",
+        "3",
+        "--breaker-cooldown",
+        "60",
+        "--retry-base",
+        "0.01",
+        "--retry-cap",
+        "0.05",
+        "--max-in-flight",
+        "1",
+    ).start()
+    failing = Receiver(always(Reply(status=503)))
+    try:
+        client = server.client()
+        hook = client.create_webhook("payment", "failed", failing.url())
+        client.publish_events([event_input("payment", "failed", {"n": n}) for n in range(5)])
+        stats = wait_until(
+            lambda: (
+                (s := stats_for(snapshot(client), failing.url())).breaker_state == pb.OPEN
+                and s.retries_scheduled == 3
+                and s
+            )
+        )
+        assert stats.breaker_since.seconds > 0 and stats.backlog == 5
+        assert stats_for(snapshot(client), hook.name).breaker_state == pb.OPEN
+        # Open: nothing more is sent although the three retries fell due milliseconds later.
+        assert len(failing.received()) == 3
+    finally:
+        failing.close()
+        server.stop()
+
+
+def test_stream_sends_snapshot_then_updates_and_ends_on_cancel(client: HookdClient, receiver: Receiver) -> None:
+    hook = client.create_webhook("order", "created", receiver.url())
+    other = client.create_webhook("order", "updated", receiver.url("/other"))
+    stream = client.stream_health(webhooks=[hook.name], interval_s=0.1)
+    first = next(stream)
+    assert [s.key for s in first.webhooks] == [hook.name]
+    assert [s.key for s in first.destinations] == [receiver.url()]
+    client.publish_event("order", "created", data={})
+    receiver.wait_for(1)
+    update = wait_until(lambda: (m := next(stream)) and five_minutes(stats_for(m, hook.name)).attempts == 1 and m)
+    assert update.time.ToNanoseconds() > first.time.ToNanoseconds()
+    stream.close()  # type: ignore[attr-defined]
+    # The server is still serving streams and calls after the cancel.
+    assert snapshot(client, destinations=[receiver.url("/other")]).webhooks[0].key == other.name
+    with pytest.raises(NotFound):
+        snapshot(client, webhooks=["webhooks/wh_unknown"])
+    with pytest.raises(InvalidArgument, match="webhooks"):
+        snapshot(client, webhooks=["webhooks/a/b"])
+
+
+def test_many_watchers_are_served(client: HookdClient) -> None:
+    streams = [client.stub.StreamHealth(pb.StreamHealthRequest()) for _ in range(100)]
+    try:
+        assert all(next(iter(s)).service.key == "service" for s in streams)
+        assert client.list_event_types().event_types  # unary calls still answered
+    finally:
+        for s in streams:
+            s.cancel()  # type: ignore[no-untyped-call]
+    with pytest.raises(grpc.RpcError) as error:
+        next(iter(streams[0]))
+    assert error.value.code() == grpc.StatusCode.CANCELLED
+
+
+def test_prometheus_endpoint(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, "--metrics-listen", "127.0.0.1:0").start()
+    receiver = Receiver(always(Reply(status=500)))
+    try:
+        client = server.client()
+        client.create_webhook("order", "created", receiver.url(), timeout_s=1)
+        client.publish_event("order", "created", data={})
+        receiver.wait_for(1)
+        port = int((tmp_path / "port.metrics").read_text())
+
+        def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+            return {
+                family.name: [(sample.labels, sample.value) for sample in family.samples]
+                for family in text_string_to_metric_families(text)
+            }
+
+        metrics = wait_until(lambda: (m := scrape()) and m.get("hookd_attempts") and m)
+        assert ({"destination": receiver.url(), "outcome": "SERVER_ERROR"}, 1.0) in metrics["hookd_attempts"]
+        ratio = dict(
+            (labels["window"], value)
+            for labels, value in metrics["hookd_success_ratio"]
+            if labels["scope"] == "service"
+        )
+        assert ratio == {"5m": 0.0, "1h": 0.0, "1d": 0.0}
+        states = {labels["state"]: value for labels, value in metrics["hookd_breaker_state"]}
+        assert states == {"closed": 1.0, "open": 0.0, "half_open": 0.0}
+        assert "hookd_backlog_deliveries" in metrics and "hookd_attempt_duration_seconds" in metrics
+    finally:
+        receiver.close()
+        server.stop()
