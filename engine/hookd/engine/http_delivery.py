@@ -127,6 +127,17 @@ def _chain(error: BaseException) -> typing.Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` for an attempt's record.
+
+    httpx and httpcore often wrap the real cause in an exception with no message of its own
+    (an untrusted certificate arrives as a bare ``ConnectError``), so the message is taken from
+    the first exception in the chain that has one.
+    """
+    message = next((text for cause in _chain(error) if (text := str(cause).strip())), "")
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
 def classify_error(error: Exception) -> Outcome:
     """The outcome class of a request that got no usable answer."""
     if isinstance(error, DestinationBlocked):
@@ -177,7 +188,7 @@ async def post(
                 error = f"HTTP {status} redirect not followed"
         except (httpx.HTTPError, DestinationBlocked, DestinationUnresolvable, OSError) as failure:
             outcome = classify_error(failure)
-            error = f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__
+            error = describe_error(failure)[:500]
     duration_ms = (time.perf_counter() - start) * 1000.0
     if outcome is Outcome.TIMEOUT and not error:
         error = f"no complete answer within {timeout_s:g} s"
