@@ -53,6 +53,11 @@ def fail_first(n: int, failure: Reply, then: Reply | None = None) -> Behaviour:
     return lambda request, count: failure if count <= n else success
 
 
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) resets connections when hookd opens many at once.
+    request_queue_size = 256
+
+
 class Receiver:
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour: Behaviour = behaviour or always(Reply())
@@ -93,7 +98,7 @@ class Receiver:
                 self.end_headers()
                 self.wfile.write(reply.body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

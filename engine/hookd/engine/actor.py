@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-import httpx
+import httpcore
 import trio
 
 from hookd.engine.breaker import BreakerState, CircuitBreaker
@@ -142,7 +142,9 @@ class DestinationActor:
                         break
                     self.queue.popleft()
                     await self.limiter.acquire()
-                    await nursery.start(self._attempt, client, job)
+                    scope = trio.CancelScope()
+                    self.in_flight[job.delivery_id] = (job.webhook_id, scope)
+                    nursery.start_soon(self._attempt, client, job, scope)
                 if self.queue or self.in_flight or self.backlog:
                     idle_since = trio.current_time()
                 elif trio.current_time() - idle_since >= config.actor_idle_s:
@@ -194,12 +196,11 @@ class DestinationActor:
             if next_due is not None:
                 self._ctx.schedule(self.url, next_due)
 
-    async def _attempt(self, client: httpx.AsyncClient, job: Job, *, task_status: trio.TaskStatus[None]) -> None:
+    async def _attempt(self, client: httpcore.AsyncConnectionPool, job: Job, scope: trio.CancelScope) -> None:
         ctx = self._ctx
+        result: AttemptResult | None = None
         try:
-            with trio.CancelScope() as scope:
-                self.in_flight[job.delivery_id] = (job.webhook_id, scope)
-                task_status.started()
+            with scope:
                 hook = ctx.registry.get(job.webhook_id)
                 if hook is None or hook.status is not Status.ACTIVE or hook.url != self.url:
                     self.breaker.record_neutral()
@@ -208,39 +209,52 @@ class DestinationActor:
                 body = job.envelope.encode()
                 headers = request_headers(hook, message_id(job.delivery_id), body, now)
                 result = await post(client, hook.url, headers, body, hook.timeout_s)
-            if scope.cancelled_caught:
+            if result is None or scope.cancelled_caught:  # cancelled: the webhook was deleted
                 self.breaker.record_neutral()
+                result = None
                 return
             await self._record(job, result)
         finally:
             self.in_flight.pop(job.delivery_id, None)
-            self.known.discard(job.delivery_id)
-            if self._settled_during_refill is not None:
-                self._settled_during_refill.add(job.delivery_id)
+            if result is None:
+                self._settle(job.delivery_id)
             self._wake.set()
 
+    def _settle(self, delivery_id: int) -> None:
+        """The delivery's outcome is on disk (or it was never sent): it may be loaded again."""
+        self.known.discard(delivery_id)
+        if self._settled_during_refill is not None:
+            self._settled_during_refill.add(delivery_id)
+        self._wake.set()
+
     async def _record(self, job: Job, result: AttemptResult) -> None:
+        """Queue the outcome for the writer without waiting for the commit, so the request slot
+        frees at once; the delivery stays in ``known`` until the commit hook settles it."""
         ctx = self._ctx
         now = ctx.clock.now()
         ctx.attempt_finished(self.url, job.webhook_id, result)
+        retry_at: float | None = None
         if result.outcome is Outcome.SUCCESS:
             self.breaker.record_success()
-            await ctx.writer.execute(partial(delivery_ops.record_success, job=job, attempt=result, now=now))
-            return
-        if result.outcome.trips_breaker:
-            before = self.breaker.state
-            self.breaker.record_failure()
-            if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
-                log.warning("breaker open destination=%s after=%s", self.url, result.outcome.value)
+            write = partial(delivery_ops.record_success, job=job, attempt=result, now=now)
         else:
-            self.breaker.record_neutral()
-        delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
-        retry_at = None if delay is None else now + delay
-        await ctx.writer.execute(
-            partial(delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at)
-        )
-        if retry_at is not None:
-            ctx.schedule(self.url, retry_at)
+            if result.outcome.trips_breaker:
+                before = self.breaker.state
+                self.breaker.record_failure()
+                if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
+                    log.warning("breaker open destination=%s after=%s", self.url, result.outcome.value)
+            else:
+                self.breaker.record_neutral()
+            delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
+            retry_at = None if delay is None else now + delay
+            write = partial(delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at)
+
+        def settled() -> None:
+            self._settle(job.delivery_id)
+            if retry_at is not None:
+                ctx.schedule(self.url, retry_at)
+
+        await ctx.writer.submit(write, after=settled)
 
 
 def _load_window(db: sqlite_utils.Database, url: str, now: float, limit: int) -> tuple[list[Job], float | None]:

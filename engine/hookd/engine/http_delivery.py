@@ -12,7 +12,6 @@ import time
 import typing
 
 import httpcore
-import httpx
 import trio
 
 from hookd.engine.destinations import DestinationBlocked, DestinationPolicy, DestinationUnresolvable
@@ -75,19 +74,31 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         await trio.sleep(seconds)
 
 
+#: Exceptions httpcore raises for a request that got no usable answer.
+TRANSPORT_ERRORS = (
+    httpcore.TimeoutException,
+    httpcore.NetworkError,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
+
+
 def make_client(
     policy: DestinationPolicy, max_connections: int, ssl_context: ssl.SSLContext | None = None
-) -> httpx.AsyncClient:
-    """A small client for one destination: its own pool, no redirects, the guarded backend."""
-    transport = httpx.AsyncHTTPTransport()
-    transport._pool = httpcore.AsyncConnectionPool(
+) -> httpcore.AsyncConnectionPool:
+    """A small connection pool for one destination, on the guarded backend.
+
+    httpx's own transport layer, used directly: a webhook POST needs none of httpx's request and
+    response models (redirects are never followed, bodies are bytes), and skipping them makes a
+    delivery markedly cheaper than the same POST through ``httpx.AsyncClient``.
+    """
+    return httpcore.AsyncConnectionPool(
         ssl_context=ssl_context or policy.tls_context(),
         max_connections=max_connections,
         max_keepalive_connections=max_connections,
         keepalive_expiry=30.0,
         network_backend=GuardedBackend(policy),
     )
-    return httpx.AsyncClient(transport=transport, follow_redirects=False, timeout=None)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -146,9 +157,9 @@ def classify_error(error: Exception) -> Outcome:
         return Outcome.DNS
     if any(isinstance(cause, ssl.SSLError | ssl.CertificateError) for cause in _chain(error)):
         return Outcome.TLS
-    if isinstance(error, httpx.TimeoutException):
+    if isinstance(error, httpcore.TimeoutException):
         return Outcome.TIMEOUT
-    if isinstance(error, httpx.RemoteProtocolError):
+    if isinstance(error, httpcore.RemoteProtocolError):
         text = str(error).lower()
         if "disconnected" in text or "peer closed" in text:
             return Outcome.CONNECTION
@@ -156,8 +167,15 @@ def classify_error(error: Exception) -> Outcome:
     return Outcome.CONNECTION
 
 
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return ""
+
+
 async def post(
-    client: httpx.AsyncClient, url: str, headers: dict[str, str], body: bytes, timeout_s: float
+    client: httpcore.AsyncConnectionPool, url: str, headers: dict[str, str], body: bytes, timeout_s: float
 ) -> AttemptResult:
     """POST ``body`` and classify what happened; the whole exchange is bounded by ``timeout_s``."""
     start_wall = time.time()
@@ -170,10 +188,10 @@ async def post(
     outcome = Outcome.TIMEOUT
     with trio.move_on_after(timeout_s):
         try:
-            async with client.stream("POST", url, content=body, headers=headers) as response:
-                status = response.status_code
+            async with client.stream("POST", url, content=body, headers=list(headers.items())) as response:
+                status = response.status
                 received = bytearray()
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_stream():
                     received += chunk
                     if len(received) >= MAX_RESPONSE_BYTES:
                         break
@@ -182,11 +200,11 @@ async def post(
             if outcome is not Outcome.SUCCESS:
                 error = f"HTTP {status}"
             if status in (429, 503):
-                retry_after = _retry_after(response.headers.get("retry-after"))
+                retry_after = _retry_after(_header(response.headers, b"retry-after"))
             if 300 <= status < 400:
-                location = response.headers.get("location", "")
+                location = _header(response.headers, b"location")
                 error = f"HTTP {status} redirect not followed"
-        except (httpx.HTTPError, DestinationBlocked, DestinationUnresolvable, OSError) as failure:
+        except (*TRANSPORT_ERRORS, DestinationBlocked, DestinationUnresolvable, OSError) as failure:
             outcome = classify_error(failure)
             error = describe_error(failure)[:500]
     duration_ms = (time.perf_counter() - start) * 1000.0

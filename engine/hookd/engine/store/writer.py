@@ -21,11 +21,18 @@ WriteFn = Callable[[sqlite_utils.Database], T]
 
 
 class _Op(Generic[T]):
-    __slots__ = ("done", "error", "fn", "on_commit", "result")
+    __slots__ = ("after", "done", "error", "fn", "on_commit", "result")
 
-    def __init__(self, fn: WriteFn[T], wait: bool, on_commit: Callable[[T], None] | None = None) -> None:
+    def __init__(
+        self,
+        fn: WriteFn[T],
+        wait: bool,
+        on_commit: Callable[[T], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
         self.fn = fn
         self.on_commit = on_commit
+        self.after = after
         self.done: trio.Event | None = trio.Event() if wait else None
         self.result: T | None = None
         self.error: BaseException | None = None
@@ -54,9 +61,12 @@ class Writer:
             raise op.error
         return op.result  # type: ignore[return-value]
 
-    async def submit(self, fn: WriteFn[Any]) -> None:
-        """Queue ``fn`` without waiting for the commit; blocks only while the queue is full."""
-        await self._send.send(_Op(fn, wait=False))
+    async def submit(self, fn: WriteFn[Any], after: Callable[[], None] | None = None) -> None:
+        """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
+
+        ``after`` runs in the writer task once the transaction is over, committed or not.
+        """
+        await self._send.send(_Op(fn, wait=False, after=after))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -77,6 +87,8 @@ class Writer:
                         op.error = error
                 if op.done is not None:
                     op.done.set()
+                if op.after is not None:
+                    op.after()
                 elif op.error is not None:
                     log.error("background write failed: %r", op.error)
 
