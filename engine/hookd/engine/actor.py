@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-import httpcore
 import trio
 
 from hookd.engine.breaker import BreakerState, CircuitBreaker
 from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
-from hookd.engine.http_delivery import USER_AGENT, make_client, post
+from hookd.engine.connections import ConnectionSet
+from hookd.engine.http_delivery import USER_AGENT, post
 from hookd.engine.jobs import AttemptResult, Job
 from hookd.engine.model import Outcome, Status, Webhook, message_id
 from hookd.engine.ratelimit import TokenBucket
@@ -130,7 +130,7 @@ class DestinationActor:
         """Deliver until idle for ``actor_idle_s``; then retire (synchronously, so no offer is lost)."""
         config = self._ctx.config
         idle_since = trio.current_time()
-        async with make_client(config.destinations, config.max_in_flight) as client, trio.open_nursery() as nursery:
+        async with ConnectionSet(config.destinations) as client, trio.open_nursery() as nursery:
             while True:
                 self._wake = trio.Event()
                 if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
@@ -196,7 +196,7 @@ class DestinationActor:
             if next_due is not None:
                 self._ctx.schedule(self.url, next_due)
 
-    async def _attempt(self, client: httpcore.AsyncConnectionPool, job: Job, scope: trio.CancelScope) -> None:
+    async def _attempt(self, client: ConnectionSet, job: Job, scope: trio.CancelScope) -> None:
         ctx = self._ctx
         result: AttemptResult | None = None
         try:

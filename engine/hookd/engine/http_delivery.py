@@ -14,7 +14,8 @@ import typing
 import httpcore
 import trio
 
-from hookd.engine.destinations import DestinationBlocked, DestinationPolicy, DestinationUnresolvable
+from hookd.engine.connections import ConnectionSet
+from hookd.engine.destinations import DestinationBlocked, DestinationUnresolvable
 from hookd.engine.jobs import AttemptResult
 from hookd.engine.model import Outcome
 
@@ -44,36 +45,6 @@ def is_reserved_header(name: str) -> bool:
     return name.lower() in _RESERVED_HEADERS
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves each host itself, checks every address against the policy, and connects to the
-    checked address, so the name cannot resolve elsewhere between check and connect."""
-
-    def __init__(self, policy: DestinationPolicy) -> None:
-        self._policy = policy
-        self._inner = httpcore.TrioBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._policy.resolve(host, port)
-        last_error: Exception | None = None
-        for address in addresses:
-            try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as error:
-                last_error = error
-        assert last_error is not None
-        raise last_error
-
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
-
-
 #: Exceptions httpcore raises for a request that got no usable answer.
 TRANSPORT_ERRORS = (
     httpcore.TimeoutException,
@@ -81,24 +52,6 @@ TRANSPORT_ERRORS = (
     httpcore.ProtocolError,
     httpcore.UnsupportedProtocol,
 )
-
-
-def make_client(
-    policy: DestinationPolicy, max_connections: int, ssl_context: ssl.SSLContext | None = None
-) -> httpcore.AsyncConnectionPool:
-    """A small connection pool for one destination, on the guarded backend.
-
-    httpx's own transport layer, used directly: a webhook POST needs none of httpx's request and
-    response models (redirects are never followed, bodies are bytes), and skipping them makes a
-    delivery markedly cheaper than the same POST through ``httpx.AsyncClient``.
-    """
-    return httpcore.AsyncConnectionPool(
-        ssl_context=ssl_context or policy.tls_context(),
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=30.0,
-        network_backend=GuardedBackend(policy),
-    )
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -175,7 +128,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
 
 
 async def post(
-    client: httpcore.AsyncConnectionPool, url: str, headers: dict[str, str], body: bytes, timeout_s: float
+    client: ConnectionSet, url: str, headers: dict[str, str], body: bytes, timeout_s: float
 ) -> AttemptResult:
     """POST ``body`` and classify what happened; the whole exchange is bounded by ``timeout_s``."""
     start_wall = time.time()
@@ -188,7 +141,7 @@ async def post(
     outcome = Outcome.TIMEOUT
     with trio.move_on_after(timeout_s):
         try:
-            async with client.stream("POST", url, content=body, headers=list(headers.items())) as response:
+            async with client.stream(url, list(headers.items()), body) as response:
                 status = response.status
                 received = bytearray()
                 async for chunk in response.aiter_stream():

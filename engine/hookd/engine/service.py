@@ -22,9 +22,10 @@ from hookd.engine import catalogue
 from hookd.engine.actor import ActorContext, request_headers
 from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
+from hookd.engine.connections import ConnectionSet
 from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.errors import InvalidArgument, NotFound
-from hookd.engine.http_delivery import make_client, post
+from hookd.engine.http_delivery import post
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
 from hookd.engine.jobs import AttemptResult, PreparedEvent, PublishResult
 from hookd.engine.model import (
@@ -264,7 +265,7 @@ class Engine:
         body = envelope(event_id, catalogue.PING_TYPE, now, {"webhook": f"webhooks/{webhook_id}"}, {})
         ping = PreparedEvent(event_id, catalogue.PING_TYPE, "webhook", "ping", now, body, "")
         # The delivery is stored after the request, so a ping's message id is its event id.
-        async with make_client(self.config.destinations, 1) as client:
+        async with ConnectionSet(self.config.destinations) as client:
             headers = request_headers(webhook, event_id, body.encode(), now)
             result = await post(client, webhook.url, headers, body.encode(), webhook.timeout_s)
         self._attempt_finished(webhook.url, webhook_id, result)
