@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
 
-from hookd.client.errors import from_rpc_error
+from hookd.client.errors import NotFound, from_rpc_error
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 
@@ -224,6 +224,39 @@ class HookdClient:
     def list_attempts(self, delivery: str, *, page_size: int = 0, page_token: str = "") -> pb.ListAttemptsResponse:
         request = pb.ListAttemptsRequest(parent=delivery, page_size=page_size, page_token=page_token)
         return self._call(self.stub.ListAttempts, request)  # type: ignore[no-any-return]
+
+    def iter_deliveries(self, parent: str = "webhooks/-", **filters: Any) -> Iterator[pb.Delivery]:
+        """Every matching delivery, newest first, following page tokens."""
+        token = ""
+        while True:
+            page = self.list_deliveries(parent, page_token=token, **filters)
+            yield from page.deliveries
+            token = page.next_page_token
+            if not token:
+                return
+
+    def iter_attempts(self, delivery: str) -> Iterator[pb.Attempt]:
+        """Every attempt of one delivery, oldest first, following page tokens."""
+        token = ""
+        while True:
+            page = self.list_attempts(delivery, page_size=1000, page_token=token)
+            yield from page.attempts
+            token = page.next_page_token
+            if not token:
+                return
+
+    def find_delivery(self, name_or_id: str) -> pb.Delivery:
+        """One delivery by ``webhooks/{webhook}/deliveries/{id}`` or by its bare id.
+
+        The API has no GetDelivery, so this pages through the webhook's deliveries (all of them
+        for a bare id), newest first: quick for recent deliveries, a scan for old ones.
+        """
+        parent, _, delivery_id = name_or_id.rpartition("/deliveries/")
+        suffix = f"/deliveries/{delivery_id}"
+        for delivery in self.iter_deliveries(parent or "webhooks/-", page_size=1000):
+            if delivery.name.endswith(suffix):
+                return delivery
+        raise NotFound(grpc.StatusCode.NOT_FOUND, f"delivery {name_or_id} not found")
 
     @_named_errors
     def retry_delivery(self, delivery: str) -> pb.Delivery:

@@ -1,0 +1,117 @@
+"""Turning hookctl's option values into request messages.
+
+Kept apart from the commands so the rules (one auth method, only the options given go into the
+update mask, JSON payloads must be objects) live in one place and fail as usage errors (exit 2)
+before anything is sent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from hookd.v1 import hookd_pb2 as pb
+
+WEBHOOK_STATUSES = {"active": pb.Webhook.ACTIVE, "inactive": pb.Webhook.INACTIVE}
+DELIVERY_STATES = {
+    name.lower(): value for name, value in pb.Delivery.State.items() if value != pb.Delivery.STATE_UNSPECIFIED
+}
+
+
+def header(value: str) -> tuple[str, str]:
+    """``'Name: value'`` as sent with curl -H."""
+    name, sep, text = value.partition(":")
+    if not sep or not name.strip() or not text.strip():
+        raise click.BadParameter(f"expected 'Name: value', got {value!r}", param_hint="'--header'")
+    return name.strip(), text.strip()
+
+
+def basic(value: str) -> tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user:
+        raise click.BadParameter("expected USER:PASS", param_hint="'--basic'")
+    return user, password
+
+
+def json_object(value: str | None, option: str) -> dict[str, Any] | None:
+    """A JSON object given on the command line; events carry objects, not bare values."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as error:
+        raise click.BadParameter(f"not valid JSON: {error}", param_hint=f"'{option}'") from None
+    if not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON object, e.g. '{\"id\": 1}'", param_hint=f"'{option}'")
+    return parsed
+
+
+def event_name(value: str) -> str:
+    return value if value.startswith("events/") else f"events/{value}"
+
+
+def auth(bearer: str | None, basic_pair: str | None, headers: tuple[str, ...]) -> pb.DestinationAuth | None:
+    """At most one method: the server stores exactly one per webhook."""
+    given = [name for name, value in (("--bearer", bearer), ("--basic", basic_pair), ("--header", headers)) if value]
+    if len(given) > 1:
+        raise click.UsageError(f"{' and '.join(given)} exclude each other: a webhook has one auth method")
+    if bearer:
+        return pb.DestinationAuth(bearer=pb.BearerAuth(token=bearer))
+    if basic_pair:
+        user, password = basic(basic_pair)
+        return pb.DestinationAuth(basic=pb.BasicAuth(username=user, password=password))
+    if headers:
+        return pb.DestinationAuth(headers=pb.HeaderAuth(headers=dict(header(h) for h in headers)))
+    return None
+
+
+@dataclass
+class WebhookOptions:
+    """The webhook options of ``create`` and ``edit``; ``None`` means not given."""
+
+    resource: str | None = None
+    event: str | None = None
+    url: str | None = None
+    bearer: str | None = None
+    basic: str | None = None
+    headers: tuple[str, ...] = ()
+    no_auth: bool = False
+    active: bool | None = None
+    discard: bool | None = None
+    description: str | None = None
+    rate_limit: float | None = None
+    timeout: float | None = None
+
+    def changes(self) -> tuple[pb.Webhook, list[str]]:
+        """The message and the update mask naming exactly the options that were given."""
+        webhook = pb.Webhook()
+        paths: list[str] = []
+        for name in ("resource", "event", "url", "description"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(webhook, name, value)
+                paths.append(name)
+        method = auth(self.bearer, self.basic, self.headers)
+        if method is not None and self.no_auth:
+            raise click.UsageError("--no-auth excludes --bearer, --basic and --header")
+        if method is not None:
+            webhook.auth.CopyFrom(method)
+            paths.append("auth")
+        elif self.no_auth:
+            paths.append("auth")
+        if self.active is not None:
+            webhook.status = pb.Webhook.ACTIVE if self.active else pb.Webhook.INACTIVE
+            paths.append("status")
+        if self.discard is not None:
+            webhook.inactive_policy = pb.Webhook.DISCARD if self.discard else pb.Webhook.QUEUE
+            paths.append("inactive_policy")
+        if self.rate_limit is not None:
+            webhook.rate_limit = self.rate_limit
+            paths.append("rate_limit")
+        if self.timeout is not None:
+            webhook.timeout.FromNanoseconds(round(self.timeout * 1e9))
+            paths.append("timeout")
+        return webhook, paths

@@ -1,0 +1,377 @@
+"""What hookctl prints: rich tables for people, protobuf JSON for scripts.
+
+Commands only fetch data and pick a renderer here, so the look of a webhook or a delivery is
+the same wherever it appears, and ``--json`` always means the canonical protobuf JSON mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
+from google.protobuf.message import Message
+from rich import box
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from hookd.v1 import hookd_pb2 as pb
+
+if TYPE_CHECKING:
+    from hookd.client.listen import Delivery
+
+NONE = Text("-", style="dim")
+SECRET_NOTE = Text("Keep the signing secret: it is shown in full only now (and by rotate-secret).", style="yellow")
+
+_DELIVERY_STYLES = {
+    pb.Delivery.PENDING: "yellow",
+    pb.Delivery.HELD: "blue",
+    pb.Delivery.SUCCEEDED: "green",
+    pb.Delivery.FAILED: "red",
+    pb.Delivery.DISCARDED: "dim",
+    pb.Delivery.CANCELLED: "dim",
+}
+_BREAKER_STYLES = {pb.CLOSED: "green", pb.OPEN: "red", pb.HALF_OPEN: "yellow"}
+FIVE_MINUTES = 300
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """Messages through ``MessageToDict`` (zero values included, so scripts see every field)."""
+    if isinstance(value, Message):
+        return json_format.MessageToDict(value, always_print_fields_with_no_presence=True)
+    if isinstance(value, Mapping):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    return value
+
+
+def to_json(value: Any, *, compact: bool = False) -> str:
+    """One document; ``compact`` gives one line per value, for streams read line by line."""
+    if compact:
+        return json.dumps(jsonable(value), separators=(",", ":"))
+    return json.dumps(jsonable(value), indent=2)
+
+
+# -- small values --------------------------------------------------------------------------------
+
+
+def when(stamp: timestamp_pb2.Timestamp) -> Text:
+    """Local wall-clock time; an unset timestamp is a dash, not 1970."""
+    if not stamp.seconds and not stamp.nanos:
+        return NONE
+    return Text(datetime.fromtimestamp(stamp.ToNanoseconds() / 1e9).strftime("%Y-%m-%d %H:%M:%S"))
+
+
+def millis(value: duration_pb2.Duration) -> str:
+    return f"{value.ToNanoseconds() / 1e6:.1f} ms"
+
+
+def seconds(value: duration_pb2.Duration) -> str:
+    return f"{value.ToNanoseconds() / 1e9:g} s"
+
+
+def optional(value: str) -> Text:
+    return Text(value) if value else NONE
+
+
+def webhook_status(status: pb.Webhook.Status.ValueType) -> Text:
+    """Green ``Active``, dim ``Inactive``: the dashboard's two states at a glance."""
+    if status == pb.Webhook.INACTIVE:
+        return Text("Inactive", style="dim")
+    if status == pb.Webhook.ACTIVE:
+        return Text("Active", style="green")
+    return NONE
+
+
+def delivery_state(state: pb.Delivery.State.ValueType) -> Text:
+    return Text(pb.Delivery.State.Name(state).lower(), style=_DELIVERY_STYLES.get(state, ""))
+
+
+def outcome(value: pb.Outcome.ValueType) -> Text:
+    if value == pb.OUTCOME_UNSPECIFIED:
+        return NONE
+    return Text(pb.Outcome.Name(value), style="green" if value == pb.SUCCESS else "red")
+
+
+def breaker(state: pb.BreakerState.ValueType) -> Text:
+    if state == pb.BREAKER_STATE_UNSPECIFIED:
+        return NONE
+    return Text(pb.BreakerState.Name(state).lower().replace("_", "-"), style=_BREAKER_STYLES.get(state, ""))
+
+
+def auth_summary(auth: pb.DestinationAuth) -> Text:
+    """The method and its (already masked) credentials."""
+    method = auth.WhichOneof("method")
+    if method == "bearer":
+        return Text(f"bearer {auth.bearer.token}")
+    if method == "basic":
+        return Text(f"basic {auth.basic.username}:{auth.basic.password}")
+    if method == "headers":
+        return Text("headers " + ", ".join(f"{k}: {v}" for k, v in sorted(auth.headers.headers.items())))
+    return Text("none", style="dim")
+
+
+def _fields(rows: Iterable[tuple[str, RenderableType]], title: str | None = None) -> Table:
+    """A two-column key/value table; values fold rather than truncate (names and secrets must be whole)."""
+    table = Table(box=None, show_header=False, title=title, title_justify="left", title_style="bold")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+def next_page(page: pb.ListWebhooksResponse | pb.ListDeliveriesResponse) -> list[Text]:
+    """The hint for the next page, if there is one."""
+    if not page.next_page_token:
+        return []
+    return [Text(f"next page: --page-token {page.next_page_token} (with the same filters)", style="dim")]
+
+
+def webhooks_table(webhooks: Sequence[pb.Webhook], *, total: int | None = None) -> Table:
+    caption = f"{len(webhooks)} of {total}" if total is not None else f"{len(webhooks)} shown"
+    table = Table(box=box.SIMPLE_HEAD, caption=caption, caption_justify="left")
+    table.add_column("Resource", no_wrap=True)
+    table.add_column("Event", no_wrap=True)
+    table.add_column("URL", overflow="fold")
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Name", overflow="fold")
+    for hook in webhooks:
+        table.add_row(hook.resource, hook.event, hook.url, webhook_status(hook.status), hook.name)
+    return table
+
+
+def webhook_detail(hook: pb.Webhook) -> Table:
+    policy = pb.Webhook.InactivePolicy.Name(hook.inactive_policy).lower() if hook.inactive_policy else "-"
+    rows: list[tuple[str, RenderableType]] = [
+        ("Name", hook.name),
+        ("Resource", hook.resource),
+        ("Event", hook.event),
+        ("URL", hook.url),
+        ("Status", webhook_status(hook.status)),
+        ("While inactive", policy),
+        ("Auth", auth_summary(hook.auth)),
+        ("Signing secret", hook.signing_secret),
+        ("Description", optional(hook.description)),
+        ("Rate limit", f"{hook.rate_limit:g}/s" if hook.rate_limit else Text("server default", style="dim")),
+        ("Timeout", seconds(hook.timeout) if hook.HasField("timeout") else NONE),
+        ("Created", when(hook.create_time)),
+        ("Updated", when(hook.update_time)),
+    ]
+    if hook.HasField("previous_secret_expire_time"):
+        rows.append(("Previous secret until", when(hook.previous_secret_expire_time)))
+    return _fields(rows)
+
+
+def attempt_detail(attempt: pb.Attempt) -> Table:
+    return _fields(
+        [
+            ("Status code", str(attempt.status_code) if attempt.status_code else NONE),
+            ("Latency", millis(attempt.duration)),
+            ("Outcome", outcome(attempt.outcome)),
+            ("Error", optional(attempt.error)),
+            ("URL", attempt.url),
+            ("Response", optional(attempt.response_excerpt)),
+            ("Attempt", attempt.name),
+        ]
+    )
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+def published(answer: pb.PublishEventResponse) -> Table:
+    duplicate = Text("yes: already published with this key, nothing sent again", style="yellow")
+    return _fields(
+        [
+            ("Event", answer.name),
+            ("Deliveries", str(answer.delivery_count)),
+            ("Duplicate", duplicate if answer.duplicate else Text("no")),
+        ]
+    )
+
+
+def event_types_table(types: Sequence[pb.EventType]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("Resource")
+    table.add_column("Event")
+    table.add_column("Type")
+    for item in types:
+        table.add_row(item.resource, item.event, item.type)
+    return table
+
+
+# -- deliveries ----------------------------------------------------------------------------------
+
+
+def deliveries_table(deliveries: Sequence[pb.Delivery]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, caption=f"{len(deliveries)} shown", caption_justify="left")
+    table.add_column("Delivery", overflow="fold")
+    table.add_column("Type", no_wrap=True)
+    table.add_column("State", no_wrap=True)
+    table.add_column("Attempts", justify="right")
+    table.add_column("Last error", overflow="fold")
+    table.add_column("Created", no_wrap=True)
+    for item in deliveries:
+        table.add_row(
+            item.name,
+            item.event_type,
+            delivery_state(item.state),
+            str(item.attempt_count),
+            optional(item.last_error),
+            when(item.create_time),
+        )
+    return table
+
+
+def delivery_detail(delivery: pb.Delivery, attempts: Sequence[pb.Attempt] | None = None) -> Group:
+    fields = _fields(
+        [
+            ("Delivery", delivery.name),
+            ("Event", delivery.event),
+            ("Type", delivery.event_type),
+            ("State", delivery_state(delivery.state)),
+            ("Attempts", str(delivery.attempt_count)),
+            ("Next attempt", when(delivery.next_attempt_time)),
+            ("Last error", optional(delivery.last_error)),
+            ("Message id", delivery.message_id),
+            ("Created", when(delivery.create_time)),
+            ("Updated", when(delivery.update_time)),
+        ]
+    )
+    if attempts is None:
+        return Group(fields)
+    table = Table(box=box.SIMPLE_HEAD, title="Attempts", title_justify="left")
+    table.add_column("#", justify="right")
+    table.add_column("Started", no_wrap=True)
+    table.add_column("Latency", justify="right", no_wrap=True)
+    table.add_column("Status", justify="right")
+    table.add_column("Outcome", no_wrap=True)
+    table.add_column("Error", overflow="fold")
+    for number, attempt in enumerate(attempts, 1):
+        table.add_row(
+            str(number),
+            when(attempt.start_time),
+            millis(attempt.duration),
+            str(attempt.status_code) if attempt.status_code else NONE,
+            outcome(attempt.outcome),
+            optional(attempt.error),
+        )
+    return Group(fields, Text(), table)
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+def five_minutes(stats: pb.HealthStats) -> pb.WindowStats | None:
+    for window in stats.windows:
+        if window.window.seconds == FIVE_MINUTES:
+            return window
+    return None
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def _percent(value: float) -> str:
+    return f"{value:.0%}" if round(value * 100, 1).is_integer() else f"{value:.1%}"
+
+
+def _health_row(table: Table, stats: pb.HealthStats, key: RenderableType) -> None:
+    window = five_minutes(stats)
+    if window is None or not window.attempts:
+        rate: RenderableType = NONE
+        latency: RenderableType = NONE
+    else:
+        style = "green" if window.success_rate >= 0.99 else "yellow" if window.success_rate >= 0.9 else "red"
+        rate = Text(f"{_percent(window.success_rate)} of {window.attempts}", style=style)
+        latency = "/".join(_ms(value) for value in (window.p50_ms, window.p95_ms, window.p99_ms))
+    table.add_row(
+        key,
+        rate,
+        latency,
+        str(stats.backlog),
+        str(stats.queued_in_memory),
+        str(stats.in_flight),
+        str(stats.retries_scheduled),
+        breaker(stats.breaker_state),
+    )
+
+
+def health_table(snapshot: pb.HealthSnapshot) -> Group:
+    """The service, then each destination, then each webhook, over the last 5 minutes; then last errors.
+
+    Errors go below the table rather than in a column, so the figures fit an 80-column terminal.
+    """
+    title = Text.assemble(("Delivery health", "bold"), f" at {when(snapshot.time)}, last 5 minutes")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=title,
+        title_justify="left",
+        caption="Backlog: waiting on disk; Mem: queued in memory; Flight: requests in flight; Retry: awaiting a retry",
+        caption_justify="left",
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    table.add_column("Scope", overflow="fold", min_width=16)
+    table.add_column("Success", no_wrap=True)
+    table.add_column("p50/95/99 ms", no_wrap=True)
+    for name in ("Backlog", "Mem", "Flight", "Retry"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("Breaker", no_wrap=True)
+    _health_row(table, snapshot.service, Text("service", style="bold"))
+    if snapshot.destinations:
+        table.add_section()
+    for stats in snapshot.destinations:
+        _health_row(table, stats, stats.key)
+    if snapshot.webhooks:
+        table.add_section()
+    for stats in snapshot.webhooks:
+        _health_row(table, stats, stats.key)
+    failing = [stats for stats in (*snapshot.destinations, *snapshot.webhooks) if stats.last_error]
+    if not failing:
+        return Group(table)
+    errors = Table(box=None, title="Last errors", title_justify="left", show_header=False, pad_edge=False)
+    errors.add_column(overflow="fold")
+    errors.add_column(overflow="fold", style="red")
+    errors.add_column(no_wrap=True, style="dim")
+    for stats in failing:
+        errors.add_row(stats.key, stats.last_error, when(stats.last_failure_time))
+    return Group(table, errors)
+
+
+# -- listen --------------------------------------------------------------------------------------
+
+_SIGNATURE_STYLES = {"ok": "green", "invalid": "bold red", "unchecked": "dim"}
+
+
+def received(delivery: Delivery) -> Text:
+    """One request seen by ``hookctl listen``: what it was, whether its signature holds, the answer."""
+    clock = datetime.fromtimestamp(delivery.time).strftime("%H:%M:%S")
+    signature = f"signature {delivery.signature}"
+    if delivery.signature_error:
+        signature += f" ({delivery.signature_error})"
+    answer_style = "green" if 200 <= delivery.status < 300 else "red"
+    return Text.assemble(
+        (clock, "dim"),
+        f"  {delivery.method} {delivery.path}  ",
+        (delivery.event_type or "?", "bold"),
+        f"  {delivery.event_id or '-'}  msg {delivery.message_id or '-'}  ",
+        (signature, _SIGNATURE_STYLES.get(delivery.signature, "")),
+        "  -> ",
+        (str(delivery.status), answer_style),
+        f" after {delivery.delay:g} s" if delivery.delay else "",
+        "\n  ",
+        (" ".join(delivery.body.split()), "dim"),
+    )
