@@ -29,11 +29,11 @@ def check_event_type(resource: str, event: str, *, field_prefix: str = "") -> st
     if resource not in CATALOGUE:
         raise InvalidArgument(
             f"{field_prefix}resource",
-            f"unknown resource {resource!r}; valid resources: {', '.join(CATALOGUE)}",
+            f"unknown resource {resource[:100]!r}; valid resources: {', '.join(CATALOGUE)}",
         )
     if event not in CATALOGUE[resource]:
         raise InvalidArgument(
             f"{field_prefix}event",
-            f"unknown event {event!r} for resource {resource!r}; valid events: {', '.join(CATALOGUE[resource])}",
+            f"unknown event {event[:100]!r} for resource {resource!r}; valid events: {', '.join(CATALOGUE[resource])}",
         )
     return f"{resource}.{event}"

@@ -44,6 +44,22 @@ def _is_public(address: IPAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
+def _check_host_name(host: str, field_name: str) -> None:
+    """A host name must be one the resolver can be asked about: IDNA-encodable (no empty label, no
+    label over 63 characters) and at most 253 characters long. IP literals are not names."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError as error:
+        raise InvalidArgument(field_name, f"has an invalid host name: {error}") from error
+    if len(encoded.rstrip(b".")) > 253:
+        raise InvalidArgument(field_name, "has a host name longer than 253 characters")
+
+
 @functools.lru_cache(maxsize=4)
 def _tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Built once per CA file: loading the system store costs milliseconds, and actors come and go."""
@@ -109,6 +125,7 @@ class DestinationPolicy:
         host = parts.hostname
         if not host:
             raise InvalidArgument(field_name, "has no host")
+        _check_host_name(host, field_name)
         if parts.username is not None or parts.password is not None:
             raise InvalidArgument(field_name, "must not carry credentials; use auth instead")
         if any(ch.isspace() for ch in url) or any(ord(ch) < 32 for ch in url):
@@ -132,7 +149,7 @@ class DestinationPolicy:
             raise DestinationBlocked(f"address {literal} is not a public address")
         try:
             infos = await trio.socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-        except OSError as error:
+        except (OSError, UnicodeError) as error:  # UnicodeError: the name has no IDNA form
             raise DestinationUnresolvable(f"host {host!r} did not resolve: {error}") from error
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if name in self.allow_hosts:

@@ -45,6 +45,9 @@ def decode_token(token: str, filters: object) -> int | None:
         fingerprint = raw["f"]
     except (ValueError, KeyError, TypeError) as error:
         raise InvalidArgument("page_token", "malformed page token") from error
-    if not isinstance(key, int) or fingerprint != _fingerprint(filters):
+    # A key outside SQLite's 64-bit integers cannot come from encode_token: the token was forged.
+    if type(key) is not int or not -(2**63) <= key < 2**63:
+        raise InvalidArgument("page_token", "malformed page token")
+    if fingerprint != _fingerprint(filters):
         raise InvalidArgument("page_token", "page token does not match this request's filters")
     return key

@@ -48,6 +48,7 @@ from hookd.engine.validation import (
     UPDATABLE,
     WebhookInput,
     check_idempotency_key,
+    check_query,
     check_scalars,
     event_payload,
 )
@@ -227,6 +228,7 @@ class Engine:
         return int(cancelled)
 
     async def list_webhooks(self, filters: queries.WebhookFilter, size: int, token: str) -> Page:
+        check_query(filters.query, "query")
         limit = page_size(size)
         fingerprint = [filters.resource, filters.event, filters.status and filters.status.value, filters.query]
         after = decode_token(token, fingerprint)

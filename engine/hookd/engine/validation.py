@@ -19,6 +19,8 @@ DEFAULT_TIMEOUT_S = 5.0
 MAX_RATE_LIMIT = 100_000.0
 MAX_CREDENTIAL = 4096
 MAX_HEADERS = 20
+#: Longest ListWebhooks free-text query; SQLite refuses LIKE patterns over 50,000 bytes anyway.
+MAX_QUERY = 500
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 #: Fields UpdateWebhook may change.
@@ -119,3 +121,7 @@ def event_payload(data: dict[str, Any], related: dict[str, Any], limit: int, pre
 
 def check_idempotency_key(key: str, field_name: str) -> None:
     _printable(key, field_name, MAX_IDEMPOTENCY_KEY)
+
+
+def check_query(query: str, field_name: str) -> None:
+    _printable(query, field_name, MAX_QUERY)

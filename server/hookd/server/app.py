@@ -25,8 +25,8 @@ from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
 from hookd.server.metrics import serve_metrics
 from hookd.server.reflection import DocumentedPool
-from hookd.server.servicer import WebhookServicer
-from hookd.v1 import hookd_pb2, hookd_pb2_grpc
+from hookd.server.servicer import WebhookServicer, add_to_server
+from hookd.v1 import hookd_pb2
 
 log = logging.getLogger("hookd.server")
 
@@ -122,7 +122,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
             ("grpc.so_reuseport", 0),
         ],
     )
-    hookd_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(side.engine, side.bridge), server)
+    add_to_server(WebhookServicer(side.engine, side.bridge), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -81,8 +81,12 @@ def seconds(value: duration_pb2.Duration, field_name: str) -> float:
     return value.seconds + value.nanos / 1e9
 
 
-def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
-    return json_format.MessageToDict(value)
+def struct_to_dict(value: struct_pb2.Struct, field_name: str) -> dict[str, Any]:
+    """The Struct as JSON data; NaN and infinities, which a Struct can hold and JSON cannot, are refused."""
+    try:
+        return json_format.MessageToDict(value)
+    except ValueError as error:
+        raise InvalidArgument(field_name, f"is not valid JSON (numbers must be finite): {error}") from error
 
 
 def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
@@ -117,6 +121,15 @@ def auth_to_proto(auth: Auth) -> pb.DestinationAuth:
     return pb.DestinationAuth()
 
 
+def webhook_status(value: int, field_name: str) -> Status | None:
+    """A Webhook.Status number as the engine's Status; None when unspecified."""
+    if value == pb.Webhook.STATUS_UNSPECIFIED:
+        return None
+    if value not in (pb.Webhook.ACTIVE, pb.Webhook.INACTIVE):
+        raise InvalidArgument(field_name, "must be ACTIVE or INACTIVE")
+    return Status(pb.Webhook.Status.Name(pb.Webhook.Status.ValueType(value)))
+
+
 def webhook_input(message: pb.Webhook) -> WebhookInput:
     rate = message.rate_limit
     if math.isnan(rate) or math.isinf(rate):
@@ -124,8 +137,7 @@ def webhook_input(message: pb.Webhook) -> WebhookInput:
     timeout = None
     if message.HasField("timeout"):
         timeout = seconds(message.timeout, "webhook.timeout")
-    if message.status not in (pb.Webhook.STATUS_UNSPECIFIED, pb.Webhook.ACTIVE, pb.Webhook.INACTIVE):
-        raise InvalidArgument("webhook.status", "must be ACTIVE or INACTIVE")
+    status = webhook_status(message.status, "webhook.status")
     if message.inactive_policy not in (pb.Webhook.INACTIVE_POLICY_UNSPECIFIED, pb.Webhook.QUEUE, pb.Webhook.DISCARD):
         raise InvalidArgument("webhook.inactive_policy", "must be QUEUE or DISCARD")
     return WebhookInput(
@@ -133,7 +145,7 @@ def webhook_input(message: pb.Webhook) -> WebhookInput:
         event=message.event,
         url=message.url,
         auth=auth_from_proto(message.auth),
-        status=Status(pb.Webhook.Status.Name(message.status)) if message.status else None,
+        status=status,
         inactive_policy=(
             InactivePolicy(pb.Webhook.InactivePolicy.Name(message.inactive_policy)) if message.inactive_policy else None
         ),
@@ -284,4 +296,6 @@ def snapshot_to_proto(snapshot: Snapshot) -> pb.HealthSnapshot:
         service=stats_to_proto(snapshot.service),
         webhooks=[stats_to_proto(s) for s in snapshot.webhooks],
         destinations=[stats_to_proto(s) for s in snapshot.destinations],
+        actors=snapshot.actors,
+        actor_restarts=snapshot.actor_restarts,
     )

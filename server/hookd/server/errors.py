@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from hookd.engine.errors import (
     AlreadyExists,
@@ -33,11 +34,50 @@ CODES: dict[type[HookdError], grpc.StatusCode] = {
 }
 
 
+#: Longest status message sent. Messages may quote what the caller sent, and a status travels in
+#: a trailer: clients refuse trailers over 8 KiB, and would see RESOURCE_EXHAUSTED instead.
+MAX_DETAILS = 1000
+
+
+def clip(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS else message[: MAX_DETAILS - 3] + "..."
+
+
 def status_for(error: HookdError) -> grpc.StatusCode:
     for kind in type(error).__mro__:
         if kind in CODES:
             return CODES[kind]  # type: ignore[index]
     return grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Undecodable:
+    """Stands in for a request whose bytes did not parse (corrupt, or nested deeper than protobuf
+    decodes). grpc answers UNKNOWN when a deserializer raises, so the deserializer returns this
+    instead and the handler refuses it as the caller's error."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def lenient_decoder(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    """A request deserializer that never raises."""
+    name = message_class.DESCRIPTOR.full_name
+
+    def decode(raw: bytes) -> Message | Undecodable:
+        try:
+            return message_class.FromString(raw)
+        except DecodeError as error:
+            return Undecodable(f"the request is not a valid {name}: {error}")
+
+    return decode
+
+
+async def refuse_undecodable(request: object, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """End the call with INVALID_ARGUMENT if the request did not parse."""
+    if isinstance(request, Undecodable):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -48,10 +88,11 @@ def grpc_errors(handler: F) -> F:
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await refuse_undecodable(request, context)
         try:
             return await handler(self, request, context)
         except HookdError as error:
-            code, message = status_for(error), error.message
+            code, message = status_for(error), clip(error.message)
         except Exception:
             log.exception("internal error in %s", handler.__name__)
             code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"

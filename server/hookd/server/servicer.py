@@ -18,7 +18,7 @@ from hookd.engine.store.queries import WebhookFilter
 from hookd.engine.validation import UPDATABLE
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
-from hookd.server.errors import grpc_errors, status_for
+from hookd.server.errors import clip, grpc_errors, lenient_decoder, refuse_undecodable, status_for
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 
@@ -29,12 +29,12 @@ DEFAULT_HEALTH_INTERVAL_S = 1.0
 MIN_HEALTH_INTERVAL_S = 0.1
 
 
-def _event_input(message: pb.EventInput) -> EventInput:
+def _event_input(message: pb.EventInput, prefix: str) -> EventInput:
     return EventInput(
         resource=message.resource,
         event=message.event,
-        data=convert.struct_to_dict(message.data),
-        related=convert.struct_to_dict(message.related),
+        data=convert.struct_to_dict(message.data, f"{prefix}.data"),
+        related=convert.struct_to_dict(message.related, f"{prefix}.related"),
         idempotency_key=message.idempotency_key,
     )
 
@@ -80,9 +80,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
     @grpc_errors
     async def ListWebhooks(self, request: pb.ListWebhooksRequest, context: Context) -> pb.ListWebhooksResponse:
-        status = None
-        if request.status:
-            status = convert.webhook_input(pb.Webhook(status=request.status)).status
+        status = convert.webhook_status(request.status, "status")
         filters = WebhookFilter(request.resource, request.event, status, request.query)
         page = await self._bridge.call(self._engine.list_webhooks, filters, request.page_size, request.page_token)
         now = self._engine.clock.now()
@@ -114,12 +112,12 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
     @grpc_errors
     async def PublishEvent(self, request: pb.PublishEventRequest, context: Context) -> pb.PublishEventResponse:
-        results = await self._bridge.call(self._engine.publish, [_event_input(request.event)], batch=False)
+        results = await self._bridge.call(self._engine.publish, [_event_input(request.event, "event")], batch=False)
         return _publish_answer(results[0])
 
     @grpc_errors
     async def PublishEvents(self, request: pb.PublishEventsRequest, context: Context) -> pb.PublishEventsResponse:
-        items = [_event_input(item) for item in request.events]
+        items = [_event_input(item, f"events[{index}]") for index, item in enumerate(request.events)]
         results = await self._bridge.call(self._engine.publish, items, batch=True)
         return pb.PublishEventsResponse(results=[_publish_answer(result) for result in results])
 
@@ -158,10 +156,11 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
     async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context) -> AsyncIterator[pb.HealthSnapshot]:
         """A snapshot at once, then one per interval, until the client cancels (which ends the loop)."""
+        await refuse_undecodable(request, context)
         try:
             hook_ids, urls, interval = self._health_request(request)
         except HookdError as error:
-            await context.abort(status_for(error), error.message)
+            await context.abort(status_for(error), clip(error.message))
         while True:
             snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
             yield convert.snapshot_to_proto(snapshot)
@@ -178,3 +177,21 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
             if interval <= 0:
                 raise InvalidArgument("interval", "must be positive")
         return hook_ids, list(request.destinations) or None, max(interval, MIN_HEALTH_INTERVAL_S)
+
+
+def add_to_server(servicer: WebhookServicer, server: grpc.aio.Server) -> None:
+    """Register the service as ``add_WebhookServiceServicer_to_server`` does, but with request
+    deserializers that never raise: a request that does not parse is INVALID_ARGUMENT, not UNKNOWN."""
+    service = pb.DESCRIPTOR.services_by_name["WebhookService"]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_decoder(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]

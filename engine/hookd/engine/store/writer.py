@@ -86,11 +86,11 @@ class Writer:
                     except Exception as error:  # the commit stands; report to the caller
                         op.error = error
                 if op.done is not None:
-                    op.done.set()
-                if op.after is not None:
-                    op.after()
+                    op.done.set()  # the caller gets the error, if any
                 elif op.error is not None:
                     log.error("background write failed: %r", op.error)
+                if op.after is not None:
+                    op.after()
 
     def _commit(self, batch: list[_Op[Any]]) -> None:
         conn = self._db.conn
