@@ -215,21 +215,27 @@ class DestinationActor:
                 return
             await self._record(job, result)
         finally:
-            self.in_flight.pop(job.delivery_id, None)
             if result is None:
                 self._settle(job.delivery_id)
             self._wake.set()
 
     def _settle(self, delivery_id: int) -> None:
-        """The delivery's outcome is on disk (or it was never sent): it may be loaded again."""
+        """The delivery's outcome is on disk (or it was never sent): it may be loaded again, and
+        its slot is free.
+
+        The slot is held until the outcome is committed, not just until the response is read: a
+        kill -9 re-sends exactly the attempts whose outcome was not on disk, so holding the slot
+        is what bounds duplicates to ``max_in_flight`` per destination per crash.
+        """
+        self.in_flight.pop(delivery_id, None)
         self.known.discard(delivery_id)
         if self._settled_during_refill is not None:
             self._settled_during_refill.add(delivery_id)
         self._wake.set()
 
     async def _record(self, job: Job, result: AttemptResult) -> None:
-        """Queue the outcome for the writer without waiting for the commit, so the request slot
-        frees at once; the delivery stays in ``known`` until the commit hook settles it."""
+        """Queue the outcome for the writer without waiting for the commit; the delivery keeps its
+        slot and stays in ``known`` until the commit hook settles it."""
         ctx = self._ctx
         now = ctx.clock.now()
         ctx.attempt_finished(self.url, job.webhook_id, result)
