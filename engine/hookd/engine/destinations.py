@@ -38,9 +38,32 @@ class DestinationUnresolvable(Exception):
     """The destination's host name did not resolve."""
 
 
+#: IPv6 forms that carry an IPv4 address in their last 32 bits and may reach it: IPv4-translated
+#: (SIIT), IPv4-compatible (deprecated) and the NAT64 well-known prefix.
+_EMBEDDING_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("::ffff:0:0:0/96", "::/96", "64:ff9b::/96"))
+#: Local-use NAT64 translates to whatever the operator's network routes: never public.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in _EMBEDDING_IPV4):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def _is_public(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _is_public(address.ipv4_mapped)
+    """Globally reachable unicast. An IPv6 form that embeds an IPv4 address (mapped, translated,
+    compatible, NAT64, 6to4) is judged by that IPv4 address, since it may be how it is reached."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _LOCAL_NAT64 or address.is_site_local:
+            return False
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return _is_public(embedded)
     return address.is_global and not address.is_multicast
 
 
