@@ -308,6 +308,7 @@ def test_test_webhook_pings_now_and_records(client: HookdClient) -> None:
         standardwebhooks.Webhook(hook.signing_secret).verify(request.body, request.headers)
         (delivery,) = deliveries(client, hook.name)
         assert delivery.state == pb.Delivery.FAILED and delivery.attempt_count == 1
+        assert request.headers["webhook-id"] == delivery.message_id
         assert len(receiver.received()) == 1  # no retries
         with pytest.raises(NotFound):
             client.test_webhook("webhooks/wh_nope")

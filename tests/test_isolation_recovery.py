@@ -35,7 +35,9 @@ def test_fast_destination_keeps_its_pace_while_others_hang(tmp_path: Path) -> No
         # yet the fast one got all 50 events.
         for name in slow_hooks:
             for delivery in client.list_deliveries(name, page_size=100).deliveries:
-                assert delivery.attempt_count == 0 and delivery.state == pb.Delivery.PENDING, client.list_attempts(delivery.name).attempts
+                assert delivery.attempt_count == 0 and delivery.state == pb.Delivery.PENDING, client.list_attempts(
+                    delivery.name
+                ).attempts
         assert len(hanging.received()) >= 20
     finally:
         fast.close()

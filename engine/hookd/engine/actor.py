@@ -73,6 +73,22 @@ def request_headers(webhook: Webhook, msg_id: str, body: bytes, now: float) -> d
 
 
 class DestinationActor:
+    # Slots: ten thousand destinations may each have an actor at once.
+    __slots__ = (
+        "_ctx",
+        "_on_retire",
+        "_pokes",
+        "_settled_during_refill",
+        "_wake",
+        "backlog",
+        "breaker",
+        "in_flight",
+        "known",
+        "limiter",
+        "queue",
+        "url",
+    )
+
     def __init__(self, url: str, ctx: ActorContext, on_retire: Callable[[DestinationActor], None]) -> None:
         self.url = url
         self._ctx = ctx

@@ -31,6 +31,8 @@ class BreakerPolicy:
 
 
 class CircuitBreaker:
+    __slots__ = ("_cooldown", "_failures", "_opened_at", "_policy", "_probe_out", "since_wall", "state")
+
     def __init__(self, policy: BreakerPolicy) -> None:
         self._policy = policy
         self.state = BreakerState.CLOSED

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hookd.engine.model import Outcome
 
@@ -21,26 +21,34 @@ BOUNDS_MS: list[float] = [0.5 * 1.25**i for i in range(54)]
 WINDOWS_S = (300, 3600, 86400)
 
 
-@dataclass
 class Bucket:
-    attempts: int = 0
-    successes: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    histogram: list[int] = field(default_factory=lambda: [0] * (len(BOUNDS_MS) + 1))
+    """Counts for one minute or hour. Sparse (histogram slot -> count), because most keys see
+    few distinct latencies and ten thousand destinations must stay cheap to hold."""
+
+    __slots__ = ("attempts", "errors", "histogram", "successes")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.successes = 0
+        self.errors: dict[str, int] = {}
+        self.histogram: dict[int, int] = {}
 
     def add(self, duration_ms: float, outcome: Outcome) -> None:
         self.attempts += 1
         if outcome is Outcome.SUCCESS:
             self.successes += 1
         else:
-            self.errors[outcome.value] += 1
-        self.histogram[bisect.bisect_left(BOUNDS_MS, duration_ms)] += 1
+            self.errors[outcome.value] = self.errors.get(outcome.value, 0) + 1
+        slot = bisect.bisect_left(BOUNDS_MS, duration_ms)
+        self.histogram[slot] = self.histogram.get(slot, 0) + 1
 
     def merge(self, other: Bucket) -> None:
         self.attempts += other.attempts
         self.successes += other.successes
-        self.errors.update(other.errors)
-        self.histogram = [a + b for a, b in zip(self.histogram, other.histogram, strict=True)]
+        for name, count in other.errors.items():
+            self.errors[name] = self.errors.get(name, 0) + count
+        for slot, count in other.histogram.items():
+            self.histogram[slot] = self.histogram.get(slot, 0) + count
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,14 @@ class WindowFigures:
     errors: dict[str, int]
 
 
-def percentile(histogram: list[int], fraction: float) -> float:
+def percentile(histogram: dict[int, int], fraction: float) -> float:
     """The ``fraction`` quantile, interpolated linearly inside the bucket it falls in."""
-    total = sum(histogram)
+    total = sum(histogram.values())
     if total == 0:
         return 0.0
     rank = fraction * total
     seen = 0
-    for index, count in enumerate(histogram):
+    for index, count in sorted(histogram.items()):
         if count and seen + count >= rank:
             low = BOUNDS_MS[index - 1] if index > 0 else 0.0
             high = BOUNDS_MS[index] if index < len(BOUNDS_MS) else BOUNDS_MS[-1] * 1.25
@@ -73,6 +81,8 @@ def percentile(histogram: list[int], fraction: float) -> float:
 
 class Series:
     """One key's buckets and last-seen facts."""
+
+    __slots__ = ("_cache", "hours", "last_error", "last_failure", "last_success", "minutes", "version")
 
     def __init__(self) -> None:
         self.minutes: dict[int, Bucket] = {}

@@ -50,6 +50,8 @@ class Snapshot:
     service: Stats
     webhooks: list[Stats]
     destinations: list[Stats]
+    actors: int = 0
+    actor_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -214,4 +216,4 @@ class HealthMonitor:
             in_flight=sum(len(live.in_flight) for live in actors.values()),
             retries_scheduled=sum(retries for _, retries in backlog.destinations.values()),
         )
-        return Snapshot(now, service, webhook_stats, destination_stats)
+        return Snapshot(now, service, webhook_stats, destination_stats, len(actors), self._dispatcher.restarts)

@@ -8,6 +8,8 @@ import trio
 class TokenBucket:
     """Timing comes from trio's clock, so tests can drive it with ``MockClock``."""
 
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
+
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self._rate = rate
         self._burst = burst if burst is not None else max(1.0, rate)

@@ -27,7 +27,7 @@ from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.errors import InvalidArgument, NotFound
 from hookd.engine.http_delivery import post
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
-from hookd.engine.jobs import AttemptResult, PreparedEvent, PublishResult
+from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
 from hookd.engine.model import (
     AttemptRecord,
     DeliveryRecord,
@@ -36,6 +36,7 @@ from hookd.engine.model import (
     InactivePolicy,
     Status,
     Webhook,
+    message_id,
 )
 from hookd.engine.monitor import HealthMonitor
 from hookd.engine.paging import decode_token, encode_token, page_size
@@ -266,21 +267,15 @@ class Engine:
         event_id = new_event_id()
         body = envelope(event_id, catalogue.PING_TYPE, now, {"webhook": f"webhooks/{webhook_id}"}, {})
         ping = PreparedEvent(event_id, catalogue.PING_TYPE, "webhook", "ping", now, body, "")
-        # The delivery is stored after the request, so a ping's message id is its event id.
+        delivery_id = await self.writer.execute(
+            partial(delivery_ops.insert_test_ping, event=ping, webhook_id=webhook_id, url=webhook.url)
+        )
         async with ConnectionSet(self.config.destinations) as client:
-            headers = request_headers(webhook, event_id, body.encode(), now)
+            headers = request_headers(webhook, message_id(delivery_id), body.encode(), now)
             result = await post(client, webhook.url, headers, body.encode(), webhook.timeout_s)
         self._attempt_finished(webhook.url, webhook_id, result)
-        delivery_id = await self.writer.execute(
-            partial(
-                delivery_ops.record_test_ping,
-                event=ping,
-                webhook_id=webhook_id,
-                url=webhook.url,
-                attempt=result,
-                now=self.clock.now(),
-            )
-        )
+        job = Job(delivery_id, webhook_id, event_id, body, 0)
+        await self.writer.execute(partial(delivery_ops.finish_test_ping, job=job, attempt=result, now=self.clock.now()))
         attempts = await self.readers.run(
             partial(queries.list_attempts, delivery_id=delivery_id, after_id=None, limit=1)
         )

@@ -50,6 +50,12 @@ class _SnapshotCollector(Collector):
         for (destination, outcome), count in sorted(self._totals.items()):
             attempts_total.add_metric([destination, outcome], count)
         yield attempts_total
+        actors = GaugeMetricFamily("hookd_actors", "Destination actors running now.")
+        actors.add_metric([], self._snapshot.actors)
+        yield actors
+        restarts = CounterMetricFamily("hookd_actor_restarts", "Actor restarts after crashes since start.")
+        restarts.add_metric([], self._snapshot.actor_restarts)
+        yield restarts
 
         labels = ["scope", "key", "window"]
         window_attempts = GaugeMetricFamily("hookd_window_attempts", "Attempts in the rolling window.", labels=labels)

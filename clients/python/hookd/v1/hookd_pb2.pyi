@@ -1446,6 +1446,12 @@ class HealthSnapshot(_message.Message):
     SERVICE_FIELD_NUMBER: _builtins.int
     WEBHOOKS_FIELD_NUMBER: _builtins.int
     DESTINATIONS_FIELD_NUMBER: _builtins.int
+    ACTORS_FIELD_NUMBER: _builtins.int
+    ACTOR_RESTARTS_FIELD_NUMBER: _builtins.int
+    actors: _builtins.int
+    """Destination actors running now: one per URL with work; idle ones retire."""
+    actor_restarts: _builtins.int
+    """Actor restarts after crashes since the server started."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was taken."""
@@ -1469,10 +1475,12 @@ class HealthSnapshot(_message.Message):
         service: Global___HealthStats | None = ...,
         webhooks: _abc.Iterable[Global___HealthStats] | None = ...,
         destinations: _abc.Iterable[Global___HealthStats] | None = ...,
+        actors: _builtins.int = ...,
+        actor_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destinations", b"destinations", "service", b"service", "time", b"time", "webhooks", b"webhooks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "service", b"service", "time", b"time", "webhooks", b"webhooks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

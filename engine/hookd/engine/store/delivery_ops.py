@@ -8,7 +8,7 @@ import sqlite_utils
 
 from hookd.engine.errors import FailedPrecondition, NotFound
 from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
-from hookd.engine.model import DeliveryState, InactivePolicy, Status
+from hookd.engine.model import DeliveryState, InactivePolicy, Outcome, Status
 
 #: How long an idempotency key is remembered.
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
@@ -152,22 +152,39 @@ def retry_delivery(db: sqlite_utils.Database, webhook_id: str, delivery_id: int,
     return str(hook[0])
 
 
-def record_test_ping(
-    db: sqlite_utils.Database, event: PreparedEvent, webhook_id: str, url: str, attempt: AttemptResult, now: float
-) -> int:
-    """Store a TestWebhook ping as an event, a finished delivery and its one attempt."""
+def insert_test_ping(db: sqlite_utils.Database, event: PreparedEvent, webhook_id: str, url: str) -> int:
+    """Store a TestWebhook ping and its delivery before it is sent, so the request carries the
+    delivery's own message id. The delivery starts FAILED, a state no actor loads, and
+    ``finish_test_ping`` settles it."""
     db.conn.execute(
         "INSERT INTO events (id, type, create_time, envelope, idempotency_key, delivery_count) "
         "VALUES (?, ?, ?, ?, NULL, 1)",
         [event.id, event.type, event.create_time, event.envelope],
     )
-    state = DeliveryState.SUCCEEDED if attempt.outcome.value == "SUCCESS" else DeliveryState.FAILED
     cursor = db.conn.execute(
-        "INSERT INTO deliveries (event_id, webhook_id, destination, event_type, state, attempt_count, "
-        "next_attempt_at, last_error, create_time, update_time) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-        [event.id, webhook_id, url, event.type, state.value, now, attempt.error, now, now],
+        "INSERT INTO deliveries (event_id, webhook_id, destination, event_type, state, next_attempt_at, "
+        "last_error, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, 'not sent', ?, ?)",
+        [
+            event.id,
+            webhook_id,
+            url,
+            event.type,
+            DeliveryState.FAILED.value,
+            event.create_time,
+            event.create_time,
+            event.create_time,
+        ],
     )
     delivery_id = cursor.lastrowid
     assert delivery_id is not None
-    _insert_attempt(db, delivery_id, webhook_id, attempt)
     return delivery_id
+
+
+def finish_test_ping(db: sqlite_utils.Database, job: Job, attempt: AttemptResult, now: float) -> None:
+    """Record the ping's one attempt; no retry follows whatever the outcome."""
+    _insert_attempt(db, job.delivery_id, job.webhook_id, attempt)
+    state = DeliveryState.SUCCEEDED if attempt.outcome is Outcome.SUCCESS else DeliveryState.FAILED
+    db.conn.execute(
+        "UPDATE deliveries SET state = ?, attempt_count = 1, last_error = ?, update_time = ? WHERE id = ?",
+        [state.value, attempt.error, now, job.delivery_id],
+    )

@@ -1,0 +1,98 @@
+"""Actors are supervised: a crash is logged and the actor restarts without losing deliveries;
+idle actors retire and come back on demand."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hookd.client.client import event_input
+from hookd.engine.actor import DestinationActor
+from hookd.engine.config import EngineConfig
+from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.model import DeliveryState
+from hookd.engine.service import Engine, EventInput
+from hookd.engine.validation import WebhookInput
+from hookd.v1 import hookd_pb2 as pb
+from tests.support.receiver import Receiver, Reply, always, wait_until
+from tests.support.server import HookdProcess
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
+    with trio.fail_after(timeout):
+        while not await predicate():
+            await trio.sleep(0.02)
+
+
+async def test_crashed_actor_restarts_and_delivers(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A crash cannot be provoked from outside, so the first refill raises: fault injection, the
+    # only stand-in in this test. Everything else (store, actor, HTTP) is real.
+    original = DestinationActor._refill
+    crashes: list[str] = []
+
+    async def crash_once(self: DestinationActor) -> None:
+        if not crashes:
+            crashes.append(self.url)
+            raise RuntimeError("injected crash")
+        await original(self)
+
+    monkeypatch.setattr(DestinationActor, "_refill", crash_once)
+    config = EngineConfig(
+        database=tmp_path / "engine.db",
+        destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
+    )
+    engine = Engine(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        await engine.publish([EventInput("order", "created", {"n": n}, {}) for n in range(5)], batch=True)
+
+        async def all_succeeded() -> bool:
+            page = await engine.list_deliveries(None, "", DeliveryState.SUCCEEDED, 100, "")
+            return len(page.items) == 5
+
+        await until(all_succeeded)
+        assert crashes == [receiver.url()]
+        assert engine.dispatcher.restarts == 1
+        assert sorted(r.json()["data"]["n"] for r in receiver.received()) == list(range(5))
+        nursery.cancel_scope.cancel()
+    assert any("actor crashed" in record.getMessage() for record in caplog.records)
+
+
+def test_idle_actors_retire_and_return(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, "--actor-idle", "0.3").start()
+    receiver = Receiver()
+    hanging = Receiver(always(Reply(hang=True)))
+    try:
+        client = server.client()
+        for n in range(3):
+            client.create_webhook("order", "created", receiver.url(f"/d{n}"))
+        client.create_webhook("order", "created", hanging.url(), timeout_s=30)
+
+        def health() -> pb.HealthSnapshot:
+            stream = client.stream_health()
+            try:
+                return next(stream)
+            finally:
+                stream.close()  # type: ignore[attr-defined]
+
+        assert health().actors == 0
+        client.publish_events([event_input("order", "created", {"n": 1})])
+        receiver.wait_for(3)
+        hanging.wait_for(1)
+        # The three finished destinations retire; the one with a request open stays.
+        wait_until(lambda: health().actors == 1)
+        client.publish_event("order", "created", data={"n": 2})
+        receiver.wait_for(6)
+        wait_until(lambda: health().actors == 1)
+        assert health().actor_restarts == 0
+    finally:
+        receiver.close()
+        hanging.close()
+        server.stop()
