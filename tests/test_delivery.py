@@ -113,6 +113,16 @@ def test_exhausted_delivery_fails_and_can_be_retried(client: HookdClient) -> Non
         assert retried.state == pb.Delivery.PENDING
         wait_state(client, hook.name, pb.Delivery.SUCCEEDED)
         assert len(client.list_attempts(delivery.name).attempts) == 5
+        number = delivery.name.rsplit("/", 1)[1]
+        assert client.get_delivery(f"webhooks/-/deliveries/{number}").name == delivery.name
+        assert client.get_delivery(delivery.name).state == pb.Delivery.SUCCEEDED
+        other = client.create_webhook("payment", "refunded", receiver.url())
+        with pytest.raises(NotFound):
+            client.get_delivery(f"{other.name}/deliveries/{number}")
+        # A succeeded delivery can be sent again (a replay), under the same message id.
+        client.retry_delivery(f"webhooks/-/deliveries/{number}")
+        wait_until(lambda: len(receiver.received()) == 6)
+        assert receiver.received()[-1].headers["webhook-id"] == delivery.message_id
         with pytest.raises(NotFound):
             client.retry_delivery(f"{hook.name}/deliveries/999999")
         with pytest.raises(InvalidArgument, match="name"):

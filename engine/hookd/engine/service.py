@@ -348,10 +348,11 @@ class Engine:
         rows = rows[:limit]
         return Page(rows, encode_token(rows[-1].id, fingerprint) if more else "")
 
-    async def get_delivery(self, webhook_id: str, delivery_id: int) -> DeliveryRecord:
+    async def get_delivery(self, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
+        """``webhook_id`` None finds the delivery under whichever webhook it belongs to."""
         return await self.readers.run(partial(queries.get_delivery, webhook_id=webhook_id, delivery_id=delivery_id))
 
-    async def list_attempts(self, webhook_id: str, delivery_id: int, size: int, token: str) -> Page:
+    async def list_attempts(self, webhook_id: str | None, delivery_id: int, size: int, token: str) -> Page:
         await self.get_delivery(webhook_id, delivery_id)
         limit = page_size(size)
         fingerprint = [webhook_id, delivery_id]
@@ -363,7 +364,9 @@ class Engine:
         rows = rows[:limit]
         return Page(rows, encode_token(rows[-1].id, fingerprint) if more else "")
 
-    async def retry_delivery(self, webhook_id: str, delivery_id: int) -> DeliveryRecord:
+    async def retry_delivery(self, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
+        if webhook_id is None:
+            webhook_id = (await self.get_delivery(None, delivery_id)).webhook_id
         url = await self.writer.execute(
             partial(delivery_ops.retry_delivery, webhook_id=webhook_id, delivery_id=delivery_id, now=self.clock.now())
         )

@@ -40,13 +40,15 @@ def webhook_id(name: str, field_name: str = "name") -> str:
     return match.group(1)
 
 
-def delivery_ref(name: str, field_name: str = "name") -> tuple[str, int]:
+def delivery_ref(name: str, field_name: str = "name") -> tuple[str | None, int]:
+    """(webhook id, delivery id); the webhook is None for the ``webhooks/-/deliveries/{id}`` wildcard."""
     match = _DELIVERY_NAME.match(name)
     if not match:
         raise InvalidArgument(
             field_name, f"must look like webhooks/{{webhook}}/deliveries/{{delivery}}, got {name[:100]!r}"
         )
-    return match.group(1), int(match.group(2))
+    webhook = match.group(1)
+    return (None if webhook == "-" else webhook), int(match.group(2))
 
 
 def event_id(name: str, field_name: str = "name") -> str:

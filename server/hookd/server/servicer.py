@@ -139,6 +139,12 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         )
 
     @grpc_errors
+    async def GetDelivery(self, request: pb.GetDeliveryRequest, context: Context) -> pb.Delivery:
+        hook_id, delivery_id = convert.delivery_ref(request.name)
+        delivery = await self._bridge.call(self._engine.get_delivery, hook_id, delivery_id)
+        return convert.delivery_to_proto(delivery)
+
+    @grpc_errors
     async def ListAttempts(self, request: pb.ListAttemptsRequest, context: Context) -> pb.ListAttemptsResponse:
         hook_id, delivery_id = convert.delivery_ref(request.parent, "parent")
         page = await self._bridge.call(

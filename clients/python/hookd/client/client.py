@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2
 
-from hookd.client.errors import NotFound, from_rpc_error
+from hookd.client.errors import from_rpc_error
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 
@@ -245,18 +245,15 @@ class HookdClient:
             if not token:
                 return
 
-    def find_delivery(self, name_or_id: str) -> pb.Delivery:
-        """One delivery by ``webhooks/{webhook}/deliveries/{id}`` or by its bare id.
+    @_named_errors
+    def get_delivery(self, name: str) -> pb.Delivery:
+        """``webhooks/{webhook}/deliveries/{id}``, or ``webhooks/-/deliveries/{id}`` for any webhook."""
+        return self._call(self.stub.GetDelivery, pb.GetDeliveryRequest(name=name))  # type: ignore[no-any-return]
 
-        The API has no GetDelivery, so this pages through the webhook's deliveries (all of them
-        for a bare id), newest first: quick for recent deliveries, a scan for old ones.
-        """
-        parent, _, delivery_id = name_or_id.rpartition("/deliveries/")
-        suffix = f"/deliveries/{delivery_id}"
-        for delivery in self.iter_deliveries(parent or "webhooks/-", page_size=1000):
-            if delivery.name.endswith(suffix):
-                return delivery
-        raise NotFound(grpc.StatusCode.NOT_FOUND, f"delivery {name_or_id} not found")
+    def find_delivery(self, name_or_id: str) -> pb.Delivery:
+        """One delivery by ``webhooks/{webhook}/deliveries/{id}`` or by its bare id."""
+        name = name_or_id if "/deliveries/" in name_or_id else f"webhooks/-/deliveries/{name_or_id}"
+        return self.get_delivery(name)
 
     @_named_errors
     def retry_delivery(self, delivery: str) -> pb.Delivery:

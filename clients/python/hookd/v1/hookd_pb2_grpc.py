@@ -95,6 +95,11 @@ class WebhookServiceStub:
                 request_serializer=hookd_dot_v1_dot_hookd__pb2.ListDeliveriesRequest.SerializeToString,
                 response_deserializer=hookd_dot_v1_dot_hookd__pb2.ListDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.GetDelivery = channel.unary_unary(
+                '/hookd.v1.WebhookService/GetDelivery',
+                request_serializer=hookd_dot_v1_dot_hookd__pb2.GetDeliveryRequest.SerializeToString,
+                response_deserializer=hookd_dot_v1_dot_hookd__pb2.Delivery.FromString,
+                _registered_method=True)
         self.ListAttempts = channel.unary_unary(
                 '/hookd.v1.WebhookService/ListAttempts',
                 request_serializer=hookd_dot_v1_dot_hookd__pb2.ListAttemptsRequest.SerializeToString,
@@ -201,6 +206,13 @@ class WebhookServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDelivery(self, request, context):
+        """Reads one delivery. `webhooks/-/deliveries/{delivery}` finds it without knowing its webhook.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAttempts(self, request, context):
         """Lists the attempts made for one delivery, oldest first.
         """
@@ -209,7 +221,9 @@ class WebhookServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryDelivery(self, request, context):
-        """Schedules a delivery that failed, was cancelled or was discarded to be sent again now.
+        """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
+        the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
+        FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,6 +298,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.ListDeliveries,
                     request_deserializer=hookd_dot_v1_dot_hookd__pb2.ListDeliveriesRequest.FromString,
                     response_serializer=hookd_dot_v1_dot_hookd__pb2.ListDeliveriesResponse.SerializeToString,
+            ),
+            'GetDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDelivery,
+                    request_deserializer=hookd_dot_v1_dot_hookd__pb2.GetDeliveryRequest.FromString,
+                    response_serializer=hookd_dot_v1_dot_hookd__pb2.Delivery.SerializeToString,
             ),
             'ListAttempts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAttempts,
@@ -626,6 +645,33 @@ class WebhookService:
             '/hookd.v1.WebhookService/ListDeliveries',
             hookd_dot_v1_dot_hookd__pb2.ListDeliveriesRequest.SerializeToString,
             hookd_dot_v1_dot_hookd__pb2.ListDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hookd.v1.WebhookService/GetDelivery',
+            hookd_dot_v1_dot_hookd__pb2.GetDeliveryRequest.SerializeToString,
+            hookd_dot_v1_dot_hookd__pb2.Delivery.FromString,
             options,
             channel_credentials,
             insecure,

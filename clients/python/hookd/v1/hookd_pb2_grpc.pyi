@@ -68,10 +68,15 @@ class WebhookServiceStub:
     """Reads one published event and its envelope."""
     ListDeliveries: _grpc.UnaryUnaryMultiCallable[_hookd_pb2.ListDeliveriesRequest, _hookd_pb2.ListDeliveriesResponse]
     """Lists deliveries of one webhook, or of all webhooks with the parent `webhooks/-`."""
+    GetDelivery: _grpc.UnaryUnaryMultiCallable[_hookd_pb2.GetDeliveryRequest, _hookd_pb2.Delivery]
+    """Reads one delivery. `webhooks/-/deliveries/{delivery}` finds it without knowing its webhook."""
     ListAttempts: _grpc.UnaryUnaryMultiCallable[_hookd_pb2.ListAttemptsRequest, _hookd_pb2.ListAttemptsResponse]
     """Lists the attempts made for one delivery, oldest first."""
     RetryDelivery: _grpc.UnaryUnaryMultiCallable[_hookd_pb2.RetryDeliveryRequest, _hookd_pb2.Delivery]
-    """Schedules a delivery that failed, was cancelled or was discarded to be sent again now."""
+    """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
+    the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
+    FAILED_PRECONDITION.
+    """
     StreamHealth: _grpc.UnaryStreamMultiCallable[_hookd_pb2.StreamHealthRequest, _hookd_pb2.HealthSnapshot]
     """Streams delivery health: a full snapshot at once, then one every interval until cancelled."""
 
@@ -106,10 +111,15 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     """Reads one published event and its envelope."""
     ListDeliveries: _aio.UnaryUnaryMultiCallable[_hookd_pb2.ListDeliveriesRequest, _hookd_pb2.ListDeliveriesResponse]  # type: ignore[assignment]
     """Lists deliveries of one webhook, or of all webhooks with the parent `webhooks/-`."""
+    GetDelivery: _aio.UnaryUnaryMultiCallable[_hookd_pb2.GetDeliveryRequest, _hookd_pb2.Delivery]  # type: ignore[assignment]
+    """Reads one delivery. `webhooks/-/deliveries/{delivery}` finds it without knowing its webhook."""
     ListAttempts: _aio.UnaryUnaryMultiCallable[_hookd_pb2.ListAttemptsRequest, _hookd_pb2.ListAttemptsResponse]  # type: ignore[assignment]
     """Lists the attempts made for one delivery, oldest first."""
     RetryDelivery: _aio.UnaryUnaryMultiCallable[_hookd_pb2.RetryDeliveryRequest, _hookd_pb2.Delivery]  # type: ignore[assignment]
-    """Schedules a delivery that failed, was cancelled or was discarded to be sent again now."""
+    """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
+    the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
+    FAILED_PRECONDITION.
+    """
     StreamHealth: _aio.UnaryStreamMultiCallable[_hookd_pb2.StreamHealthRequest, _hookd_pb2.HealthSnapshot]  # type: ignore[assignment]
     """Streams delivery health: a full snapshot at once, then one every interval until cancelled."""
 
@@ -215,6 +225,14 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists deliveries of one webhook, or of all webhooks with the parent `webhooks/-`."""
 
     @_abc_1.abstractmethod
+    def GetDelivery(
+        self,
+        request: _hookd_pb2.GetDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hookd_pb2.Delivery, _abc.Awaitable[_hookd_pb2.Delivery]]:
+        """Reads one delivery. `webhooks/-/deliveries/{delivery}` finds it without knowing its webhook."""
+
+    @_abc_1.abstractmethod
     def ListAttempts(
         self,
         request: _hookd_pb2.ListAttemptsRequest,
@@ -228,7 +246,10 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _hookd_pb2.RetryDeliveryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hookd_pb2.Delivery, _abc.Awaitable[_hookd_pb2.Delivery]]:
-        """Schedules a delivery that failed, was cancelled or was discarded to be sent again now."""
+        """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
+        the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
+        FAILED_PRECONDITION.
+        """
 
     @_abc_1.abstractmethod
     def StreamHealth(

@@ -87,13 +87,11 @@ def get_event(db: sqlite_utils.Database, event_id: str) -> EventRecord:
     return event_from_row(row)
 
 
-def get_delivery(db: sqlite_utils.Database, webhook_id: str, delivery_id: int) -> DeliveryRecord:
-    row = next(
-        db.query("SELECT * FROM deliveries WHERE id = ? AND webhook_id = ?", [delivery_id, webhook_id]),
-        None,
-    )
-    if row is None:
-        raise NotFound(f"webhooks/{webhook_id}/deliveries/{delivery_id} not found")
+def get_delivery(db: sqlite_utils.Database, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
+    """One delivery; ``webhook_id`` None (the ``webhooks/-`` wildcard) matches any webhook."""
+    row = next(db.query("SELECT * FROM deliveries WHERE id = ?", [delivery_id]), None)
+    if row is None or (webhook_id is not None and row["webhook_id"] != webhook_id):
+        raise NotFound(f"webhooks/{webhook_id or '-'}/deliveries/{delivery_id} not found")
     return delivery_from_row(row)
 
 
