@@ -26,6 +26,9 @@ from hookd.engine.store.writer import Readers
 log = logging.getLogger("hookd.health")
 
 DAY_S = 86400.0
+#: Snapshots asked for within this long of each other are shared.
+SHARE_S = 0.1
+MAX_SHARED = 256
 LOAD_CHUNK = 50_000
 
 
@@ -104,6 +107,7 @@ class HealthMonitor:
         self.aggregates = HealthAggregates()
         self._backlog: _Backlog | None = None
         self._backlog_lock = trio.Lock()
+        self._shared: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], Snapshot] = {}
 
     def record(self, url: str, webhook_id: str, result: AttemptResult) -> None:
         """The engine's attempt listener."""
@@ -147,7 +151,23 @@ class HealthMonitor:
         )
 
     async def snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
-        """Figures for the service, and for the named webhooks and destinations (all when None)."""
+        """Figures for the service, and for the named webhooks and destinations (all when None).
+
+        Watchers asking for the same thing within ``SHARE_S`` get the same snapshot object, so a
+        hundred watchers cost one computation per tick, and the API layer can reuse its encoding.
+        """
+        key = (tuple(webhook_ids) if webhook_ids is not None else None, tuple(urls) if urls is not None else None)
+        now = self._clock.now()
+        shared = self._shared.get(key)
+        if shared is not None and now - shared.time < SHARE_S:
+            return shared
+        snapshot = await self._compute(webhook_ids, urls)
+        if len(self._shared) >= MAX_SHARED:
+            self._shared.clear()
+        self._shared[key] = snapshot
+        return snapshot
+
+    async def _compute(self, webhook_ids: list[str] | None, urls: list[str] | None) -> Snapshot:
         backlog = await self._backlog_now()
         now = self._clock.now()
         self.aggregates.prune(now)

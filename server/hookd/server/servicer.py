@@ -13,6 +13,7 @@ import grpc
 
 from hookd.engine import catalogue
 from hookd.engine.errors import HookdError, InvalidArgument, NotFound
+from hookd.engine.monitor import Snapshot
 from hookd.engine.service import Engine, EventInput
 from hookd.engine.store.queries import WebhookFilter
 from hookd.engine.validation import UPDATABLE
@@ -49,6 +50,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     def __init__(self, engine: Engine, bridge: TrioBridge) -> None:
         self._engine = engine
         self._bridge = bridge
+        self._last_encoded: tuple[Snapshot, pb.HealthSnapshot] | None = None
 
     @grpc_errors
     async def CreateWebhook(self, request: pb.CreateWebhookRequest, context: Context) -> pb.Webhook:
@@ -169,8 +171,14 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
             await context.abort(status_for(error), clip(error.message))
         while True:
             snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
-            yield convert.snapshot_to_proto(snapshot)
+            yield self._encoded(snapshot)
             await asyncio.sleep(interval)
+
+    def _encoded(self, snapshot: Snapshot) -> pb.HealthSnapshot:
+        """The proto of a snapshot, encoded once however many watchers share it."""
+        if self._last_encoded is None or self._last_encoded[0] is not snapshot:
+            self._last_encoded = (snapshot, convert.snapshot_to_proto(snapshot))
+        return self._last_encoded[1]
 
     def _health_request(self, request: pb.StreamHealthRequest) -> tuple[list[str] | None, list[str] | None, float]:
         hook_ids = [convert.webhook_id(name, "webhooks") for name in request.webhooks] or None
