@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, currently_in_test_context, given, settings
 from hypothesis import event as tally
 from hypothesis import strategies as st
 
-from hookd.client import HookdClient
+from hookd.client import HookdClient, InvalidArgument
 from hookd.engine import catalogue, paging
 from hookd.server.config import MAX_MESSAGE_BYTES
 from hookd.v1 import hookd_pb2 as pb
@@ -45,7 +45,7 @@ CALLER_ERRORS = {
 }
 
 FUZZ = settings(
-    max_examples=200,
+    max_examples=400,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -56,6 +56,7 @@ class Target:
     """The server under fuzz, and a few things that exist on it."""
 
     server: HookdProcess
+    receiver: Receiver
     channel: grpc.Channel
     stub: pb_grpc.WebhookServiceStub
     known: pb.Webhook
@@ -76,7 +77,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             victim = client.create_webhook("order", "updated", receiver.url("/victim"))
             event = client.publish_event("order", "created", data={"id": 1}).name
             delivery = client.list_deliveries(known.name).deliveries[0].name
-        yield Target(server, channel, pb_grpc.WebhookServiceStub(channel), known, victim, event, delivery)
+        yield Target(server, receiver, channel, pb_grpc.WebhookServiceStub(channel), known, victim, event, delivery)
     finally:
         channel.close()
         server.stop()
@@ -577,6 +578,22 @@ def test_oversized_events_are_refused(target: Target) -> None:
     code, details = refusal(target.stub.PublishEvents, pb.PublishEventsRequest(events=[small] * 3 + [big]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert details.startswith("events[3].data: "), details
+
+
+def test_unicode_urls_are_sent_encoded_and_header_credentials_must_be_ascii(target: Target) -> None:
+    """httpcore sends ASCII only: a unicode path goes out percent-encoded (it used to crash the
+    destination's actor), and credentials sent as header values as they are must be ASCII."""
+    with HookdClient(target.server.address) as client:
+        client.create_webhook("shipping", "label_created", target.receiver.url("/étiquette/ü"))
+        client.publish_event("shipping", "label_created", data={"parcel": "ü"})
+        (request,) = target.receiver.wait_for(1, path="/%C3%A9tiquette/%C3%BC")
+        assert request.json()["data"] == {"parcel": "ü"}
+        for auth in (
+            pb.DestinationAuth(bearer=pb.BearerAuth(token="jeton-é")),
+            pb.DestinationAuth(headers=pb.HeaderAuth(headers={"X-Key": "clé"})),
+        ):
+            with pytest.raises(InvalidArgument, match="must be ASCII"):
+                client.create_webhook("shipping", "label_created", target.receiver.url("/x"), auth=auth)
 
 
 # -- and after all that -----------------------------------------------------------------------------

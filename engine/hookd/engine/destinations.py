@@ -151,7 +151,7 @@ class DestinationPolicy:
         _check_host_name(host, field_name)
         if parts.username is not None or parts.password is not None:
             raise InvalidArgument(field_name, "must not carry credentials; use auth instead")
-        if any(ch.isspace() for ch in url) or any(ord(ch) < 32 for ch in url):
+        if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
             raise InvalidArgument(field_name, "must not contain whitespace or control characters")
         return host, port or (443 if parts.scheme == "https" else 80)
 

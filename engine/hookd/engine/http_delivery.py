@@ -10,6 +10,7 @@ import email.utils
 import ssl
 import time
 import typing
+import urllib.parse
 
 import httpcore
 import trio
@@ -52,6 +53,25 @@ TRANSPORT_ERRORS = (
     httpcore.ProtocolError,
     httpcore.UnsupportedProtocol,
 )
+
+
+#: Characters left as they are when a URL's path and query are percent-encoded.
+_URL_SAFE = "/%:@!$&'()*+,;=-._~?"
+
+
+def ascii_url(url: str) -> str:
+    """The URL as sent: httpcore takes ASCII only, so a host name gets its IDNA form (the one the
+    resolver was asked about) and the path and query their percent-encoded UTF-8."""
+    if url.isascii():
+        return url
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").encode("idna").decode("ascii")
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    path = urllib.parse.quote(parts.path, safe=_URL_SAFE)
+    query = urllib.parse.quote(parts.query, safe=_URL_SAFE)
+    return urllib.parse.urlunsplit((parts.scheme, netloc, path, query, ""))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -141,7 +161,7 @@ async def post(
     outcome = Outcome.TIMEOUT
     with trio.move_on_after(timeout_s):
         try:
-            async with client.stream(url, list(headers.items()), body) as response:
+            async with client.stream(ascii_url(url), list(headers.items()), body) as response:
                 status = response.status
                 received = bytearray()
                 async for chunk in response.aiter_stream():

@@ -59,11 +59,18 @@ def _printable(value: str, field_name: str, limit: int) -> None:
         raise InvalidArgument(field_name, "must not contain control characters")
 
 
+def _header_value(value: str, field_name: str) -> None:
+    """Sent as an HTTP header value as it is, so ASCII only (basic credentials are base64'd)."""
+    _printable(value, field_name, MAX_CREDENTIAL)
+    if not value.isascii():
+        raise InvalidArgument(field_name, "must be ASCII: it is sent as an HTTP header value")
+
+
 def check_auth(auth: Auth, prefix: str) -> None:
     if auth.kind == "bearer":
         if not auth.token:
             raise InvalidArgument(f"{prefix}.bearer.token", "is required")
-        _printable(auth.token, f"{prefix}.bearer.token", MAX_CREDENTIAL)
+        _header_value(auth.token, f"{prefix}.bearer.token")
     elif auth.kind == "basic":
         if not auth.username:
             raise InvalidArgument(f"{prefix}.basic.username", "is required")
@@ -81,7 +88,7 @@ def check_auth(auth: Auth, prefix: str) -> None:
                 raise InvalidArgument(f"{prefix}.headers.headers", f"invalid header name {name!r}")
             if is_reserved_header(name):
                 raise InvalidArgument(f"{prefix}.headers.headers", f"header {name!r} is set by hookd")
-            _printable(value, f"{prefix}.headers.headers[{name}]", MAX_CREDENTIAL)
+            _header_value(value, f"{prefix}.headers.headers[{name}]")
 
 
 def check_scalars(data: WebhookInput, prefix: str) -> None:
