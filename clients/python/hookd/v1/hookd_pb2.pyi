@@ -535,7 +535,7 @@ class ListWebhooksRequest(_message.Message):
     status: Global___Webhook.Status.ValueType
     """Only webhooks with this status."""
     query: _builtins.str
-    """Case-insensitive text matched against resource, event and URL."""
+    """Case-insensitive text matched against resource, event and URL; at most 500 characters."""
     def __init__(
         self,
         *,
