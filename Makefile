@@ -28,7 +28,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server/hookd engine/hookd clients/python/hookd/client tests scripts
+	$(BIN)/mypy server/hookd engine/hookd clients/python/hookd/client tests scripts bench
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

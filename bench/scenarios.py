@@ -26,6 +26,7 @@ from bench.harness import (
 from hookd.client import HookdClient
 from hookd.client.client import event_input
 from hookd.v1 import hookd_pb2 as pb
+from hookd.v1 import hookd_pb2_grpc
 from tests.support.server import HookdProcess
 
 BATCH = 500
@@ -370,8 +371,9 @@ def scale(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
 # -- health -----------------------------------------------------------------------------------------
 
 
-def _fill_attempts(server: HookdProcess, count: int) -> None:
-    """Write ``count`` attempts over the last day straight into a stopped server's database."""
+def _fill_attempts(server: HookdProcess, count: int, hooks: list[tuple[str, str]]) -> None:
+    """Write ``count`` attempts over the last day for ``hooks`` (id, url) straight into a stopped
+    server's database."""
     conn = sqlite3.connect(server.database)
     now = time.time()
     rng = random.Random(1)
@@ -379,8 +381,8 @@ def _fill_attempts(server: HookdProcess, count: int) -> None:
     rows = (
         (
             n % 1000 + 1,
-            f"wh_bench{n % 100}",
-            f"http://127.0.0.1:1/d{n % 100}",
+            hooks[n % len(hooks)][0],
+            hooks[n % len(hooks)][1],
             now - rng.uniform(0, 86000),
             rng.uniform(5, 500),
             200,
@@ -402,14 +404,20 @@ def _fill_attempts(server: HookdProcess, count: int) -> None:
 def health(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with hookd() as server:
+        client = server.client()
+        hooks = []
+        for n in range(100):
+            hook = client.create_webhook("order", "created", f"http://127.0.0.1:1/d{n}", status=pb.Webhook.INACTIVE)
+            hooks.append((hook.name.removeprefix("webhooks/"), hook.url))
         server.stop()
-        _fill_attempts(server, profile.health_attempts)
+        _fill_attempts(server, profile.health_attempts, hooks)
         started = time.perf_counter()
         server.start(timeout=300)
         results["startup_with_attempts_s"] = round(time.perf_counter() - started, 2)
         client = server.client()
         timings = []
         for _ in range(20):
+            time.sleep(0.2)  # past the server's snapshot sharing, so each call computes afresh
             begin = time.perf_counter()
             stream = client.stream_health()
             first = next(stream)
@@ -419,7 +427,9 @@ def health(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
             attempts_stored=profile.health_attempts,
             snapshot_ms=round(percentile(timings, 0.5), 2),
             snapshot_ms_max=round(max(timings), 2),
-            snapshot_webhooks=len(first.destinations),
+            snapshot_webhooks=len(first.webhooks),
+            snapshot_destinations=len(first.destinations),
+            snapshot_service_attempts_1d=first.service.windows[2].attempts,
         )
     with hookd() as server:
         client = server.client()
@@ -428,15 +438,13 @@ def health(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
         _drain(server, 300, timeout=120)
         none = _engine_rate(server, client, profile.watcher_events, 300)
         channel = grpc.insecure_channel(server.address)
-        from hookd.v1 import hookd_pb2_grpc
-
         stub = hookd_pb2_grpc.WebhookServiceStub(channel)
-        streams = [stub.StreamHealth(pb.StreamHealthRequest()) for _ in range(100)]
-        for stream in streams:
-            next(stream)
+        watchers = [stub.StreamHealth(pb.StreamHealthRequest()) for _ in range(100)]
+        for watcher in watchers:
+            next(iter(watcher))
         watched = _engine_rate(server, client, profile.watcher_events, 300 + profile.watcher_events)
-        for stream in streams:
-            stream.cancel()
+        for watcher in watchers:
+            watcher.cancel()  # type: ignore[no-untyped-call]
         channel.close()
     results.update(
         watchers=100,

@@ -21,4 +21,4 @@ def test_ruff() -> None:
 
 
 def test_mypy() -> None:
-    run(str(BIN / "mypy"), "server/hookd", "engine/hookd", "clients/python/hookd/client", "tests", "scripts")
+    run(str(BIN / "mypy"), "server/hookd", "engine/hookd", "clients/python/hookd/client", "tests", "scripts", "bench")

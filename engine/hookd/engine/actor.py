@@ -164,9 +164,13 @@ class DestinationActor:
                 if self.queue or self.in_flight or self.backlog:
                     idle_since = trio.current_time()
                 elif trio.current_time() - idle_since >= config.actor_idle_s:
-                    self._on_retire(self)
-                    nursery.cancel_scope.cancel()
-                    return
+                    # A breaker that is not closed remembers a failing destination (and its growing
+                    # cool-down): keep it while the URL still has webhooks.
+                    if self.breaker.state is BreakerState.CLOSED or not self._ctx.registry.webhooks_at(self.url):
+                        self._on_retire(self)
+                        nursery.cancel_scope.cancel()
+                        return
+                    idle_since = trio.current_time()
                 deadline = idle_since + config.actor_idle_s
                 reopen = self.breaker.reopen_at()
                 if reopen is not None and self.queue:

@@ -324,13 +324,13 @@ class Engine:
     async def list_deliveries(
         self, webhook_id: str | None, event_id: str, state: DeliveryState | None, size: int, token: str
     ) -> Page:
-        if webhook_id is not None and self.registry.get(webhook_id) is None:
-            # A deleted webhook's deliveries stay listed under it; only a never-seen id is unknown.
-            exists = await self.readers.run(
-                lambda db: db.execute("SELECT 1 FROM deliveries WHERE webhook_id = ? LIMIT 1", [webhook_id]).fetchone()
-            )
-            if exists is None:
-                raise NotFound(f"webhooks/{webhook_id} not found")
+        # A deleted webhook's deliveries stay listed under it; only a never-seen id is unknown.
+        if (
+            webhook_id is not None
+            and self.registry.get(webhook_id) is None
+            and not await self.readers.run(partial(queries.has_deliveries, webhook_id=webhook_id))
+        ):
+            raise NotFound(f"webhooks/{webhook_id} not found")
         limit = page_size(size)
         fingerprint = [webhook_id, event_id, state and state.value]
         before = decode_token(token, fingerprint)

@@ -95,6 +95,11 @@ def get_delivery(db: sqlite_utils.Database, webhook_id: str | None, delivery_id:
     return delivery_from_row(row)
 
 
+def has_deliveries(db: sqlite_utils.Database, webhook_id: str) -> bool:
+    """Whether any delivery was ever made for the webhook (it may since have been deleted)."""
+    return db.execute("SELECT 1 FROM deliveries WHERE webhook_id = ? LIMIT 1", [webhook_id]).fetchone() is not None
+
+
 def list_deliveries(
     db: sqlite_utils.Database,
     webhook_id: str | None,
