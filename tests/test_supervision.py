@@ -96,3 +96,43 @@ def test_idle_actors_retire_and_return(tmp_path: Path) -> None:
         receiver.close()
         hanging.close()
         server.stop()
+
+
+async def test_update_does_not_undo_a_concurrent_rotation(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = EngineConfig(
+        database=tmp_path / "engine.db",
+        destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
+    )
+    engine = Engine(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        hook = await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        # Hold the update inside its destination check (a slow DNS answer, in life) while a
+        # rotation commits: the only stand-in here.
+        release = trio.Event()
+        original = DestinationPolicy.check_destination
+
+        async def slow_check(self: DestinationPolicy, url: str, field_name: str = "url") -> None:
+            await release.wait()
+            await original(self, url, field_name)
+
+        monkeypatch.setattr(DestinationPolicy, "check_destination", slow_check)
+        updated: list[Any] = []
+
+        async def update() -> None:
+            data = WebhookInput(url=receiver.url("/v2"))
+            updated.append(await engine.update_webhook(hook.id, data, ["url"]))
+
+        nursery.start_soon(update)
+        await trio.sleep(0.05)
+        rotated = await engine.rotate_secret(hook.id, 0.0)
+        release.set()
+        with trio.fail_after(10):
+            while not updated:
+                await trio.sleep(0.01)
+        stored = await engine.get_webhook(hook.id)
+        assert stored.secret == rotated.secret != hook.secret
+        assert stored.url == receiver.url("/v2")
+        nursery.cancel_scope.cancel()

@@ -82,3 +82,13 @@ async def test_token_bucket_paces_requests(autojump_clock: trio.testing.MockCloc
     await bucket.acquire()
     await bucket.acquire()
     assert trio.current_time() - before >= 1.0
+
+
+async def test_released_probe_lets_the_next_request_probe(autojump_clock: trio.testing.MockClock) -> None:
+    breaker = CircuitBreaker(BreakerPolicy(failure_threshold=1, cooldown_s=10))
+    breaker.record_failure()
+    await trio.sleep(10)
+    assert breaker.allow() and not breaker.allow()
+    breaker.release_probe()  # the probe was never sent
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow()

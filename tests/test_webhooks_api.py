@@ -179,3 +179,30 @@ def test_everything_survives_a_restart(hookd: HookdProcess) -> None:
     hookd.restart()
     after = hookd.client().get_webhook(hook.name)
     assert after == before
+
+
+def test_paging_never_reuses_a_position(client: HookdClient) -> None:
+    a = client.create_webhook("order", "created", "http://127.0.0.1:9/a")
+    b = client.create_webhook("order", "created", "http://127.0.0.1:9/b")
+    c = client.create_webhook("order", "created", "http://127.0.0.1:9/c")
+    first = client.list_webhooks(page_size=2)
+    assert [w.name for w in first.webhooks] == [a.name, b.name]
+    client.delete_webhook(b.name)
+    client.delete_webhook(c.name)
+    d = client.create_webhook("order", "created", "http://127.0.0.1:9/d")
+    rest = client.list_webhooks(page_size=2, page_token=first.next_page_token)
+    assert [w.name for w in rest.webhooks] == [d.name]
+
+
+def test_masked_and_malformed_credentials_are_refused(client: HookdClient) -> None:
+    auth = pb.DestinationAuth(bearer=pb.BearerAuth(token="a-real-token-value"))
+    hook = client.create_webhook("order", "created", URL, auth=auth)
+    echoed = client.get_webhook(hook.name)  # credentials come back masked
+    with pytest.raises(InvalidArgument, match="masked"):
+        client.update_webhook(echoed, ["*"])
+    with pytest.raises(InvalidArgument, match="whitespace"):
+        client.create_webhook("order", "updated", URL, auth=pb.DestinationAuth(bearer=pb.BearerAuth(token="token ")))
+    with pytest.raises(InvalidArgument, match="webhook.rate_limit"):
+        client.create_webhook("order", "updated", URL, rate_limit=0.001)
+    updated = client.update_webhook(pb.Webhook(name=hook.name, description="kept auth"), ["description"])
+    assert updated.auth.bearer.token == echoed.auth.bearer.token

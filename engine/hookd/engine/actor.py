@@ -138,6 +138,7 @@ class DestinationActor:
         self.queue.clear()
         self.known.clear()
         self.in_flight.clear()
+        self.breaker.release_probe()
         self.backlog = True
 
     # -- the actor's own task ------------------------------------------------------------------
@@ -223,14 +224,14 @@ class DestinationActor:
             with scope:
                 hook = ctx.registry.get(job.webhook_id)
                 if hook is None or hook.status is not Status.ACTIVE or hook.url != self.url:
-                    self.breaker.record_neutral()
+                    self.breaker.release_probe()
                     return
                 now = ctx.clock.now()
                 body = job.envelope.encode()
                 headers = request_headers(hook, message_id(job.delivery_id), body, now)
                 result = await post(client, hook.url, headers, body, hook.timeout_s)
             if result is None or scope.cancelled_caught:  # cancelled: the webhook was deleted
-                self.breaker.record_neutral()
+                self.breaker.release_probe()
                 result = None
                 return
             await self._record(job, result)
@@ -269,15 +270,19 @@ class DestinationActor:
                 self.breaker.record_failure()
                 if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
                     log.warning("breaker open destination=%s after=%s", self.url, result.outcome.value)
+            elif result.outcome in (Outcome.RATE_LIMITED, Outcome.BLOCKED):
+                self.breaker.release_probe()  # overloaded, or never sent: says nothing either way
             else:
-                self.breaker.record_neutral()
+                self.breaker.record_success()  # a 4xx: the destination is up and answering
             delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
             retry_at = None if delay is None else now + delay
             write = partial(delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at)
 
-        def settled() -> None:
+        def settled(committed: bool) -> None:
             self._settle(job.delivery_id)
-            if retry_at is not None:
+            if not committed:
+                self.poke()  # the outcome is lost, the delivery still due on disk: load it again
+            elif retry_at is not None:
                 ctx.schedule(self.url, retry_at)
 
         await ctx.writer.submit(write, after=settled)

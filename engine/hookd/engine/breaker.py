@@ -81,10 +81,10 @@ class CircuitBreaker:
         if self.state is BreakerState.CLOSED and self._failures >= self._policy.failure_threshold:
             self._open()
 
-    def record_neutral(self) -> None:
-        """An answer that says nothing about the destination's health (a 4xx): frees the probe."""
-        if self.state is BreakerState.HALF_OPEN:
-            self.record_success()
+    def release_probe(self) -> None:
+        """The probe told nothing about the destination's health (it was never sent, or the
+        answer was a 4xx): the next request may probe instead. Counts are left as they are."""
+        self._probe_out = False
 
     def _open(self) -> None:
         self._opened_at = trio.current_time()

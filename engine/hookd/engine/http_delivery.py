@@ -132,6 +132,8 @@ def classify_error(error: Exception) -> Outcome:
         return Outcome.TLS
     if isinstance(error, httpcore.TimeoutException):
         return Outcome.TIMEOUT
+    if isinstance(error, httpcore.LocalProtocolError):
+        return Outcome.CLIENT_ERROR  # our request could not be encoded: the destination is not at fault
     if isinstance(error, httpcore.RemoteProtocolError):
         text = str(error).lower()
         if "disconnected" in text or "peer closed" in text:
@@ -179,7 +181,9 @@ async def post(
                 error = f"HTTP {status} redirect not followed"
         except (*TRANSPORT_ERRORS, DestinationBlocked, DestinationUnresolvable, OSError) as failure:
             outcome = classify_error(failure)
-            error = describe_error(failure)[:500]
+            # The encoder's message quotes the offending header, credentials included.
+            local = isinstance(failure, httpcore.LocalProtocolError)
+            error = "the request could not be encoded as HTTP" if local else describe_error(failure)[:500]
     duration_ms = (time.perf_counter() - start) * 1000.0
     if outcome is Outcome.TIMEOUT and not error:
         error = f"no complete answer within {timeout_s:g} s"

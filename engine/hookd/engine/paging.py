@@ -2,8 +2,8 @@
 
 A token carries the last key of the page it ends and a fingerprint of the filters it was made
 for; reusing it with other filters is an error rather than a silently wrong page. Keys are
-positions in a stable order (insertion sequence), so inserts made while paging neither skip nor
-repeat rows.
+positions in a stable order (insertion sequences that are never reused), so inserts made while
+paging neither skip nor repeat rows.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The engine's front door: every API operation, in trio, with the engine wired behind it.
 
 ``Engine.run`` owns the writer, the dispatcher and the actors in one nursery; the API layer calls
-the other methods from tasks it starts in that trio run. Every change is committed first and only
-then applied to memory (registry, actors), so memory never shows what the disk does not hold.
+the other methods from tasks it starts in that trio run. Every change is committed first and then
+applied to memory (registry, actors) by the writer's commit hook, in the same step: a caller that
+gives up while its change commits cannot leave memory and disk disagreeing.
 """
 
 from __future__ import annotations
@@ -172,8 +173,7 @@ class Engine:
             create_time=now,
             update_time=now,
         )
-        await self.writer.execute(partial(webhook_ops.insert_webhook, webhook=webhook))
-        self.registry.put(webhook)
+        await self.writer.execute(partial(webhook_ops.insert_webhook, webhook=webhook), on_commit=self.registry.put)
         log.info("webhook created name=webhooks/%s type=%s.%s", webhook.id, webhook.resource, webhook.event)
         return webhook
 
@@ -211,22 +211,35 @@ class Engine:
         if new.url != current.url:
             await self.config.destinations.check_destination(new.url, "webhook.url")
         now = self.clock.now()
-        new = replace(new, update_time=now)
-        old, new = await self.writer.execute(partial(webhook_ops.update_webhook, new=new, now=now))
+        changes["update_time"] = now
+        # The changes are applied to the row as it is inside the transaction, so a concurrent
+        # change to other fields (a secret rotation, say) is never written back over.
+        _, new = await self.writer.execute(
+            partial(webhook_ops.update_webhook, webhook_id=webhook_id, changes=changes, now=now),
+            on_commit=self._updated,
+        )
+        log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
+        return new
+
+    def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
+        old, new = versions
         self.registry.put(new)
         if new.status is Status.ACTIVE and (old.status is not Status.ACTIVE or old.url != new.url):
             self.dispatcher.poke(new.url)
-        log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
-        return new
 
     async def delete_webhook(self, webhook_id: str) -> int:
         await self.get_webhook(webhook_id)
         now = self.clock.now()
-        old, cancelled = await self.writer.execute(partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now))
-        self.registry.remove(webhook_id)
-        self.dispatcher.cancel_webhook(old.url, webhook_id)
+        _, cancelled = await self.writer.execute(
+            partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now), on_commit=self._deleted
+        )
         log.info("webhook deleted name=webhooks/%s cancelled=%d", webhook_id, cancelled)
         return int(cancelled)
+
+    def _deleted(self, outcome: tuple[Webhook, int]) -> None:
+        old = outcome[0]
+        self.registry.remove(old.id)
+        self.dispatcher.cancel_webhook(old.url, old.id)
 
     async def list_webhooks(self, filters: queries.WebhookFilter, size: int, token: str) -> Page:
         check_query(filters.query, "query")
@@ -254,9 +267,9 @@ class Engine:
                 secret=new_signing_secret(),
                 previous_expires=now + grace,
                 now=now,
-            )
+            ),
+            on_commit=self.registry.put,
         )
-        self.registry.put(webhook)
         log.info("secret rotated name=webhooks/%s grace_s=%g", webhook_id, grace)
         return webhook
 
@@ -367,8 +380,8 @@ class Engine:
     async def retry_delivery(self, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
         if webhook_id is None:
             webhook_id = (await self.get_delivery(None, delivery_id)).webhook_id
-        url = await self.writer.execute(
-            partial(delivery_ops.retry_delivery, webhook_id=webhook_id, delivery_id=delivery_id, now=self.clock.now())
+        await self.writer.execute(
+            partial(delivery_ops.retry_delivery, webhook_id=webhook_id, delivery_id=delivery_id, now=self.clock.now()),
+            on_commit=self.dispatcher.poke,
         )
-        self.dispatcher.poke(url)
         return await self.get_delivery(webhook_id, delivery_id)

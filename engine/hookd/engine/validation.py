@@ -17,6 +17,7 @@ MIN_TIMEOUT_S = 0.1
 MAX_TIMEOUT_S = 30.0
 DEFAULT_TIMEOUT_S = 5.0
 MAX_RATE_LIMIT = 100_000.0
+MIN_RATE_LIMIT = 0.1
 MAX_CREDENTIAL = 4096
 MAX_HEADERS = 20
 #: Longest ListWebhooks free-text query; SQLite refuses LIKE patterns over 50,000 bytes anyway.
@@ -59,11 +60,24 @@ def _printable(value: str, field_name: str, limit: int) -> None:
         raise InvalidArgument(field_name, "must not contain control characters")
 
 
+def _not_masked(value: str, field_name: str) -> None:
+    """Answers show credentials masked (``****abcd``); writing such a value back would replace
+    the real credential with the mask, so it is refused."""
+    if "****" in value:
+        raise InvalidArgument(
+            field_name, "looks like a masked value; send the real credential, or leave auth out of update_mask"
+        )
+
+
 def _header_value(value: str, field_name: str) -> None:
-    """Sent as an HTTP header value as it is, so ASCII only (basic credentials are base64'd)."""
+    """Sent as an HTTP header value as it is, so ASCII only (basic credentials are base64'd),
+    with no surrounding whitespace, which HTTP would strip or refuse."""
     _printable(value, field_name, MAX_CREDENTIAL)
     if not value.isascii():
         raise InvalidArgument(field_name, "must be ASCII: it is sent as an HTTP header value")
+    if value != value.strip():
+        raise InvalidArgument(field_name, "must not start or end with whitespace")
+    _not_masked(value, field_name)
 
 
 def check_auth(auth: Auth, prefix: str) -> None:
@@ -78,6 +92,7 @@ def check_auth(auth: Auth, prefix: str) -> None:
             raise InvalidArgument(f"{prefix}.basic.username", "must not contain ':'")
         _printable(auth.username, f"{prefix}.basic.username", MAX_CREDENTIAL)
         _printable(auth.password, f"{prefix}.basic.password", MAX_CREDENTIAL)
+        _not_masked(auth.password, f"{prefix}.basic.password")
     elif auth.kind == "headers":
         if not auth.headers:
             raise InvalidArgument(f"{prefix}.headers.headers", "needs at least one header")
@@ -94,8 +109,12 @@ def check_auth(auth: Auth, prefix: str) -> None:
 def check_scalars(data: WebhookInput, prefix: str) -> None:
     """Every check on a webhook that needs no I/O (the URL's address is checked separately)."""
     _printable(data.description, f"{prefix}.description", MAX_DESCRIPTION)
-    if not (0.0 <= data.rate_limit <= MAX_RATE_LIMIT) or data.rate_limit != data.rate_limit:
-        raise InvalidArgument(f"{prefix}.rate_limit", f"must be between 0 and {MAX_RATE_LIMIT:g}")
+    # A floor keeps the token bucket's waits short, so a rate change or a deletion applies soon.
+    if data.rate_limit != 0.0 and not (MIN_RATE_LIMIT <= data.rate_limit <= MAX_RATE_LIMIT):
+        raise InvalidArgument(
+            f"{prefix}.rate_limit",
+            f"must be 0 (the server's default) or between {MIN_RATE_LIMIT:g} and {MAX_RATE_LIMIT:g}",
+        )
     if data.timeout_s is not None and not (MIN_TIMEOUT_S <= data.timeout_s <= MAX_TIMEOUT_S):
         raise InvalidArgument(f"{prefix}.timeout", f"must be between {MIN_TIMEOUT_S:g} s and {MAX_TIMEOUT_S:g} s")
     check_auth(data.auth, f"{prefix}.auth")

@@ -1,7 +1,8 @@
 """The process: an asyncio loop serving gRPC, with the trio engine running as its guest.
 
 Shutdown on SIGINT / SIGTERM is ordered: stop accepting calls and let running ones finish (a
-grace period), then cancel the engine, whose writer commits what it holds before the run ends.
+grace period), then cancel the engine. Every acknowledged event is already on disk; requests in
+flight are abandoned and sent again after the restart (at least once, as after a crash).
 """
 
 from __future__ import annotations

@@ -146,6 +146,8 @@ async def serve_metrics(
             await _answer(stream, monitor)
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
             pass
+        except Exception:  # one bad scrape must not take the engine down with it
+            log.exception("metrics request failed")
         finally:
             await stream.aclose()
 

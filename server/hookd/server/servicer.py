@@ -6,6 +6,7 @@ No business logic lives here; each method is a translation and a bridge call.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from hookd.server.bridge import TrioBridge
 from hookd.server.errors import clip, grpc_errors, lenient_decoder, refuse_undecodable, status_for
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
+
+log = logging.getLogger("hookd.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -170,7 +173,11 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         except HookdError as error:
             await context.abort(status_for(error), clip(error.message))
         while True:
-            snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
+            try:
+                snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
+            except Exception:
+                log.exception("internal error in StreamHealth")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
             yield self._encoded(snapshot)
             await asyncio.sleep(interval)
 

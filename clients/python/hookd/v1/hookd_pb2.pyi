@@ -205,8 +205,8 @@ class Webhook(_message.Message):
     description: _builtins.str
     """Free text for people; at most 500 characters."""
     rate_limit: _builtins.float
-    """Most requests per second sent to this URL; 0 means the server's default. URLs shared by
-    several webhooks use the lowest rate among them.
+    """Most requests per second sent to this URL, from 0.1 to 100,000; 0 means the server's default.
+    URLs shared by several webhooks use the lowest rate among them.
     """
     @_builtins.property
     def auth(self) -> Global___DestinationAuth:

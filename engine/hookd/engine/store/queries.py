@@ -43,13 +43,6 @@ def all_webhooks(db: sqlite_utils.Database) -> list[Webhook]:
     return [webhook_from_row(row) for row in db.query("SELECT * FROM webhooks ORDER BY seq")]
 
 
-def get_webhook(db: sqlite_utils.Database, webhook_id: str) -> Webhook:
-    row = next(db.query("SELECT * FROM webhooks WHERE id = ?", [webhook_id]), None)
-    if row is None:
-        raise NotFound(f"webhooks/{webhook_id} not found")
-    return webhook_from_row(row)
-
-
 def list_webhooks(
     db: sqlite_utils.Database, filters: WebhookFilter, after_seq: int | None, limit: int
 ) -> tuple[list[tuple[int, Webhook]], int]:

@@ -100,7 +100,15 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    # Webhook sequence numbers (the paging order) come from AUTOINCREMENT, which never reuses one.
+    db.execute("CREATE TABLE webhook_seq (seq INTEGER PRIMARY KEY AUTOINCREMENT)")
+    db.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('webhook_seq', (SELECT COALESCE(MAX(seq), 0) FROM webhooks))"
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 
 
 class SchemaTooNew(RuntimeError):

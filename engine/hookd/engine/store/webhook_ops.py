@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import replace
+from typing import Any
 
 import sqlite_utils
 
@@ -31,7 +32,9 @@ def load_webhook(db: sqlite_utils.Database, webhook_id: str) -> Webhook:
 
 def insert_webhook(db: sqlite_utils.Database, webhook: Webhook) -> Webhook:
     row = webhook_to_row(webhook)
-    row["seq"] = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM webhooks").fetchone()[0]
+    # A sequence that never goes back (AUTOINCREMENT), so a page token never lands on a reused seq.
+    row["seq"] = db.execute("INSERT INTO webhook_seq DEFAULT VALUES").lastrowid
+    db.execute("DELETE FROM webhook_seq")
     try:
         db["webhooks"].insert(row)  # type: ignore[union-attr]
     except sqlite3.IntegrityError as error:
@@ -39,9 +42,12 @@ def insert_webhook(db: sqlite_utils.Database, webhook: Webhook) -> Webhook:
     return webhook
 
 
-def update_webhook(db: sqlite_utils.Database, new: Webhook, now: float) -> tuple[Webhook, Webhook]:
-    """Store ``new`` over the current version; return (old, new) for the engine to react to."""
-    old = load_webhook(db, new.id)
+def update_webhook(
+    db: sqlite_utils.Database, webhook_id: str, changes: dict[str, Any], now: float
+) -> tuple[Webhook, Webhook]:
+    """Apply ``changes`` to the stored version; return (old, new) for the engine to react to."""
+    old = load_webhook(db, webhook_id)
+    new = replace(old, **changes)
     try:
         db["webhooks"].update(new.id, webhook_to_row(new))  # type: ignore[union-attr]
     except sqlite3.IntegrityError as error:

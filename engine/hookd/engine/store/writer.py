@@ -28,7 +28,7 @@ class _Op(Generic[T]):
         fn: WriteFn[T],
         wait: bool,
         on_commit: Callable[[T], None] | None = None,
-        after: Callable[[], None] | None = None,
+        after: Callable[[bool], None] | None = None,
     ) -> None:
         self.fn = fn
         self.on_commit = on_commit
@@ -45,7 +45,6 @@ class Writer:
         self._db = db
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[_Op[Any]](queue_size)
-        self.transactions = 0
 
     async def execute(self, fn: WriteFn[T], on_commit: Callable[[T], None] | None = None) -> T:
         """Run ``fn`` in the next transaction and return its result once committed.
@@ -61,10 +60,11 @@ class Writer:
             raise op.error
         return op.result  # type: ignore[return-value]
 
-    async def submit(self, fn: WriteFn[Any], after: Callable[[], None] | None = None) -> None:
+    async def submit(self, fn: WriteFn[Any], after: Callable[[bool], None] | None = None) -> None:
         """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
 
-        ``after`` runs in the writer task once the transaction is over, committed or not.
+        ``after`` runs in the writer task once the transaction is over, with whether ``fn``'s
+        change was committed.
         """
         await self._send.send(_Op(fn, wait=False, after=after))
 
@@ -78,7 +78,6 @@ class Writer:
                 except trio.WouldBlock:
                     break
             await trio.to_thread.run_sync(self._commit, batch)
-            self.transactions += 1
             for op in batch:
                 if op.on_commit is not None and op.error is None:
                     try:
@@ -90,7 +89,7 @@ class Writer:
                 elif op.error is not None:
                     log.error("background write failed: %r", op.error)
                 if op.after is not None:
-                    op.after()
+                    op.after(op.error is None)
 
     def _commit(self, batch: list[_Op[Any]]) -> None:
         conn = self._db.conn
