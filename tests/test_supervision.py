@@ -22,6 +22,16 @@ from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
 
 
+def local_engine(tmp_path: Path) -> Engine:
+    """An engine in this process on a fresh database, allowed to call receivers on 127.0.0.1."""
+    return Engine(
+        EngineConfig(
+            database=tmp_path / "engine.db",
+            destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
+        )
+    )
+
+
 async def until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
     with trio.fail_after(timeout):
         while not await predicate():
@@ -43,11 +53,7 @@ async def test_crashed_actor_restarts_and_delivers(
         await original(self)
 
     monkeypatch.setattr(DestinationActor, "_refill", crash_once)
-    config = EngineConfig(
-        database=tmp_path / "engine.db",
-        destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
-    )
-    engine = Engine(config)
+    engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
@@ -101,11 +107,7 @@ def test_idle_actors_retire_and_return(tmp_path: Path) -> None:
 async def test_update_does_not_undo_a_concurrent_rotation(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = EngineConfig(
-        database=tmp_path / "engine.db",
-        destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
-    )
-    engine = Engine(config)
+    engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         hook = await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
