@@ -121,7 +121,10 @@ SLOW_DESTINATIONS = 50
 SLOW_TIMEOUT_S = 5.0
 #: Events per second for the hanging and failing destinations: enough that each always has
 #: requests open and a backlog waiting, while the fast destination gets the full stream.
-SLOW_EVENT_RATE = 10
+#: Events per second, each to all the hanging and failing destinations. At 1 every slow
+#: destination always has about five requests hanging; the heavy run adds ten times that load.
+SLOW_EVENT_RATE = 1
+HEAVY_SLOW_EVENT_RATE = 10
 PACED_RATE = 200
 
 
@@ -149,9 +152,9 @@ def _fast_paced(client: HookdClient, receiver: ReceiverProcess, seconds: float) 
     return percentile(receiver.stats()["latencies_ms"], 0.99)
 
 
-def _slow_traffic(client: HookdClient, stop: threading.Event) -> None:
+def _slow_traffic(client: HookdClient, stop: threading.Event, rate: int) -> None:
     """order.updated events for the hanging and failing destinations, until stopped."""
-    while not stop.wait(1.0 / SLOW_EVENT_RATE):
+    while not stop.wait(1.0 / rate):
         client.publish_event("order", "updated", data={"slow": True})
 
 
@@ -165,17 +168,22 @@ def isolation(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
         for n in range(SLOW_DESTINATIONS):
             client.create_webhook("order", "updated", receiver.url(f"hang{n}"), timeout_s=SLOW_TIMEOUT_S)
         client.create_webhook("order", "updated", receiver.url("fail"))
-        stop = threading.Event()
-        slow = threading.Thread(target=_slow_traffic, args=(client, stop))
-        slow.start()
-        try:
-            time.sleep(1.0)  # every slow destination now has requests hanging
-            with_slow = _fast_burst(client, receiver, profile.isolation_events)
-            p99_slow = _fast_paced(client, receiver, profile.latency_seconds / 2)
-            hanging = receiver.stats()["counts"]
-        finally:
-            stop.set()
-            slow.join()
+        measured = {}
+        for rate in (SLOW_EVENT_RATE, HEAVY_SLOW_EVENT_RATE):
+            stop = threading.Event()
+            slow = threading.Thread(target=_slow_traffic, args=(client, stop, rate))
+            slow.start()
+            try:
+                time.sleep(1.0)  # every slow destination now has requests hanging
+                rate_per_s = _fast_burst(client, receiver, profile.isolation_events)
+                p99 = _fast_paced(client, receiver, profile.latency_seconds / 2)
+                hanging = sum(v for k, v in receiver.stats()["counts"].items() if k.startswith("hang"))
+                measured[rate] = (rate_per_s, p99, hanging)
+            finally:
+                stop.set()
+                slow.join()
+    with_slow, p99_slow, hanging_seen = measured[SLOW_EVENT_RATE]
+    heavy, p99_heavy, _ = measured[HEAVY_SLOW_EVENT_RATE]
     body = _sample_body()
     fast_url = receiver.url("okfast")
     slow_round = [receiver.url(f"hang{n}") for n in range(SLOW_DESTINATIONS)] + [receiver.url("fail")]
@@ -201,8 +209,12 @@ def isolation(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
         "worker_pool_solo_per_s": round(pool_solo, 1),
         "worker_pool_fast_delivered": pool_done,
         "slow_destinations": SLOW_DESTINATIONS,
-        "slow_requests_hanging_seen": sum(v for k, v in hanging.items() if k.startswith("hang")),
+        "slow_requests_hanging_seen": hanging_seen,
         "slow_event_rate_per_s": SLOW_EVENT_RATE,
+        "heavy_slow_event_rate_per_s": HEAVY_SLOW_EVENT_RATE,
+        "heavy_with_slow_per_s": round(heavy, 1),
+        "heavy_ratio": round(heavy / solo, 3),
+        "heavy_p99_ms_with_slow": round(p99_heavy, 1),
         "slow_timeout_s": SLOW_TIMEOUT_S,
         "workers": CONCURRENCY,
     }
