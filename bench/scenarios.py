@@ -1,4 +1,8 @@
-"""The benchmark scenarios. Each returns the figures for one top-level key of results.json."""
+"""The benchmark scenarios. Each returns the figures for one top-level key of results.json.
+
+Where a ratio compares two short bursts (isolation, watchers), each side is the best of two runs:
+other work on a shared machine only ever slows a run down, so the best is the fairer estimate.
+"""
 
 from __future__ import annotations
 
@@ -163,7 +167,7 @@ def isolation(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
         client = server.client()
         client.create_webhook("order", "created", receiver.url("latfast"))
         _fast_burst(client, receiver, 500)  # warm-up
-        solo = _fast_burst(client, receiver, profile.isolation_events)
+        solo = max(_fast_burst(client, receiver, profile.isolation_events) for _ in range(2))
         p99_solo = _fast_paced(client, receiver, profile.latency_seconds / 2)
         for n in range(SLOW_DESTINATIONS):
             client.create_webhook("order", "updated", receiver.url(f"hang{n}"), timeout_s=SLOW_TIMEOUT_S)
@@ -175,7 +179,7 @@ def isolation(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
             slow.start()
             try:
                 time.sleep(1.0)  # every slow destination now has requests hanging
-                rate_per_s = _fast_burst(client, receiver, profile.isolation_events)
+                rate_per_s = max(_fast_burst(client, receiver, profile.isolation_events) for _ in range(2))
                 p99 = _fast_paced(client, receiver, profile.latency_seconds / 2)
                 hanging = sum(v for k, v in receiver.stats()["counts"].items() if k.startswith("hang"))
                 measured[rate] = (rate_per_s, p99, hanging)
@@ -448,13 +452,17 @@ def health(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
         client.create_webhook("order", "created", receiver.url("ok"))
         _publish(client, "order", "created", 300)
         _drain(server, 300, timeout=120)
-        none = _engine_rate(server, client, profile.watcher_events, 300)
+        none = max(
+            _engine_rate(server, client, profile.watcher_events, 300 + n * profile.watcher_events) for n in range(2)
+        )
         channel = grpc.insecure_channel(server.address)
         stub = hookd_pb2_grpc.WebhookServiceStub(channel)
         watchers = [stub.StreamHealth(pb.StreamHealthRequest()) for _ in range(100)]
         for watcher in watchers:
             next(iter(watcher))
-        watched = _engine_rate(server, client, profile.watcher_events, 300 + profile.watcher_events)
+        watched = max(
+            _engine_rate(server, client, profile.watcher_events, 300 + n * profile.watcher_events) for n in range(2, 4)
+        )
         for watcher in watchers:
             watcher.cancel()  # type: ignore[no-untyped-call]
         channel.close()
