@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,3 +262,22 @@ def test_database_files_are_owner_only(tmp_path: Path) -> None:
     finally:
         receiver.close()
         server.stop()
+
+
+def test_hookctl_speaks_tls_with_a_token(guarded: HookdProcess, ca: trustme.CA, tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem.bytes())
+    hookctl = [str(Path(sys.executable).parent / "hookctl"), "--address", guarded.address]
+    secured = subprocess.run(
+        [*hookctl, "--ca-cert", str(ca_file), "--token", TOKEN, "--json", "events", "types"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert secured.returncode == 0, secured.stderr
+    assert "order.created" in secured.stdout
+    tokenless = subprocess.run(
+        [*hookctl, "--ca-cert", str(ca_file), "events", "types"], capture_output=True, text=True, timeout=30
+    )
+    assert tokenless.returncode != 0 and "UNAUTHENTICATED" in tokenless.stderr
+    assert "Traceback" not in tokenless.stderr

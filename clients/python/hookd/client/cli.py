@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import IO, Any, TypeVar
 
@@ -54,13 +55,15 @@ class App:
     address: str
     token: str | None
     json: bool
+    tls: bool = False
+    ca_cert: bytes | None = None
     console: Console = field(default_factory=_console)
     _client: HookdClient | None = None
 
     @property
     def client(self) -> HookdClient:
         if self._client is None:
-            self._client = HookdClient(self.address, token=self.token)
+            self._client = HookdClient(self.address, token=self.token, tls=self.tls, root_certificates=self.ca_cert)
         return self._client
 
     def close(self) -> None:
@@ -124,11 +127,21 @@ json_option = click.option(
     help="hookd's gRPC host:port [env HOOKD_ADDRESS].",
 )
 @click.option("--token", envvar="HOOKD_TOKEN", help="Sent as 'authorization: Bearer TOKEN' [env HOOKD_TOKEN].")
+@click.option(
+    "--tls", is_flag=True, envvar="HOOKD_TLS", help="Connect over TLS, trusting the system's CAs [env HOOKD_TLS]."
+)
+@click.option(
+    "--ca-cert",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="HOOKD_CA_CERT",
+    help="Connect over TLS, trusting this PEM CA [env HOOKD_CA_CERT].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print protobuf JSON instead of tables.")
 @click.pass_context
-def cli(ctx: click.Context, address: str, token: str | None, as_json: bool) -> None:
+def cli(ctx: click.Context, address: str, token: str | None, tls: bool, ca_cert: str | None, as_json: bool) -> None:
     """Manage hookd webhooks, publish events, inspect deliveries and watch delivery health."""
-    app = ctx.obj = App(address=address, token=token or None, json=as_json)
+    ca = Path(ca_cert).read_bytes() if ca_cert else None
+    app = ctx.obj = App(address=address, token=token or None, json=as_json, tls=tls, ca_cert=ca)
     ctx.call_on_close(app.close)
 
 
