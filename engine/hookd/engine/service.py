@@ -9,7 +9,6 @@ gives up while its change commits cannot leave memory and disk disagreeing.
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from hookd.engine.validation import (
     check_query,
     check_scalars,
     event_payload,
+    to_json,
 )
 
 log = logging.getLogger("hookd.engine")
@@ -85,13 +85,10 @@ def rfc3339(epoch: float) -> str:
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def envelope(event_id: str, event_type: str, epoch: float, data: Any, related: Any) -> str:
-    """The JSON body every destination receives for an event."""
-    return json.dumps(
-        {"id": event_id, "type": event_type, "timestamp": rfc3339(epoch), "data": data, "related": related},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+def envelope(event_id: str, event_type: str, epoch: float, data_json: str, related_json: str) -> str:
+    """The JSON body every destination receives for an event, around data already serialised."""
+    head = to_json({"id": event_id, "type": event_type, "timestamp": rfc3339(epoch)})
+    return f'{head[:-1]},"data":{data_json},"related":{related_json}}}'
 
 
 class Engine:
@@ -278,7 +275,7 @@ class Engine:
         webhook = await self.get_webhook(webhook_id)
         now = self.clock.now()
         event_id = new_event_id()
-        body = envelope(event_id, catalogue.PING_TYPE, now, {"webhook": f"webhooks/{webhook_id}"}, {})
+        body = envelope(event_id, catalogue.PING_TYPE, now, to_json({"webhook": f"webhooks/{webhook_id}"}), "{}")
         ping = PreparedEvent(event_id, catalogue.PING_TYPE, "webhook", "ping", now, body, "")
         delivery_id = await self.writer.execute(
             partial(delivery_ops.insert_test_ping, event=ping, webhook_id=webhook_id, url=webhook.url)
@@ -299,7 +296,7 @@ class Engine:
     def _prepare(self, item: EventInput, prefix: str, now: float) -> PreparedEvent:
         event_type = catalogue.check_event_type(item.resource, item.event, field_prefix=f"{prefix}.")
         check_idempotency_key(item.idempotency_key, f"{prefix}.idempotency_key")
-        data, related = event_payload(item.data, item.related, self.config.max_event_bytes, prefix)
+        data_json, related_json = event_payload(item.data, item.related, self.config.max_event_bytes, prefix)
         event_id = new_event_id()
         return PreparedEvent(
             id=event_id,
@@ -307,7 +304,7 @@ class Engine:
             resource=item.resource,
             event=item.event,
             create_time=now,
-            envelope=envelope(event_id, event_type, now, data, related),
+            envelope=envelope(event_id, event_type, now, data_json, related_json),
             idempotency_key=item.idempotency_key,
         )
 

@@ -131,18 +131,22 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-def event_payload(data: dict[str, Any], related: dict[str, Any], limit: int, prefix: str) -> tuple[Any, Any]:
-    """Normalised data and related, refused when together they exceed ``limit`` bytes of JSON."""
-    data, related = _normalise(data), _normalise(related)
+def to_json(value: Any) -> str:
+    """Compact JSON, as it goes out in envelopes."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_payload(data: dict[str, Any], related: dict[str, Any], limit: int, prefix: str) -> tuple[str, str]:
+    """Data and related as the JSON sent (integral numbers as integers), serialised once here and
+    reused for the envelope; refused when together they exceed ``limit`` bytes."""
     try:
-        size = len(json.dumps(data, ensure_ascii=False).encode()) + len(
-            json.dumps(related, ensure_ascii=False).encode()
-        )
+        data_json, related_json = to_json(_normalise(data)), to_json(_normalise(related))
     except (ValueError, TypeError) as error:
         raise InvalidArgument(f"{prefix}.data", f"is not valid JSON: {error}") from error
+    size = len(data_json.encode()) + len(related_json.encode())
     if size > limit:
         raise InvalidArgument(f"{prefix}.data", f"data and related take {size} bytes; the limit is {limit}")
-    return data, related
+    return data_json, related_json
 
 
 def check_idempotency_key(key: str, field_name: str) -> None:
