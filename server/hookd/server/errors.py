@@ -83,6 +83,14 @@ async def refuse_undecodable(request: object, context: grpc.aio.ServicerContext[
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
+def status_of(error: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status that ends a call which raised ``error``; a bug's details go to the log only."""
+    if isinstance(error, HookdError):
+        return status_for(error), clip(error.message)
+    log.error("internal error in %s", method, exc_info=error)
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
 def grpc_errors(handler: F) -> F:
     """Wrap a unary servicer method so that errors end the call with the right status."""
 
@@ -91,11 +99,8 @@ def grpc_errors(handler: F) -> F:
         await refuse_undecodable(request, context)
         try:
             return await handler(self, request, context)
-        except HookdError as error:
-            code, message = status_for(error), clip(error.message)
-        except Exception:
-            log.exception("internal error in %s", handler.__name__)
-            code, message = grpc.StatusCode.INTERNAL, "internal error; see the server log"
+        except Exception as error:
+            code, message = status_of(error, handler.__name__)
         await context.abort(code, message)
 
     return wrapper  # type: ignore[return-value]

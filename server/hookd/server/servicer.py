@@ -6,25 +6,22 @@ No business logic lives here; each method is a translation and a bridge call.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from hookd.engine import catalogue
-from hookd.engine.errors import HookdError, InvalidArgument, NotFound
+from hookd.engine.errors import InvalidArgument, NotFound
 from hookd.engine.monitor import Snapshot
 from hookd.engine.service import Engine, EventInput
 from hookd.engine.store.queries import WebhookFilter
 from hookd.engine.validation import UPDATABLE
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
-from hookd.server.errors import clip, grpc_errors, lenient_decoder, refuse_undecodable, status_for
+from hookd.server.errors import grpc_errors, lenient_decoder, refuse_undecodable, status_of
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
-
-log = logging.getLogger("hookd.server")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -170,16 +167,12 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         await refuse_undecodable(request, context)
         try:
             hook_ids, urls, interval = self._health_request(request)
-        except HookdError as error:
-            await context.abort(status_for(error), clip(error.message))
-        while True:
-            try:
+            while True:  # cancellation (a BaseException) ends it; errors end it with their status
                 snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
-            except Exception:
-                log.exception("internal error in StreamHealth")
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-            yield self._encoded(snapshot)
-            await asyncio.sleep(interval)
+                yield self._encoded(snapshot)
+                await asyncio.sleep(interval)
+        except Exception as error:
+            await context.abort(*status_of(error, "StreamHealth"))
 
     def _encoded(self, snapshot: Snapshot) -> pb.HealthSnapshot:
         """The proto of a snapshot, encoded once however many watchers share it."""
