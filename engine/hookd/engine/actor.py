@@ -229,10 +229,9 @@ class DestinationActor:
                 now = ctx.clock.now()
                 body = job.envelope.encode()
                 headers = request_headers(hook, message_id(job.delivery_id), body, now)
-                result = await post(client, hook.url, headers, body, hook.timeout_s)
-            if result is None or scope.cancelled_caught:  # cancelled: the webhook was deleted
+                result = await post(client, hook.url, headers, body, hook.timeout_s, now)
+            if result is None:  # cancelled: the webhook was deleted
                 self.breaker.release_probe()
-                result = None
                 return
             await self._record(job, result)
         finally:

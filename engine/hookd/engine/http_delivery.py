@@ -114,7 +114,7 @@ def _chain(error: BaseException) -> typing.Iterator[BaseException]:
 def describe_error(error: BaseException) -> str:
     """``Type: message`` for an attempt's record.
 
-    httpx and httpcore often wrap the real cause in an exception with no message of its own
+    httpcore often wraps the real cause in an exception with no message of its own
     (an untrusted certificate arrives as a bare ``ConnectError``), so the message is taken from
     the first exception in the chain that has one.
     """
@@ -150,10 +150,12 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str:
 
 
 async def post(
-    client: ConnectionSet, url: str, headers: dict[str, str], body: bytes, timeout_s: float
+    client: ConnectionSet, url: str, headers: dict[str, str], body: bytes, timeout_s: float, started_at: float
 ) -> AttemptResult:
-    """POST ``body`` and classify what happened; the whole exchange is bounded by ``timeout_s``."""
-    start_wall = time.time()
+    """POST ``body`` and classify what happened; the whole exchange is bounded by ``timeout_s``.
+
+    ``started_at`` is the engine clock's wall time, recorded as the attempt's start.
+    """
     start = time.perf_counter()
     status = 0
     excerpt = ""
@@ -189,7 +191,7 @@ async def post(
         error = f"no complete answer within {timeout_s:g} s"
     return AttemptResult(
         url=url,
-        start_time=start_wall,
+        start_time=started_at,
         duration_ms=duration_ms,
         status_code=status,
         outcome=outcome,

@@ -10,10 +10,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import sqlite_utils
 import trio
 
+from hookd.engine.actor import DestinationActor
 from hookd.engine.breaker import BreakerState
 from hookd.engine.clock import Clock
 from hookd.engine.dispatcher import Dispatcher
@@ -87,7 +89,7 @@ def _load_backlog(db: sqlite_utils.Database, now: float) -> _Backlog:
     )
 
 
-def _load_attempts(db: sqlite_utils.Database, since: float, after_id: int, limit: int) -> list[tuple]:  # type: ignore[type-arg]
+def _load_attempts(db: sqlite_utils.Database, since: float, after_id: int, limit: int) -> list[tuple[Any, ...]]:
     return db.execute(
         "SELECT id, webhook_id, url, start_time, duration_ms, outcome, error FROM attempts "
         "WHERE start_time >= ? AND id > ? ORDER BY id LIMIT ?",
@@ -140,14 +142,31 @@ class HealthMonitor:
             return [no_figures(seconds) for seconds in WINDOWS_S]
         return [series.window(seconds, now) for seconds in WINDOWS_S]
 
-    def _series_stats(self, key: str, series: Series | None, now: float, **live: object) -> Stats:
+    def _stats(
+        self,
+        key: str,
+        series: Series | None,
+        now: float,
+        waiting: tuple[int, int],
+        queued: int,
+        in_flight: int,
+        actor: DestinationActor | None,
+        with_breaker: bool = True,
+    ) -> Stats:
+        """One key's figures: ``waiting`` is (backlog, retries scheduled); the breaker is the
+        destination actor's (a destination without an actor is closed)."""
         return Stats(
             key=key,
             windows=self._windows(series, now),
+            backlog=waiting[0],
+            queued_in_memory=queued,
+            in_flight=in_flight,
+            retries_scheduled=waiting[1],
+            breaker_state=(actor.breaker.state if actor else BreakerState.CLOSED) if with_breaker else None,
+            breaker_since=actor.breaker.since_wall if actor and with_breaker else 0.0,
             last_success=series.last_success if series else 0.0,
             last_failure=series.last_failure if series else 0.0,
             last_error=series.last_error if series else "",
-            **live,  # type: ignore[arg-type]
         )
 
     async def snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
@@ -191,49 +210,44 @@ class HealthMonitor:
                 urls = sorted({hook.url for hook in hooks})
             else:
                 urls = sorted({hook.url for hook in hooks} | set(actors) | set(backlog.destinations))
-        webhook_stats = []
-        for hook in hooks:
-            actor = actors.get(hook.url)
-            waiting, retries = backlog.webhooks.get(hook.id, (0, 0))
-            webhook_stats.append(
-                self._series_stats(
-                    f"webhooks/{hook.id}",
-                    self.aggregates.webhooks.get(hook.id),
-                    now,
-                    backlog=waiting,
-                    queued_in_memory=queued[hook.id],
-                    in_flight=in_flight[hook.id],
-                    retries_scheduled=retries,
-                    breaker_state=actor.breaker.state if actor else BreakerState.CLOSED,
-                    breaker_since=actor.breaker.since_wall if actor else 0.0,
-                )
+        webhook_stats = [
+            self._stats(
+                f"webhooks/{hook.id}",
+                self.aggregates.webhooks.get(hook.id),
+                now,
+                backlog.webhooks.get(hook.id, (0, 0)),
+                queued[hook.id],
+                in_flight[hook.id],
+                actors.get(hook.url),
             )
-
+            for hook in hooks
+        ]
         destination_stats = []
         for url in urls:
             actor = actors.get(url)
-            waiting, retries = backlog.destinations.get(url, (0, 0))
             destination_stats.append(
-                self._series_stats(
+                self._stats(
                     url,
                     self.aggregates.destinations.get(url),
                     now,
-                    backlog=waiting,
-                    queued_in_memory=len(actor.queue) if actor else 0,
-                    in_flight=len(actor.in_flight) if actor else 0,
-                    retries_scheduled=retries,
-                    breaker_state=actor.breaker.state if actor else BreakerState.CLOSED,
-                    breaker_since=actor.breaker.since_wall if actor else 0.0,
+                    backlog.destinations.get(url, (0, 0)),
+                    len(actor.queue) if actor else 0,
+                    len(actor.in_flight) if actor else 0,
+                    actor,
                 )
             )
-
-        service = self._series_stats(
+        waiting_total = (
+            sum(count for count, _ in backlog.destinations.values()),
+            sum(retries for _, retries in backlog.destinations.values()),
+        )
+        service = self._stats(
             SERVICE_KEY,
             self.aggregates.service,
             now,
-            backlog=sum(count for count, _ in backlog.destinations.values()),
-            queued_in_memory=sum(len(live.queue) for live in actors.values()),
-            in_flight=sum(len(live.in_flight) for live in actors.values()),
-            retries_scheduled=sum(retries for _, retries in backlog.destinations.values()),
+            waiting_total,
+            sum(queued.values()),
+            sum(in_flight.values()),
+            None,
+            with_breaker=False,
         )
         return Snapshot(now, service, webhook_stats, destination_stats, len(actors), self._dispatcher.restarts)

@@ -27,7 +27,7 @@ from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.errors import InvalidArgument, NotFound
 from hookd.engine.http_delivery import post
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
-from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
+from hookd.engine.jobs import AttemptResult, PreparedEvent, PublishResult
 from hookd.engine.model import (
     AttemptRecord,
     DeliveryRecord,
@@ -280,12 +280,20 @@ class Engine:
         delivery_id = await self.writer.execute(
             partial(delivery_ops.insert_test_ping, event=ping, webhook_id=webhook_id, url=webhook.url)
         )
+        payload = body.encode()
         async with ConnectionSet(self.config.destinations) as client:
-            headers = request_headers(webhook, message_id(delivery_id), body.encode(), now)
-            result = await post(client, webhook.url, headers, body.encode(), webhook.timeout_s)
+            headers = request_headers(webhook, message_id(delivery_id), payload, now)
+            result = await post(client, webhook.url, headers, payload, webhook.timeout_s, self.clock.now())
         self._attempt_finished(webhook.url, webhook_id, result)
-        job = Job(delivery_id, webhook_id, event_id, body, 0)
-        await self.writer.execute(partial(delivery_ops.finish_test_ping, job=job, attempt=result, now=self.clock.now()))
+        await self.writer.execute(
+            partial(
+                delivery_ops.finish_test_ping,
+                delivery_id=delivery_id,
+                webhook_id=webhook_id,
+                attempt=result,
+                now=self.clock.now(),
+            )
+        )
         attempts = await self.readers.run(
             partial(queries.list_attempts, delivery_id=delivery_id, after_id=None, limit=1)
         )

@@ -180,11 +180,13 @@ def insert_test_ping(db: sqlite_utils.Database, event: PreparedEvent, webhook_id
     return delivery_id
 
 
-def finish_test_ping(db: sqlite_utils.Database, job: Job, attempt: AttemptResult, now: float) -> None:
+def finish_test_ping(
+    db: sqlite_utils.Database, delivery_id: int, webhook_id: str, attempt: AttemptResult, now: float
+) -> None:
     """Record the ping's one attempt; no retry follows whatever the outcome."""
-    _insert_attempt(db, job.delivery_id, job.webhook_id, attempt)
+    _insert_attempt(db, delivery_id, webhook_id, attempt)
     state = DeliveryState.SUCCEEDED if attempt.outcome is Outcome.SUCCESS else DeliveryState.FAILED
     db.conn.execute(
         "UPDATE deliveries SET state = ?, attempt_count = 1, last_error = ?, update_time = ? WHERE id = ?",
-        [state.value, attempt.error, now, job.delivery_id],
+        [state.value, attempt.error, now, delivery_id],
     )
