@@ -83,7 +83,7 @@ def server_pid(server: HookdProcess) -> int:
     return server.process.pid
 
 
-def count_state(database: Path, state: str) -> int:
+def count_state(database: str | Path, state: str) -> int:
     """Deliveries in ``state``, read straight from the server's SQLite file."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
     try:

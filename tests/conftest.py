@@ -6,8 +6,46 @@ from pathlib import Path
 import pytest
 
 from hookd.client import HookdClient
+from tests.support.postgres import PostgresServer
 from tests.support.receiver import Receiver
-from tests.support.server import HookdProcess
+from tests.support.server import HookdProcess, use_database_factory
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends: run each test of the module against SQLite and against PostgreSQL")
+    config.addinivalue_line("markers", "sqlite_only: this test is about the SQLite file itself")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests in modules marked ``backends`` run once per store; the rest once, on SQLite."""
+    definition = metafunc.definition
+    if definition.get_closest_marker("backends") and not definition.get_closest_marker("sqlite_only"):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run; it must start (nothing skips)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store this test's servers use by default: a new PostgreSQL database, or a SQLite file."""
+    name = getattr(request, "param", "sqlite")
+    if name == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        use_database_factory(server.new_database)
+    else:
+        use_database_factory(None)
+    try:
+        yield name
+    finally:
+        use_database_factory(None)
 
 
 @pytest.fixture

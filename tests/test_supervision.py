@@ -11,11 +11,11 @@ import pytest
 import trio
 
 from hookd.client.client import event_input
+from hookd.engine import Engine, EventInput
 from hookd.engine.actor import DestinationActor
 from hookd.engine.config import EngineConfig
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.model import DeliveryState
-from hookd.engine.service import Engine, EventInput
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
@@ -26,7 +26,7 @@ def local_engine(tmp_path: Path) -> Engine:
     """An engine in this process on a fresh database, allowed to call receivers on 127.0.0.1."""
     return Engine(
         EngineConfig(
-            database=tmp_path / "engine.db",
+            database=str(tmp_path / "engine.db"),
             destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
         )
     )
@@ -65,7 +65,7 @@ async def test_crashed_actor_restarts_and_delivers(
 
         await until(all_succeeded)
         assert crashes == [receiver.url()]
-        assert engine.dispatcher.restarts == 1
+        assert (await engine.health_snapshot()).actor_restarts == 1
         assert sorted(r.json()["data"]["n"] for r in receiver.received()) == list(range(5))
         nursery.cancel_scope.cancel()
     assert any("actor crashed" in record.getMessage() for record in caplog.records)

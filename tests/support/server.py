@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -17,13 +18,33 @@ from hookd.client import HookdClient
 #: Flags every test server gets: local receivers are plain http on 127.0.0.1.
 LOCAL_DESTINATIONS = ("--allow-http", "--allow-destination", "127.0.0.0/8")
 
+#: Makes the database a test's servers use when it names none: a fresh PostgreSQL database
+#: while the suite runs a test against PostgreSQL (see conftest.py), else a SQLite file.
+_database_factory: Callable[[], str] | None = None
+
+
+def use_database_factory(factory: Callable[[], str] | None) -> None:
+    global _database_factory
+    _database_factory = factory
+
+
+def default_database(workdir: Path) -> str:
+    return _database_factory() if _database_factory is not None else str(workdir / "hookd.db")
+
 
 class HookdProcess:
-    """Start, stop, kill and restart hookd on one database file."""
+    """Start, stop, kill and restart hookd on one database (a SQLite file or a PostgreSQL URL)."""
 
-    def __init__(self, workdir: Path, *args: str, local: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        local: bool = True,
+        env: dict[str, str] | None = None,
+        database: str | None = None,
+    ) -> None:
         self.workdir = workdir
-        self.database = workdir / "hookd.db"
+        self.database = database or default_database(workdir)
         self.args = [*(LOCAL_DESTINATIONS if local else ()), *args]
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -49,7 +70,7 @@ class HookdProcess:
                 "--listen",
                 "127.0.0.1:0",
                 "--database",
-                str(self.database),
+                self.database,
                 "--port-file",
                 str(port_file),
                 *self.args,

@@ -1,7 +1,7 @@
-"""One actor per destination URL: its own queue, rate limiter, circuit breaker and HTTP pool.
+"""One actor per destination URL: its own queue, rate limiter, circuit breaker and connections.
 
-The actor's queue is a window onto the durable backlog in SQLite. Publishing hands new jobs to
-the actor directly while the window has room and nothing older waits on disk; otherwise the
+The actor's queue is a window onto the durable backlog in the store. Publishing hands new jobs
+to the actor directly while the window has room and nothing older waits on disk; otherwise the
 actor is only told that the backlog grew, and it pulls due deliveries in, oldest first, as room
 frees. Nothing is ever dropped from memory that is not on disk, so a full queue neither loses an
 event nor blocks a publisher, and memory stays flat however deep the backlog gets.
@@ -9,6 +9,12 @@ event nor blocks a publisher, and memory stays flat however deep the backlog get
 A delivery id stays in ``known`` from the moment it is loaded until its attempt's outcome is
 committed, and a refill ignores deliveries settled while it read, so no delivery is loaded twice.
 New deliveries are offered from the writer's commit hook, before any actor can have sent them.
+
+Nothing a destination or the store does stops the actor: every exchange ends in an outcome that
+is recorded; a bug while sending one delivery is recorded as that delivery's ``INTERNAL``
+attempt; while the store cannot be written the actor starts nothing new (its outcomes wait in
+the writer, their request slots held); and it sends only while its node holds the destination's
+lease, each outcome carrying the lease's fence.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -28,16 +33,16 @@ from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
 from hookd.engine.connections import ConnectionSet
 from hookd.engine.http_delivery import USER_AGENT, post
-from hookd.engine.jobs import AttemptResult, Job
+from hookd.engine.jobs import AttemptResult, Job, internal_failure
 from hookd.engine.model import Outcome, Status, Webhook, message_id
+from hookd.engine.ownership import Ownership
 from hookd.engine.ratelimit import TokenBucket
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.signing import sign
 from hookd.engine.store import delivery_ops, queries
+from hookd.engine.store.cluster_ops import Fence
+from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import Readers, Writer
-
-if TYPE_CHECKING:
-    import sqlite_utils
 
 log = logging.getLogger("hookd.engine")
 
@@ -51,9 +56,29 @@ class ActorContext:
     registry: WebhookRegistry
     writer: Writer
     readers: Readers
+    ownership: Ownership
     rng: random.Random
     schedule: Callable[[str, float], None]
-    attempt_finished: Callable[[str, str, AttemptResult], None]
+    #: Called with a delivery id once its attempt's outcome is committed (TestWebhook waits on it).
+    settled: Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ActorStatistics:
+    """An actor's state, as health reports it."""
+
+    url: str
+    queued: dict[str, int]
+    in_flight: dict[str, int]
+    breaker_state: BreakerState
+    breaker_since: float
+
+
+@dataclass(slots=True)
+class _InFlight:
+    job: Job
+    scope: trio.CancelScope
+    fence: Fence | None
 
 
 def request_headers(webhook: Webhook, msg_id: str, body: bytes, now: float) -> dict[str, str]:
@@ -76,9 +101,12 @@ class DestinationActor:
     # Slots: ten thousand destinations may each have an actor at once.
     __slots__ = (
         "_ctx",
+        "_draining",
         "_on_retire",
         "_pokes",
+        "_scope",
         "_settled_during_refill",
+        "_stopped",
         "_wake",
         "backlog",
         "breaker",
@@ -95,18 +123,44 @@ class DestinationActor:
         self._on_retire = on_retire
         self.queue: deque[Job] = deque()
         self.known: set[int] = set()
-        self.in_flight: dict[int, tuple[str, trio.CancelScope]] = {}
+        self.in_flight: dict[int, _InFlight] = {}
         self.backlog = True
         self._pokes = 0
         self._wake = trio.Event()
+        self._draining = False
+        self._scope = trio.CancelScope()
+        self._stopped = False
         self.breaker = CircuitBreaker(ctx.config.breaker)
         self.limiter = TokenBucket(ctx.registry.rate_for(url))
         self._settled_during_refill: set[int] | None = None
 
+    def __repr__(self) -> str:
+        return (
+            f"<DestinationActor {self.url} queued={len(self.queue)} in_flight={len(self.in_flight)} "
+            f"backlog={self.backlog} breaker={self.breaker.state.value}{' draining' if self._draining else ''}>"
+        )
+
+    def statistics(self) -> ActorStatistics:
+        queued: dict[str, int] = {}
+        for job in self.queue:
+            queued[job.webhook_id] = queued.get(job.webhook_id, 0) + 1
+        in_flight: dict[str, int] = {}
+        for entry in self.in_flight.values():
+            in_flight[entry.job.webhook_id] = in_flight.get(entry.job.webhook_id, 0) + 1
+        return ActorStatistics(self.url, queued, in_flight, self.breaker.state, self.breaker.since_wall)
+
     # -- called by the dispatcher (synchronous, from other tasks) --------------------------------
 
     def offer(self, job: Job) -> None:
-        """A new delivery: take it into memory if that keeps the order, else leave it on disk."""
+        """A new delivery: take it into memory if that keeps the order, else leave it on disk.
+
+        A test ping goes to the front: it waits for a free request slot and a token, like every
+        request, but not behind the backlog."""
+        if job.single_attempt and job.delivery_id not in self.known:
+            self.queue.appendleft(job)
+            self.known.add(job.delivery_id)
+            self._wake.set()
+            return
         if self.backlog or len(self.queue) >= self._ctx.config.queue_size:
             self.poke()
             return
@@ -128,10 +182,25 @@ class DestinationActor:
             if job.webhook_id == webhook_id:
                 self.known.discard(job.delivery_id)
         self.queue = kept
-        for hook_id, scope in self.in_flight.values():
-            if hook_id == webhook_id:
-                scope.cancel()
+        for entry in self.in_flight.values():
+            if entry.job.webhook_id == webhook_id:
+                entry.scope.cancel()
         self._wake.set()
+
+    def drain(self) -> None:
+        """Start nothing new; retire once every request in flight has its outcome committed
+        (a clean hand-over of the destination to another node)."""
+        self._draining = True
+        self._wake.set()
+
+    def stop(self) -> None:
+        """End the actor now, abandoning its requests in flight (this node lost the destination)."""
+        self._stopped = True
+        self._scope.cancel()
+
+    def crashed_jobs(self) -> list[tuple[Job, Fence | None]]:
+        """The deliveries in flight when the actor crashed (their outcomes never got recorded)."""
+        return [(entry.job, entry.fence) for entry in self.in_flight.values()]
 
     def reset(self) -> None:
         """After a crash: memory is suspect, the database is not."""
@@ -145,31 +214,47 @@ class DestinationActor:
 
     async def run(self) -> None:
         """Deliver until idle for ``actor_idle_s``; then retire (synchronously, so no offer is lost)."""
+        if self._stopped:
+            return
+        self._scope = trio.CancelScope()  # a fresh one for each run: a crashed run is restarted
+        with self._scope:
+            await self._serve()
+
+    async def _serve(self) -> None:
         config = self._ctx.config
         idle_since = trio.current_time()
         async with ConnectionSet(config.destinations) as client, trio.open_nursery() as nursery:
             while True:
                 self._wake = trio.Event()
+                if self._draining:
+                    if not self.in_flight:
+                        self._retire(nursery)
+                        return
+                    await self._wake.wait()
+                    continue
+                if not self._ctx.writer.status.available:
+                    await self._ctx.writer.wait_available()  # outcomes in flight wait in the writer
+                    continue
                 if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
                     await self._refill()
                 self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
                 while len(self.in_flight) < config.max_in_flight:
                     job = self._next_job()
-                    if job is None or not self.breaker.allow():
+                    if job is None or not (job.single_attempt or self.breaker.allow()):
                         break
                     self.queue.popleft()
                     await self.limiter.acquire()
                     scope = trio.CancelScope()
-                    self.in_flight[job.delivery_id] = (job.webhook_id, scope)
-                    nursery.start_soon(self._attempt, client, job, scope)
+                    entry = _InFlight(job, scope, self._ctx.ownership.fence(self.url))
+                    self.in_flight[job.delivery_id] = entry
+                    nursery.start_soon(self._attempt, client, entry)
                 if self.queue or self.in_flight or self.backlog:
                     idle_since = trio.current_time()
                 elif trio.current_time() - idle_since >= config.actor_idle_s:
                     # A breaker that is not closed remembers a failing destination (and its growing
                     # cool-down): keep it while the URL still has webhooks.
                     if self.breaker.state is BreakerState.CLOSED or not self._ctx.registry.webhooks_at(self.url):
-                        self._on_retire(self)
-                        nursery.cancel_scope.cancel()
+                        self._retire(nursery)
                         return
                     idle_since = trio.current_time()
                 deadline = idle_since + config.actor_idle_s
@@ -181,12 +266,15 @@ class DestinationActor:
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
 
+    def _retire(self, nursery: trio.Nursery) -> None:
+        self._on_retire(self)
+        nursery.cancel_scope.cancel()
+
     def _next_job(self) -> Job | None:
         """The first queued job still meant for this URL; stale ones are dropped (disk has them)."""
         while self.queue:
             job = self.queue[0]
-            hook = self._ctx.registry.get(job.webhook_id)
-            if hook is not None and hook.status is Status.ACTIVE and hook.url == self.url:
+            if _sendable(self._ctx.registry.get(job.webhook_id), job, self.url):
                 return job
             self.queue.popleft()
             self.known.discard(job.delivery_id)
@@ -217,26 +305,33 @@ class DestinationActor:
             if next_due is not None:
                 self._ctx.schedule(self.url, next_due)
 
-    async def _attempt(self, client: ConnectionSet, job: Job, scope: trio.CancelScope) -> None:
+    async def _attempt(self, client: ConnectionSet, entry: _InFlight) -> None:
         ctx = self._ctx
+        job = entry.job
         result: AttemptResult | None = None
         try:
-            with scope:
+            with entry.scope:
                 hook = ctx.registry.get(job.webhook_id)
-                if hook is None or hook.status is not Status.ACTIVE or hook.url != self.url:
-                    self.breaker.release_probe()
+                if hook is None or not _sendable(hook, job, self.url):
                     return
+                if not ctx.ownership.may_send(self.url):
+                    return  # the lease lapsed: the destination is, or soon will be, another node's
                 now = ctx.clock.now()
-                body = job.envelope.encode()
-                headers = request_headers(hook, message_id(job.delivery_id), body, now)
-                result = await post(client, hook.url, headers, body, hook.timeout_s, now)
-            if result is None:  # cancelled: the webhook was deleted
-                self.breaker.release_probe()
-                return
-            await self._record(job, result)
+                try:
+                    body = job.envelope.encode()
+                    headers = request_headers(hook, message_id(job.delivery_id), body, now)
+                    result = await post(client, hook.url, headers, body, hook.timeout_s, now)
+                except Exception:  # a bug: recorded against this delivery, never the actor's end
+                    log.exception("sending failed destination=%s delivery=%d", self.url, job.delivery_id)
+                    result = internal_failure(hook.url, now)
+            if result is not None:
+                await self._record(entry, result)
         finally:
-            if result is None:
+            if result is None:  # never sent (or cancelled): nothing to record
+                if not job.single_attempt:  # a ping never takes the breaker's probe
+                    self.breaker.release_probe()
                 self._settle(job.delivery_id)
+                ctx.settled(job.delivery_id)
             self._wake.set()
 
     def _settle(self, delivery_id: int) -> None:
@@ -253,32 +348,41 @@ class DestinationActor:
             self._settled_during_refill.add(delivery_id)
         self._wake.set()
 
-    async def _record(self, job: Job, result: AttemptResult) -> None:
+    def _judge(self, result: AttemptResult) -> None:
+        """What the outcome says about the destination, for its breaker."""
+        if result.outcome is Outcome.SUCCESS:
+            self.breaker.record_success()
+        elif result.outcome.trips_breaker:
+            before = self.breaker.state
+            self.breaker.record_failure()
+            if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
+                log.warning("breaker open destination=%s after=%s", self.url, result.outcome.value)
+        elif result.outcome in (Outcome.RATE_LIMITED, Outcome.BLOCKED, Outcome.INTERNAL):
+            self.breaker.release_probe()  # overloaded, never sent, or our own fault: says nothing
+        else:
+            self.breaker.record_success()  # a 4xx: the destination is up and answering
+
+    async def _record(self, entry: _InFlight, result: AttemptResult) -> None:
         """Queue the outcome for the writer without waiting for the commit; the delivery keeps its
         slot and stays in ``known`` until the commit hook settles it."""
         ctx = self._ctx
+        job = entry.job
         now = ctx.clock.now()
-        ctx.attempt_finished(self.url, job.webhook_id, result)
+        self._judge(result)
         retry_at: float | None = None
         if result.outcome is Outcome.SUCCESS:
-            self.breaker.record_success()
-            write = partial(delivery_ops.record_success, job=job, attempt=result, now=now)
+            write = partial(delivery_ops.record_success, job=job, attempt=result, now=now, fence=entry.fence)
         else:
-            if result.outcome.trips_breaker:
-                before = self.breaker.state
-                self.breaker.record_failure()
-                if self.breaker.state is BreakerState.OPEN and before is not BreakerState.OPEN:
-                    log.warning("breaker open destination=%s after=%s", self.url, result.outcome.value)
-            elif result.outcome in (Outcome.RATE_LIMITED, Outcome.BLOCKED):
-                self.breaker.release_probe()  # overloaded, or never sent: says nothing either way
-            else:
-                self.breaker.record_success()  # a 4xx: the destination is up and answering
-            delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
-            retry_at = None if delay is None else now + delay
-            write = partial(delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at)
+            if not job.single_attempt:
+                delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
+                retry_at = None if delay is None else now + delay
+            write = partial(
+                delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at, fence=entry.fence
+            )
 
         def settled(committed: bool) -> None:
             self._settle(job.delivery_id)
+            ctx.settled(job.delivery_id)
             if not committed:
                 self.poke()  # the outcome is lost, the delivery still due on disk: load it again
             elif retry_at is not None:
@@ -287,8 +391,14 @@ class DestinationActor:
         await ctx.writer.submit(write, after=settled)
 
 
-def _load_window(db: sqlite_utils.Database, url: str, now: float, limit: int) -> tuple[list[Job], float | None]:
+def _sendable(hook: Webhook | None, job: Job, url: str) -> bool:
+    """Whether ``job`` still goes to ``url``: its webhook exists there and is active (a test ping
+    goes to an inactive webhook too: testing before activating is what it is for)."""
+    return hook is not None and hook.url == url and (hook.status is Status.ACTIVE or job.single_attempt)
+
+
+def _load_window(tx: Tx, url: str, now: float, limit: int) -> tuple[list[Job], float | None]:
     """Due jobs, and when the next not-yet-due one falls due (one trip to the worker thread)."""
-    jobs = queries.due_jobs(db, url, now, limit)
-    following = queries.next_due(db, url, now) if len(jobs) < limit else None
+    jobs = queries.due_jobs(tx, url, now, limit)
+    following = queries.next_due(tx, url, now) if len(jobs) < limit else None
     return jobs, following

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from hookd.engine.breaker import BreakerPolicy
 from hookd.engine.destinations import DestinationPolicy
@@ -14,7 +13,8 @@ from hookd.engine.retry import RetryPolicy
 class EngineConfig:
     """Everything the engine needs to know; the server builds it from flags and environment."""
 
-    database: Path = Path("var/hookd.db")
+    #: A SQLite file path, or a ``postgresql://`` URL (cluster mode).
+    database: str = "var/hookd.db"
     #: ``NORMAL`` survives a process crash (kill -9); ``FULL`` also a power cut, at a cost.
     synchronous: str = "NORMAL"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -36,3 +36,13 @@ class EngineConfig:
     max_batch_events: int = 1000
     #: Read connections for queries.
     readers: int = 4
+    #: Most webhooks one event type may have (each publish of it fans out to all of them).
+    max_webhooks_per_type: int = 1000
+    #: Most deliveries one publish call may create (events x subscribed webhooks).
+    max_deliveries_per_call: int = 100_000
+    #: Most deliveries written in one commit; a larger fan-out is staged over several.
+    publish_chunk: int = 5000
+    #: This node's id in a cluster (a shared PostgreSQL store); unique among live nodes.
+    node_id: str = ""
+    #: Seconds a node's leases last without renewal: how soon a dead node's destinations move.
+    lease_s: float = 10.0

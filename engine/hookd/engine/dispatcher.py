@@ -1,8 +1,13 @@
 """Starts, supervises and retires the destination actors, and wakes them when retries fall due.
 
-An actor that crashes is logged and restarted with backoff; its deliveries live in SQLite, so a
-restart only forgets what memory held. Idle actors retire, so the number of live actors follows
-the destinations that have work, not the number of webhooks.
+An actor that crashes is logged and restarted with backoff; its deliveries live in the store, so
+a restart only forgets what memory held. The deliveries it had in flight are charged a failed
+``INTERNAL`` attempt each, so one whose sending crashes the actor again and again runs out of
+attempts and ends FAILED instead of looping. Idle actors retire, so the number of live actors
+follows the destinations that have work, not the number of webhooks.
+
+Only destinations this node owns get an actor (``Ownership``); offers and pokes for the others
+are dropped here, because their owner hears of the same deliveries from the store.
 """
 
 from __future__ import annotations
@@ -10,12 +15,14 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections.abc import Callable
+from functools import partial
 
 import trio
 
-from hookd.engine.actor import ActorContext, DestinationActor
+from hookd.engine.actor import ActorContext, ActorStatistics, DestinationActor
 from hookd.engine.jobs import Job
-from hookd.engine.store import queries
+from hookd.engine.store import delivery_ops, queries
 
 log = logging.getLogger("hookd.engine")
 
@@ -25,32 +32,37 @@ MAX_RESTART_BACKOFF_S = 30.0
 class Dispatcher:
     def __init__(self, ctx: ActorContext) -> None:
         self._ctx = ctx
-        self.actors: dict[str, DestinationActor] = {}
+        self._actors: dict[str, DestinationActor] = {}
         self._nursery: trio.Nursery | None = None
         self._timers: list[tuple[float, str]] = []
         self._earliest: dict[str, float] = {}
         self._timer_wake = trio.Event()
+        self._retired = trio.Event()
         self.restarts = 0
 
+    def __repr__(self) -> str:
+        return f"<Dispatcher actors={len(self._actors)} timers={len(self._earliest)} restarts={self.restarts}>"
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Resume every destination with pending deliveries, then serve until cancelled."""
+        """Resume every owned destination with pending deliveries, then serve until cancelled."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for url, due in await self._ctx.readers.run(queries.destinations_with_work):
-                self.schedule(url, due)
+            await self.resume(lambda url: True)
             task_status.started()
             await self._timer_loop()
 
-    # -- entry points for the service, all synchronous ---------------------------------------------
+    # -- entry points, all synchronous but ``resume`` and ``drain`` ------------------------------
 
     def offer(self, url: str, job: Job) -> None:
-        self._actor(url).offer(job)
+        if self._ctx.ownership.owns(url):
+            self._actor(url).offer(job)
 
     def poke(self, url: str) -> None:
-        self._actor(url).poke()
+        if self._ctx.ownership.owns(url):
+            self._actor(url).poke()
 
     def cancel_webhook(self, url: str, webhook_id: str) -> None:
-        actor = self.actors.get(url)
+        actor = self._actors.get(url)
         if actor is not None:
             actor.cancel_webhook(webhook_id)
 
@@ -64,20 +76,51 @@ class Dispatcher:
         heapq.heappush(self._timers, (when, url))
         self._timer_wake.set()
 
+    async def resume(self, owned: Callable[[str], bool]) -> None:
+        """Schedule every destination ``owned`` selects that has deliveries waiting on disk."""
+        for url, due in await self._ctx.readers.run(queries.destinations_with_work):
+            if owned(url) and self._ctx.ownership.owns(url):
+                self.schedule(url, due)
+
+    def stop(self, selected: Callable[[str], bool]) -> None:
+        """Stop the selected actors now, requests in flight abandoned (the node lost them)."""
+        for url in [url for url in self._actors if selected(url)]:
+            self._actors.pop(url).stop()
+        for url in [url for url in self._earliest if selected(url)]:
+            del self._earliest[url]
+
+    async def drain(self, selected: Callable[[str], bool]) -> None:
+        """Let the selected actors finish what they have in flight, then retire them (a clean
+        hand-over: once this returns, nothing of theirs is in flight or unrecorded)."""
+        for url in [url for url in self._earliest if selected(url)]:
+            del self._earliest[url]
+        while True:
+            draining = [actor for url, actor in self._actors.items() if selected(url)]
+            if not draining:
+                return
+            for actor in draining:
+                actor.drain()
+            self._retired = trio.Event()
+            await self._retired.wait()
+
+    def statistics(self) -> list[ActorStatistics]:
+        return [actor.statistics() for actor in self._actors.values()]
+
     # -- internals ---------------------------------------------------------------------------------
 
     def _actor(self, url: str) -> DestinationActor:
-        actor = self.actors.get(url)
+        actor = self._actors.get(url)
         if actor is None:
             assert self._nursery is not None, "dispatcher not running"
             actor = DestinationActor(url, self._ctx, self._retire)
-            self.actors[url] = actor
+            self._actors[url] = actor
             self._nursery.start_soon(self._supervise, actor)
         return actor
 
     def _retire(self, actor: DestinationActor) -> None:
-        if self.actors.get(actor.url) is actor:
-            del self.actors[actor.url]
+        if self._actors.get(actor.url) is actor:
+            del self._actors[actor.url]
+        self._retired.set()
 
     async def _supervise(self, actor: DestinationActor) -> None:
         backoff = 0.1
@@ -88,11 +131,23 @@ class Dispatcher:
             except Exception:
                 self.restarts += 1
                 log.exception("actor crashed destination=%s restart_in=%.1fs", actor.url, backoff)
+                await self._charge_crash(actor)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
             actor.reset()
-            if self.actors.get(actor.url) is not actor:
+            if self._actors.get(actor.url) is not actor:
+                self._retired.set()
                 return
+
+    async def _charge_crash(self, actor: DestinationActor) -> None:
+        """Count an attempt against every delivery the crash caught in flight."""
+        ctx = self._ctx
+        now = ctx.clock.now()
+        for job, fence in actor.crashed_jobs():
+            write = partial(
+                delivery_ops.record_crash, job=job, now=now, max_attempts=ctx.config.retry.max_attempts, fence=fence
+            )
+            await ctx.writer.submit(write, after=partial(_notify_settled, ctx.settled, job.delivery_id))
 
     async def _timer_loop(self) -> None:
         while True:
@@ -106,3 +161,7 @@ class Dispatcher:
             deadline = self._timers[0][0] if self._timers else math.inf
             with trio.move_on_at(deadline):
                 await self._timer_wake.wait()
+
+
+def _notify_settled(settled: Callable[[int], None], delivery_id: int, committed: bool) -> None:
+    settled(delivery_id)

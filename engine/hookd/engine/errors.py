@@ -37,3 +37,11 @@ class FailedPrecondition(HookdError):
 
 class Unauthenticated(HookdError):
     """The caller did not present valid credentials."""
+
+
+class Unavailable(HookdError):
+    """hookd cannot serve the request now (its store cannot be written or read); retry later."""
+
+
+class ResourceExhausted(HookdError):
+    """A limit was reached (too many webhooks for one event type, too many watchers)."""

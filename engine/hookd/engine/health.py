@@ -1,11 +1,17 @@
-"""Rolling delivery figures, kept incrementally so a snapshot never scans the attempts table.
+"""Rolling delivery figures, kept in memory from counts the store persists per minute.
 
-Every finished attempt is added to a per-minute bucket (kept for an hour) and a per-hour bucket
-(kept for a day) of three series: its webhook, its destination URL, and the service. A bucket
-holds counts by outcome and a latency histogram with geometric bounds (each 25 % above the
-last), from which percentiles are interpolated to within a bucket's width. The 5-minute and
-1-hour windows sum minute buckets; the 1-day window sums the 24 hour buckets (so it is aligned to
-the hour). On start the buckets are rebuilt from the last day of stored attempts, once.
+An attempt is counted in a *cell*: its webhook (or destination URL), the minute it started, its
+outcome and its latency slot (a histogram with geometric bounds, each 25 % above the last). The
+store keeps these counts in the same commits that record the attempts (``store/health_ops.py``),
+so the figures survive a restart without re-reading a single attempt, and every node of a cluster
+reads the same counts and so shows the same figures.
+
+In memory each key has minute buckets (for an hour) and hour buckets (for a day). A bucket is a
+dict from an encoded cell (outcome, slot) to a count. Figures arrive as absolute counts read from
+the store (``set_cell``), so applying the same rows twice changes nothing; the difference to what
+memory held is applied to the minute, the hour and, for destinations, the service as a whole.
+The 5-minute and 1-hour windows sum minute buckets; the 1-day window sums the 24 hour buckets (so
+it is aligned to the hour).
 """
 
 from __future__ import annotations
@@ -19,36 +25,28 @@ from hookd.engine.model import Outcome
 #: Upper bounds of the latency histogram, in milliseconds: 0.5 ms ... ~70 s, 25 % apart.
 BOUNDS_MS: list[float] = [0.5 * 1.25**i for i in range(54)]
 WINDOWS_S = (300, 3600, 86400)
+SLOTS = len(BOUNDS_MS) + 1
+OUTCOMES = list(Outcome)
+_OUTCOME_INDEX = {outcome: index for index, outcome in enumerate(OUTCOMES)}
+_SUCCESS = _OUTCOME_INDEX[Outcome.SUCCESS]
+
+SERVICE_KEY = "service"
+WEBHOOK = "w"
+DESTINATION = "d"
 
 
-class Bucket:
-    """Counts for one minute or hour. Sparse (histogram slot -> count), because most keys see
-    few distinct latencies and ten thousand destinations must stay cheap to hold."""
+def latency_slot(duration_ms: float) -> int:
+    return bisect.bisect_left(BOUNDS_MS, duration_ms)
 
-    __slots__ = ("attempts", "errors", "histogram", "successes")
 
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.successes = 0
-        self.errors: dict[str, int] = {}
-        self.histogram: dict[int, int] = {}
+def cell(outcome: Outcome, slot: int) -> int:
+    """One int per (outcome, latency slot): small dict keys for ten thousand destinations."""
+    return _OUTCOME_INDEX[outcome] * SLOTS + slot
 
-    def add(self, duration_ms: float, outcome: Outcome) -> None:
-        self.attempts += 1
-        if outcome is Outcome.SUCCESS:
-            self.successes += 1
-        else:
-            self.errors[outcome.value] = self.errors.get(outcome.value, 0) + 1
-        slot = bisect.bisect_left(BOUNDS_MS, duration_ms)
-        self.histogram[slot] = self.histogram.get(slot, 0) + 1
 
-    def merge(self, other: Bucket) -> None:
-        self.attempts += other.attempts
-        self.successes += other.successes
-        for name, count in other.errors.items():
-            self.errors[name] = self.errors.get(name, 0) + count
-        for slot, count in other.histogram.items():
-            self.histogram[slot] = self.histogram.get(slot, 0) + count
+def cell_parts(code: int) -> tuple[Outcome, int]:
+    index, slot = divmod(code, SLOTS)
+    return OUTCOMES[index], slot
 
 
 @dataclass(frozen=True)
@@ -79,29 +77,78 @@ def percentile(histogram: dict[int, int], fraction: float) -> float:
     return BOUNDS_MS[-1]
 
 
+def figures(seconds: int, cells: Counter[int]) -> WindowFigures:
+    attempts = successes = 0
+    errors: dict[str, int] = {}
+    histogram: dict[int, int] = {}
+    for code, count in cells.items():
+        if count <= 0:
+            continue
+        index, slot = divmod(code, SLOTS)
+        attempts += count
+        if index == _SUCCESS:
+            successes += count
+        else:
+            name = OUTCOMES[index].value
+            errors[name] = errors.get(name, 0) + count
+        histogram[slot] = histogram.get(slot, 0) + count
+    return WindowFigures(
+        window_s=seconds,
+        attempts=attempts,
+        successes=successes,
+        success_rate=successes / attempts if attempts else 0.0,
+        p50_ms=percentile(histogram, 0.50),
+        p95_ms=percentile(histogram, 0.95),
+        p99_ms=percentile(histogram, 0.99),
+        errors=errors,
+    )
+
+
+def no_figures(seconds: int) -> WindowFigures:
+    return WindowFigures(seconds, 0, 0, 0.0, 0.0, 0.0, 0.0, {})
+
+
 class Series:
     """One key's buckets and last-seen facts."""
 
     __slots__ = ("_cache", "hours", "last_error", "last_failure", "last_success", "minutes", "version")
 
     def __init__(self) -> None:
-        self.minutes: dict[int, Bucket] = {}
-        self.hours: dict[int, Bucket] = {}
+        self.minutes: dict[int, dict[int, int]] = {}
+        self.hours: dict[int, dict[int, int]] = {}
         self.last_success = 0.0
         self.last_failure = 0.0
         self.last_error = ""
         self.version = 0
-        self._cache: dict[int, tuple[int, int, WindowFigures]] = {}
+        self._cache: dict[int, tuple[int, int, WindowFigures]] | None = None
 
-    def add(self, when: float, duration_ms: float, outcome: Outcome, error: str) -> None:
-        minute, hour = int(when // 60), int(when // 3600)
-        self.minutes.setdefault(minute, Bucket()).add(duration_ms, outcome)
-        self.hours.setdefault(hour, Bucket()).add(duration_ms, outcome)
-        if outcome is Outcome.SUCCESS:
-            self.last_success = max(self.last_success, when)
-        elif when >= self.last_failure:
-            self.last_failure = when
-            self.last_error = error
+    def get(self, minute: int, code: int) -> int:
+        bucket = self.minutes.get(minute)
+        return 0 if bucket is None else bucket.get(code, 0)
+
+    def add(self, minute: int, code: int, delta: int, *, keep_minute: bool = True) -> None:
+        """Add ``delta`` to a cell of ``minute`` (and its hour). ``keep_minute`` False counts it
+        in the hour only: minutes older than an hour are not kept."""
+        if delta == 0:
+            return
+        if keep_minute:
+            bucket = self.minutes.setdefault(minute, {})
+            bucket[code] = bucket.get(code, 0) + delta
+        hour = self.hours.setdefault(minute // 60, {})
+        hour[code] = hour.get(code, 0) + delta
+        self.version += 1
+
+    def add_hour(self, hour: int, code: int, count: int) -> None:
+        bucket = self.hours.setdefault(hour, {})
+        bucket[code] = bucket.get(code, 0) + count
+        self.version += 1
+
+    def note_last(self, last_success: float, last_failure: float, last_error: str) -> None:
+        if last_success > self.last_success:
+            self.last_success = last_success
+        if last_failure >= self.last_failure and last_failure > 0:
+            self.last_failure = last_failure
+            self.last_error = last_error
         self.version += 1
 
     def prune(self, now: float) -> None:
@@ -111,67 +158,97 @@ class Series:
         for key in [k for k in self.hours if k <= hour - 24]:
             del self.hours[key]
 
+    def empty(self) -> bool:
+        return not self.minutes and not self.hours
+
     def window(self, seconds: int, now: float) -> WindowFigures:
-        """Figures over the last ``seconds``; recomputed only when an attempt arrived or time moved on."""
+        """Figures over the last ``seconds``; recomputed only when a count changed or time moved on."""
         slot = int(now // 60)
-        cached = self._cache.get(seconds)
+        cached = self._cache.get(seconds) if self._cache is not None else None
         if cached is not None and cached[0] == self.version and cached[1] == slot:
             return cached[2]
-        total = Bucket()
+        total: Counter[int] = Counter()
         if seconds <= 3600:
             first = slot - seconds // 60 + 1
             for minute, bucket in self.minutes.items():
                 if minute >= first:
-                    total.merge(bucket)
+                    total.update(bucket)
         else:
             first = int(now // 3600) - seconds // 3600 + 1
             for hour, bucket in self.hours.items():
                 if hour >= first:
-                    total.merge(bucket)
-        figures = WindowFigures(
-            window_s=seconds,
-            attempts=total.attempts,
-            successes=total.successes,
-            success_rate=total.successes / total.attempts if total.attempts else 0.0,
-            p50_ms=percentile(total.histogram, 0.50),
-            p95_ms=percentile(total.histogram, 0.95),
-            p99_ms=percentile(total.histogram, 0.99),
-            errors=dict(total.errors),
-        )
-        self._cache[seconds] = (self.version, slot, figures)
-        return figures
-
-
-SERVICE_KEY = "service"
+                    total.update(bucket)
+        result = figures(seconds, total)
+        if self._cache is None:
+            self._cache = {}
+        self._cache[seconds] = (self.version, slot, result)
+        return result
 
 
 class HealthAggregates:
-    """Series per webhook, per destination and for the service, plus totals since start."""
+    """Series per webhook, per destination and for the service, plus counts since start.
+
+    The service's series is the sum of the destinations' (every attempt has exactly one).
+    """
 
     def __init__(self) -> None:
         self.webhooks: dict[str, Series] = {}
         self.destinations: dict[str, Series] = {}
         self.service = Series()
-        #: (destination, outcome) -> attempts since the process started (Prometheus counters).
+        #: (destination, outcome) -> attempts seen since this process started (Prometheus counters).
         self.totals: Counter[tuple[str, str]] = Counter()
+        self._counting = False
 
-    def add(self, webhook_id: str, url: str, when: float, duration_ms: float, outcome: Outcome, error: str) -> None:
-        for series in (
-            self.webhooks.setdefault(webhook_id, Series()),
-            self.destinations.setdefault(url, Series()),
-            self.service,
-        ):
-            series.add(when, duration_ms, outcome, error)
-        self.totals[(url, outcome.value)] += 1
+    def start_counting(self) -> None:
+        """From now on, counts that grow are added to ``totals`` (the history loaded at start is not)."""
+        self._counting = True
+
+    def _series(self, kind: str, key: str) -> Series:
+        group = self.webhooks if kind == WEBHOOK else self.destinations
+        series = group.get(key)
+        if series is None:
+            series = group[key] = Series()
+        return series
+
+    def set_cell(
+        self, kind: str, key: str, minute: int, code: int, count: int, now: float, *, loading: bool = False
+    ) -> None:
+        """The store says this cell holds ``count``; bring memory to it.
+
+        Minutes older than an hour live on only in their hour bucket, so only a load (which
+        starts from nothing) counts them; seen again later they are left as they are.
+        """
+        series = self._series(kind, key)
+        recent = minute > int(now // 60) - 60
+        if recent:
+            delta = count - series.get(minute, code)
+        elif loading:
+            delta = count
+        else:
+            return
+        if delta == 0:
+            return
+        series.add(minute, code, delta, keep_minute=recent)
+        if kind == DESTINATION:
+            self.service.add(minute, code, delta, keep_minute=recent)
+            if self._counting and delta > 0:
+                self.totals[(key, cell_parts(code)[0].value)] += delta
+
+    def add_hour(self, kind: str, key: str, hour: int, code: int, count: int) -> None:
+        """A compacted hour from the store, loaded at start."""
+        self._series(kind, key).add_hour(hour, code, count)
+        if kind == DESTINATION:
+            self.service.add_hour(hour, code, count)
+
+    def note_last(self, kind: str, key: str, last_success: float, last_failure: float, last_error: str) -> None:
+        self._series(kind, key).note_last(last_success, last_failure, last_error)
+        if kind == DESTINATION:
+            self.service.note_last(last_success, last_failure, last_error)
 
     def prune(self, now: float) -> None:
         for group in (self.webhooks, self.destinations):
             for key in list(group):
                 group[key].prune(now)
-                if not group[key].minutes and not group[key].hours:
+                if group[key].empty():
                     del group[key]
         self.service.prune(now)
-
-
-def no_figures(seconds: int) -> WindowFigures:
-    return WindowFigures(seconds, 0, 0, 0.0, 0.0, 0.0, 0.0, {})

@@ -16,6 +16,8 @@ class Job:
     event_id: str
     envelope: str
     attempt_count: int
+    #: A TestWebhook ping: sent once, never retried.
+    single_attempt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,3 +56,16 @@ class AttemptResult:
     response_excerpt: str
     retry_after_s: float | None = None
     location: str = ""
+
+
+def internal_failure(url: str, now: float) -> AttemptResult:
+    """The attempt hookd itself broke (a bug, logged): recorded so that it counts."""
+    return AttemptResult(
+        url=url,
+        start_time=now,
+        duration_ms=0.0,
+        status_code=0,
+        outcome=Outcome.INTERNAL,
+        error="hookd failed while sending this delivery (see the server log)",
+        response_excerpt="",
+    )

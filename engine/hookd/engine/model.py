@@ -45,6 +45,7 @@ class Outcome(enum.Enum):
     SERVER_ERROR = "SERVER_ERROR"
     INVALID_RESPONSE = "INVALID_RESPONSE"
     BLOCKED = "BLOCKED"
+    INTERNAL = "INTERNAL"
 
     @property
     def trips_breaker(self) -> bool:
@@ -113,6 +114,16 @@ class Webhook:
         if self.previous_secret and now < self.previous_secret_expires:
             return [self.secret, self.previous_secret]
         return [self.secret]
+
+
+@dataclass(frozen=True)
+class WebhookFilter:
+    """ListWebhooks' filters; empty strings and None match everything."""
+
+    resource: str = ""
+    event: str = ""
+    status: Status | None = None
+    query: str = ""
 
 
 @dataclass(frozen=True)

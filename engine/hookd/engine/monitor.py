@@ -1,37 +1,54 @@
 """Health snapshots: the rolling figures, the backlog on disk and the actors' live state.
 
-One snapshot serves every watcher: the disk part (backlog counts, from a covering index) is
-cached for ``refresh_s``, so a hundred StreamHealth watchers cost what one does.
+The rolling figures come from the counts the store keeps with the attempts: loaded once at
+start (a few rows per key and minute, not the attempts themselves) and brought up to date before
+each snapshot by reading only the rows written since the last look, by this node or any other.
+So figures survive restarts and do not depend on which node of a cluster is asked.
+
+The backlog on disk (from a covering index) is refreshed in the background while anyone is
+watching, so a snapshot never waits on it; one snapshot serves every watcher that asks for the
+same thing within ``SHARE_S``, so a hundred StreamHealth watchers cost what one does.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
-import sqlite_utils
 import trio
 
-from hookd.engine.actor import DestinationActor
+from hookd.engine.actor import ActorStatistics
 from hookd.engine.breaker import BreakerState
 from hookd.engine.clock import Clock
-from hookd.engine.dispatcher import Dispatcher
-from hookd.engine.health import SERVICE_KEY, WINDOWS_S, HealthAggregates, Series, WindowFigures, no_figures
-from hookd.engine.jobs import AttemptResult
+from hookd.engine.health import (
+    SERVICE_KEY,
+    WINDOWS_S,
+    HealthAggregates,
+    Series,
+    WindowFigures,
+    cell,
+    no_figures,
+)
 from hookd.engine.model import Outcome
 from hookd.engine.registry import WebhookRegistry
-from hookd.engine.store.writer import Readers
+from hookd.engine.store import health_ops, queries
+from hookd.engine.store.health_ops import HealthRows
+from hookd.engine.store.writer import Readers, StoreStatus
 
 log = logging.getLogger("hookd.health")
 
-DAY_S = 86400.0
 #: Snapshots asked for within this long of each other are shared.
 SHARE_S = 0.1
 MAX_SHARED = 256
-LOAD_CHUNK = 50_000
+#: Rows written this long before the last look are read again: commits land a little after the
+#: time their rows carry, and nodes' clocks differ a little.
+TAIL_MARGIN_S = 5.0
+#: The background backlog refresh stops this long after the last snapshot.
+DEMAND_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,21 @@ class Stats:
     last_success: float = 0.0
     last_failure: float = 0.0
     last_error: str = ""
+    #: The node that runs this destination's actor (cluster mode; empty on a single node).
+    owner: str = ""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node of the cluster as the database knows it."""
+
+    id: str
+    address: str
+    state: str
+    last_heartbeat: float
+    started: float
+    destinations: int
+    slots: int
 
 
 @dataclass(frozen=True)
@@ -57,85 +89,105 @@ class Snapshot:
     destinations: list[Stats]
     actors: int = 0
     actor_restarts: int = 0
+    store: StoreStatus = field(default_factory=StoreStatus)
+    nodes: list[NodeInfo] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
-class _Backlog:
-    """Waiting deliveries on disk: (backlog, retries scheduled) per webhook and per destination."""
+class LiveState:
+    """What the actors hold in memory right now, across the nodes that run them."""
 
-    webhooks: dict[str, tuple[int, int]]
-    destinations: dict[str, tuple[int, int]]
-    taken_at: float
-
-
-def _load_backlog(db: sqlite_utils.Database, now: float) -> _Backlog:
-    rows = db.execute(
-        "SELECT webhook_id, destination, COUNT(*), SUM(attempt_count > 0) FROM deliveries "
-        "WHERE state IN ('PENDING', 'HELD') GROUP BY webhook_id, destination"
-    ).fetchall()
-    webhooks: Counter[str] = Counter()
-    webhook_retries: Counter[str] = Counter()
-    destinations: Counter[str] = Counter()
-    destination_retries: Counter[str] = Counter()
-    for webhook_id, destination, count, retries in rows:
-        webhooks[webhook_id] += count
-        webhook_retries[webhook_id] += retries or 0
-        destinations[destination] += count
-        destination_retries[destination] += retries or 0
-    return _Backlog(
-        {k: (v, webhook_retries[k]) for k, v in webhooks.items()},
-        {k: (v, destination_retries[k]) for k, v in destinations.items()},
-        now,
-    )
-
-
-def _load_attempts(db: sqlite_utils.Database, since: float, after_id: int, limit: int) -> list[tuple[Any, ...]]:
-    return db.execute(
-        "SELECT id, webhook_id, url, start_time, duration_ms, outcome, error FROM attempts "
-        "WHERE start_time >= ? AND id > ? ORDER BY id LIMIT ?",
-        [since, after_id, limit],
-    ).fetchall()
+    actors: list[ActorStatistics]
+    #: The node that runs a destination's actor ("" on a single node).
+    owner_of: Callable[[str], str] = lambda url: ""
+    nodes: list[NodeInfo] = field(default_factory=list)
+    actor_count: int = 0
+    restarts: int = 0
 
 
 class HealthMonitor:
     def __init__(
-        self, clock: Clock, registry: WebhookRegistry, dispatcher: Dispatcher, readers: Readers, refresh_s: float = 0.5
+        self,
+        clock: Clock,
+        registry: WebhookRegistry,
+        readers: Readers,
+        *,
+        live_state: Callable[[], LiveState],
+        store_status: Callable[[], StoreStatus],
+        refresh_s: float = 0.5,
     ) -> None:
         self._clock = clock
         self._registry = registry
-        self._dispatcher = dispatcher
         self._readers = readers
+        self._live_state = live_state
+        self._store_status = store_status
         self._refresh_s = refresh_s
         self.aggregates = HealthAggregates()
-        self._backlog: _Backlog | None = None
+        self._backlog: queries.Backlog | None = None
+        self._backlog_at = 0.0
         self._backlog_lock = trio.Lock()
+        self._tail_lock = trio.Lock()
+        self._tailed_at = 0.0
+        self._tail_started = 0.0
+        self._demand_at = 0.0
+        self._demand = trio.Event()
         self._shared: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], Snapshot] = {}
 
-    def record(self, url: str, webhook_id: str, result: AttemptResult) -> None:
-        """The engine's attempt listener."""
-        self.aggregates.add(webhook_id, url, result.start_time, result.duration_ms, result.outcome, result.error)
+    # -- loading and keeping up ---------------------------------------------------------------------
 
-    async def load_history(self) -> int:
-        """Rebuild the buckets from the last day of stored attempts; run once at start."""
-        since = self._clock.now() - DAY_S
-        after, loaded = 0, 0
-        while True:
-            rows = await self._readers.run(partial(_load_attempts, since=since, after_id=after, limit=LOAD_CHUNK))
-            for _id, webhook_id, url, start, duration, outcome, error in rows:
-                self.aggregates.add(webhook_id, url, start, duration, Outcome(outcome), error)
-            loaded += len(rows)
-            if len(rows) < LOAD_CHUNK:
-                break
-            after = rows[-1][0]
-        log.info("health history loaded attempts=%d", loaded)
-        return loaded
+    async def load(self) -> int:
+        """Rebuild the rolling figures from the stored counts of the last day; return how many rows."""
+        started = time.perf_counter()
+        now = self._clock.now()
+        self._tail_started = time.time()
+        rows = await self._readers.run(partial(health_ops.load, now=now))
+        self._apply(rows, now, loading=True)
+        self.aggregates.start_counting()
+        count = len(rows.minutes) + len(rows.hours)
+        log.info("health history loaded rows=%d ms=%.0f", count, (time.perf_counter() - started) * 1000)
+        return count
 
-    async def _backlog_now(self) -> _Backlog:
+    def _apply(self, rows: HealthRows, now: float, *, loading: bool = False) -> None:
+        aggregates = self.aggregates
+        for kind, key, minute, outcome, slot, count in rows.minutes:
+            aggregates.set_cell(kind, key, minute, cell(Outcome(outcome), slot), count, now, loading=loading)
+        for kind, key, hour, outcome, slot, count in rows.hours:
+            aggregates.add_hour(kind, key, hour, cell(Outcome(outcome), slot), count)
+        for kind, key, last_success, last_failure, last_error in rows.last:
+            aggregates.note_last(kind, key, last_success, last_failure, last_error)
+
+    async def _tail(self) -> None:
+        """Read the counts written since the last look (shared by callers close together)."""
+        async with self._tail_lock:
+            if time.monotonic() - self._tailed_at < SHARE_S / 2:
+                return
+            started = time.time()
+            rows = await self._readers.run(partial(health_ops.changed_since, since=self._tail_started - TAIL_MARGIN_S))
+            self._tail_started = started
+            self._tailed_at = time.monotonic()
+            self._apply(rows, self._clock.now())
+
+    async def _refresh_backlog(self) -> queries.Backlog:
         async with self._backlog_lock:
-            now = self._clock.now()
-            if self._backlog is None or now - self._backlog.taken_at >= self._refresh_s:
-                self._backlog = await self._readers.run(partial(_load_backlog, now=now))
+            if self._backlog is None or time.monotonic() - self._backlog_at >= self._refresh_s:
+                self._backlog = await self._readers.run(queries.backlog)
+                self._backlog_at = time.monotonic()
             return self._backlog
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep the backlog fresh while anyone watches, so snapshots never wait for it."""
+        task_status.started()
+        while True:
+            if time.monotonic() - self._demand_at > DEMAND_S:
+                self._demand = trio.Event()
+                await self._demand.wait()
+            try:
+                await self._refresh_backlog()
+            except Exception:  # the store may be down: the snapshot keeps the last counts
+                log.debug("backlog refresh failed", exc_info=True)
+            await trio.sleep(self._refresh_s)
+
+    # -- snapshots --------------------------------------------------------------------------------
 
     def _windows(self, series: Series | None, now: float) -> list[WindowFigures]:
         if series is None:
@@ -150,8 +202,10 @@ class HealthMonitor:
         waiting: tuple[int, int],
         queued: int,
         in_flight: int,
-        actor: DestinationActor | None,
+        actor: ActorStatistics | None,
+        *,
         with_breaker: bool = True,
+        owner: str = "",
     ) -> Stats:
         """One key's figures: ``waiting`` is (backlog, retries scheduled); the breaker is the
         destination actor's (a destination without an actor is closed)."""
@@ -162,11 +216,12 @@ class HealthMonitor:
             queued_in_memory=queued,
             in_flight=in_flight,
             retries_scheduled=waiting[1],
-            breaker_state=(actor.breaker.state if actor else BreakerState.CLOSED) if with_breaker else None,
-            breaker_since=actor.breaker.since_wall if actor and with_breaker else 0.0,
+            breaker_state=(actor.breaker_state if actor else BreakerState.CLOSED) if with_breaker else None,
+            breaker_since=actor.breaker_since if actor and with_breaker else 0.0,
             last_success=series.last_success if series else 0.0,
             last_failure=series.last_failure if series else 0.0,
             last_error=series.last_error if series else "",
+            owner=owner,
         )
 
     async def snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
@@ -180,24 +235,29 @@ class HealthMonitor:
         shared = self._shared.get(key)
         if shared is not None and now - shared.time < SHARE_S:
             return shared
-        snapshot = await self._compute(webhook_ids, urls)
+        self._demand_at = time.monotonic()
+        self._demand.set()
+        await self._tail()
+        backlog = self._backlog
+        if backlog is None or time.monotonic() - self._backlog_at > 5 * self._refresh_s:
+            backlog = await self._refresh_backlog()
+        snapshot = self._compute(webhook_ids, urls, backlog, self._live_state())
         if len(self._shared) >= MAX_SHARED:
             self._shared.clear()
         self._shared[key] = snapshot
         return snapshot
 
-    async def _compute(self, webhook_ids: list[str] | None, urls: list[str] | None) -> Snapshot:
-        backlog = await self._backlog_now()
+    def _compute(
+        self, webhook_ids: list[str] | None, urls: list[str] | None, backlog: queries.Backlog, live: LiveState
+    ) -> Snapshot:
         now = self._clock.now()
         self.aggregates.prune(now)
-        actors = self._dispatcher.actors
+        actors = {stats.url: stats for stats in live.actors}
         queued: Counter[str] = Counter()
         in_flight: Counter[str] = Counter()
-        for live in actors.values():
-            for job in live.queue:
-                queued[job.webhook_id] += 1
-            for webhook_id, _scope in live.in_flight.values():
-                in_flight[webhook_id] += 1
+        for stats in live.actors:
+            queued.update(stats.queued)
+            in_flight.update(stats.in_flight)
 
         if webhook_ids is not None:
             hooks = [hook for hook_id in webhook_ids if (hook := self._registry.get(hook_id)) is not None]
@@ -231,9 +291,10 @@ class HealthMonitor:
                     self.aggregates.destinations.get(url),
                     now,
                     backlog.destinations.get(url, (0, 0)),
-                    len(actor.queue) if actor else 0,
-                    len(actor.in_flight) if actor else 0,
+                    sum(actor.queued.values()) if actor else 0,
+                    sum(actor.in_flight.values()) if actor else 0,
                     actor,
+                    owner=live.owner_of(url),
                 )
             )
         waiting_total = (
@@ -250,4 +311,13 @@ class HealthMonitor:
             None,
             with_breaker=False,
         )
-        return Snapshot(now, service, webhook_stats, destination_stats, len(actors), self._dispatcher.restarts)
+        return Snapshot(
+            now,
+            service,
+            webhook_stats,
+            destination_stats,
+            live.actor_count,
+            live.restarts,
+            self._store_status(),
+            live.nodes,
+        )

@@ -6,7 +6,7 @@ that is how a new URL, secret, credential or status applies to the very next att
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from hookd.engine.model import Status, Webhook
 
@@ -16,6 +16,7 @@ class WebhookRegistry:
         self._default_rate = default_rate
         self._by_id: dict[str, Webhook] = {}
         self._by_url: dict[str, set[str]] = defaultdict(set)
+        self._per_type: Counter[tuple[str, str]] = Counter()
 
     def load(self, webhooks: list[Webhook]) -> None:
         for webhook in webhooks:
@@ -26,14 +27,18 @@ class WebhookRegistry:
 
     def put(self, webhook: Webhook) -> None:
         old = self._by_id.get(webhook.id)
-        if old is not None and old.url != webhook.url:
-            self._discard_url(old)
+        if old is not None:
+            self._per_type[(old.resource, old.event)] -= 1
+            if old.url != webhook.url:
+                self._discard_url(old)
         self._by_id[webhook.id] = webhook
         self._by_url[webhook.url].add(webhook.id)
+        self._per_type[(webhook.resource, webhook.event)] += 1
 
     def remove(self, webhook_id: str) -> Webhook | None:
         old = self._by_id.pop(webhook_id, None)
         if old is not None:
+            self._per_type[(old.resource, old.event)] -= 1
             self._discard_url(old)
         return old
 
@@ -52,6 +57,10 @@ class WebhookRegistry:
             if (hook := self._by_id[hook_id]).rate_limit > 0 and hook.status is Status.ACTIVE
         ]
         return min(rates) if rates else self._default_rate
+
+    def subscriber_count(self, resource: str, event: str) -> int:
+        """How many webhooks (active or not) subscribe to the event type."""
+        return self._per_type[(resource, event)]
 
     def webhooks_at(self, url: str) -> list[Webhook]:
         return [self._by_id[hook_id] for hook_id in self._by_url.get(url, ())]

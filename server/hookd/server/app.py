@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from hookd.engine.service import Engine
+from hookd.engine import Engine, StoreStatus
 from hookd.server.auth import TokenAuthInterceptor
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
@@ -60,7 +60,7 @@ def _start_trio(
                 await nursery.start(engine.run)
                 if config.metrics_listen:
                     host, _, port = config.metrics_listen.rpartition(":")
-                    bound = await nursery.start(serve_metrics, engine.monitor, host or "127.0.0.1", int(port))
+                    bound = await nursery.start(serve_metrics, engine, host or "127.0.0.1", int(port))
                     if config.port_file is not None:
                         config.port_file.with_name(config.port_file.name + ".metrics").write_text(str(bound))
                 side.engine = engine
@@ -84,6 +84,27 @@ def _start_trio(
         host_uses_signal_set_wakeup_fd=True,
     )
     return side, finished, ready
+
+
+async def _report_store(engine: Engine, health: Any, loop: asyncio.AbstractEventLoop) -> None:
+    """SERVING while the store takes writes, NOT_SERVING while it cannot (a full disk, say)."""
+
+    def status_of(available: bool) -> Any:
+        return health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def publish(available: bool) -> None:
+        for name in ("", SERVICE_NAME):
+            await health.set(name, status_of(available))
+
+    await publish(engine.store_status.available)
+    pending: set[asyncio.Task[None]] = set()
+
+    def changed(status: StoreStatus) -> None:  # called in the trio guest, on this same thread and loop
+        task = loop.create_task(publish(status.available))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    engine.add_store_listener(changed)
 
 
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
@@ -139,9 +160,9 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     if port == 0:
         raise SystemExit(f"could not listen on {config.listen}")
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await _report_store(side.engine, health_servicer, loop)
     host = config.listen.rsplit(":", 1)[0]
+    side.engine.set_address(f"{host}:{port}")
     log.info("serving address=%s:%d tls=%s auth=%s", host, port, credentials is not None, bool(config.auth_tokens))
     if config.port_file is not None:
         config.port_file.write_text(str(port))
@@ -151,6 +172,10 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     log.info("shutting down grace_s=%g", config.shutdown_grace_s)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(config.shutdown_grace_s)
+    if not finished.done():
+        # In a cluster, the others take this node's destinations over now, not after its lease.
+        with contextlib.suppress(Exception):
+            await side.bridge.call(side.engine.leave, config.shutdown_grace_s)
     if side.token is not None and side.cancel_scope is not None and not finished.done():
         side.token.run_sync_soon(side.cancel_scope.cancel)
     result = await finished

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--database",
         default=_env("HOOKD_DATABASE", "var/hookd.db"),
-        help="SQLite file, created owner-only if missing [HOOKD_DATABASE]",
+        help="SQLite file, created owner-only if missing, or a postgresql://user@host:port/dbname URL "
+        "(cluster mode) [HOOKD_DATABASE]",
     )
     s.add_argument(
         "--synchronous",
@@ -155,6 +158,32 @@ def parser() -> argparse.ArgumentParser:
         help="seconds the previous secret keeps signing after a rotation [HOOKD_SECRET_GRACE]",
     )
     s.add_argument(
+        "--node-id",
+        default=_env("HOOKD_NODE_ID", ""),
+        help="this node's id in a cluster (a postgresql:// database); unique among live nodes; "
+        "default: host name and a random suffix [HOOKD_NODE_ID]",
+    )
+    s.add_argument(
+        "--lease",
+        type=float,
+        default=float(_env("HOOKD_LEASE", str(EngineConfig.lease_s))),
+        help="seconds a node's ownership of its destinations lasts without renewal: a killed node's "
+        "destinations move to the others after this [HOOKD_LEASE]",
+    )
+    s.add_argument(
+        "--max-webhooks-per-type",
+        type=int,
+        default=int(_env("HOOKD_MAX_WEBHOOKS_PER_TYPE", str(EngineConfig.max_webhooks_per_type))),
+        help="most webhooks one event type may have; creating more is RESOURCE_EXHAUSTED [HOOKD_MAX_WEBHOOKS_PER_TYPE]",
+    )
+    s.add_argument(
+        "--max-deliveries-per-call",
+        type=int,
+        default=int(_env("HOOKD_MAX_DELIVERIES_PER_CALL", str(EngineConfig.max_deliveries_per_call))),
+        help="most deliveries one publish call may create (events x subscribed webhooks); more is "
+        "INVALID_ARGUMENT [HOOKD_MAX_DELIVERIES_PER_CALL]",
+    )
+    s.add_argument(
         "--tls-cert",
         default=_env("HOOKD_TLS_CERT", ""),
         help="PEM certificate chain: serve gRPC over TLS [HOOKD_TLS_CERT]",
@@ -206,9 +235,14 @@ def _destinations(args: argparse.Namespace) -> DestinationPolicy:
     return policy
 
 
+def default_node_id() -> str:
+    """The host name and a random suffix: unique per process, readable in health."""
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
+
+
 def from_args(args: argparse.Namespace) -> ServerConfig:
     engine = EngineConfig(
-        database=Path(args.database),
+        database=args.database,
         synchronous=args.synchronous,
         retry=RetryPolicy(max_attempts=args.max_attempts, base_s=args.retry_base, cap_s=args.retry_cap),
         breaker=BreakerPolicy(failure_threshold=args.breaker_threshold, cooldown_s=args.breaker_cooldown),
@@ -218,6 +252,10 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
         queue_size=args.queue_size,
         actor_idle_s=args.actor_idle,
         secret_grace_s=args.secret_grace,
+        max_webhooks_per_type=args.max_webhooks_per_type,
+        max_deliveries_per_call=args.max_deliveries_per_call,
+        node_id=args.node_id or default_node_id(),
+        lease_s=args.lease,
     )
     return ServerConfig(
         listen=args.listen,

@@ -8,6 +8,7 @@ from typing import Any
 
 from google.protobuf import duration_pb2, json_format, struct_pb2, timestamp_pb2
 
+from hookd.engine import NodeInfo, Snapshot, Stats
 from hookd.engine.breaker import BreakerState
 from hookd.engine.errors import InvalidArgument
 from hookd.engine.health import WindowFigures
@@ -23,7 +24,6 @@ from hookd.engine.model import (
     Webhook,
     message_id,
 )
-from hookd.engine.monitor import Snapshot, Stats
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 
@@ -289,7 +289,20 @@ def stats_to_proto(stats: Stats) -> pb.HealthStats:
         message.last_success_time.CopyFrom(timestamp(stats.last_success))
     if stats.last_failure:
         message.last_failure_time.CopyFrom(timestamp(stats.last_failure))
+    message.owner = stats.owner
     return message
+
+
+def node_to_proto(node: NodeInfo) -> pb.NodeStatus:
+    return pb.NodeStatus(
+        id=node.id,
+        address=node.address,
+        state=node.state,
+        last_heartbeat_time=timestamp(node.last_heartbeat),
+        start_time=timestamp(node.started),
+        destinations=node.destinations,
+        slots=node.slots,
+    )
 
 
 def snapshot_to_proto(snapshot: Snapshot) -> pb.HealthSnapshot:
@@ -300,4 +313,10 @@ def snapshot_to_proto(snapshot: Snapshot) -> pb.HealthSnapshot:
         destinations=[stats_to_proto(s) for s in snapshot.destinations],
         actors=snapshot.actors,
         actor_restarts=snapshot.actor_restarts,
+        store=pb.StoreStatus(
+            available=snapshot.store.available,
+            reason=snapshot.store.reason,
+            since=timestamp(snapshot.store.since) if snapshot.store.since else None,
+        ),
+        nodes=[node_to_proto(node) for node in snapshot.nodes],
     )

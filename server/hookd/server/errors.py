@@ -20,7 +20,9 @@ from hookd.engine.errors import (
     HookdError,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 
 log = logging.getLogger("hookd.server")
@@ -31,6 +33,8 @@ CODES: dict[type[HookdError], grpc.StatusCode] = {
     AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from hookd.engine.monitor import HealthMonitor, Snapshot, Stats
+from hookd.engine import Engine, Snapshot, Stats
 
 log = logging.getLogger("hookd.metrics")
 
@@ -111,7 +111,7 @@ def render(snapshot: Snapshot, totals: dict[tuple[str, str], int]) -> bytes:
     return generate_latest(registry)
 
 
-async def _answer(stream: trio.SocketStream, monitor: HealthMonitor) -> None:
+async def _answer(stream: trio.SocketStream, engine: Engine) -> None:
     connection = h11.Connection(h11.SERVER)
     with trio.move_on_after(10):
         while True:
@@ -126,8 +126,8 @@ async def _answer(stream: trio.SocketStream, monitor: HealthMonitor) -> None:
                 break
             return
         if event.method == b"GET" and event.target.split(b"?")[0] == b"/metrics":
-            snapshot = await monitor.snapshot()
-            status, body, content_type = 200, render(snapshot, dict(monitor.aggregates.totals)), CONTENT_TYPE
+            snapshot = await engine.health_snapshot()
+            status, body, content_type = 200, render(snapshot, engine.attempt_totals()), CONTENT_TYPE
         else:
             status, body, content_type = 404, b"not found; try /metrics\n", "text/plain"
         headers = [("content-type", content_type), ("content-length", str(len(body))), ("connection", "close")]
@@ -137,13 +137,13 @@ async def _answer(stream: trio.SocketStream, monitor: HealthMonitor) -> None:
 
 
 async def serve_metrics(
-    monitor: HealthMonitor, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    engine: Engine, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve ``/metrics`` until cancelled; reports the bound port to ``nursery.start``."""
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _answer(stream, monitor)
+            await _answer(stream, engine)
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
             pass
         except Exception:  # one bad scrape must not take the engine down with it

@@ -11,11 +11,9 @@ from typing import Any
 
 import grpc
 
-from hookd.engine import catalogue
-from hookd.engine.errors import InvalidArgument, NotFound
-from hookd.engine.monitor import Snapshot
-from hookd.engine.service import Engine, EventInput
-from hookd.engine.store.queries import WebhookFilter
+from hookd.engine import Engine, EventInput, Snapshot, catalogue
+from hookd.engine.errors import InvalidArgument
+from hookd.engine.model import WebhookFilter
 from hookd.engine.validation import UPDATABLE
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
@@ -61,7 +59,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     @grpc_errors
     async def GetWebhook(self, request: pb.GetWebhookRequest, context: Context) -> pb.Webhook:
         webhook = await self._bridge.call(self._engine.get_webhook, convert.webhook_id(request.name))
-        return convert.webhook_to_proto(webhook, now=self._engine.clock.now())
+        return convert.webhook_to_proto(webhook, now=self._engine.now())
 
     @grpc_errors
     async def UpdateWebhook(self, request: pb.UpdateWebhookRequest, context: Context) -> pb.Webhook:
@@ -73,7 +71,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
             paths = convert.populated_paths(request.webhook)
         data = convert.webhook_input(request.webhook)
         webhook = await self._bridge.call(self._engine.update_webhook, hook_id, data, paths)
-        return convert.webhook_to_proto(webhook, now=self._engine.clock.now())
+        return convert.webhook_to_proto(webhook, now=self._engine.now())
 
     @grpc_errors
     async def DeleteWebhook(self, request: pb.DeleteWebhookRequest, context: Context) -> pb.DeleteWebhookResponse:
@@ -85,7 +83,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         status = convert.webhook_status(request.status, "status")
         filters = WebhookFilter(request.resource, request.event, status, request.query)
         page = await self._bridge.call(self._engine.list_webhooks, filters, request.page_size, request.page_token)
-        now = self._engine.clock.now()
+        now = self._engine.now()
         return pb.ListWebhooksResponse(
             webhooks=[convert.webhook_to_proto(hook, now=now) for hook in page.items],
             next_page_token=page.next_token,
@@ -110,7 +108,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     async def RotateSecret(self, request: pb.RotateSecretRequest, context: Context) -> pb.Webhook:
         grace = convert.seconds(request.grace_period, "grace_period") if request.HasField("grace_period") else None
         webhook = await self._bridge.call(self._engine.rotate_secret, convert.webhook_id(request.name), grace)
-        return convert.webhook_to_proto(webhook, reveal_secret=True, now=self._engine.clock.now())
+        return convert.webhook_to_proto(webhook, reveal_secret=True, now=self._engine.now())
 
     @grpc_errors
     async def PublishEvent(self, request: pb.PublishEventRequest, context: Context) -> pb.PublishEventResponse:
@@ -168,7 +166,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         try:
             hook_ids, urls, interval = self._health_request(request)
             while True:  # cancellation (a BaseException) ends it; errors end it with their status
-                snapshot = await self._bridge.call(self._engine.monitor.snapshot, hook_ids, urls)
+                snapshot = await self._bridge.call(self._engine.health_snapshot, hook_ids, urls)
                 yield self._encoded(snapshot)
                 await asyncio.sleep(interval)
         except Exception as error:
@@ -182,9 +180,6 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
     def _health_request(self, request: pb.StreamHealthRequest) -> tuple[list[str] | None, list[str] | None, float]:
         hook_ids = [convert.webhook_id(name, "webhooks") for name in request.webhooks] or None
-        for hook_id in hook_ids or ():
-            if self._engine.registry.get(hook_id) is None:
-                raise NotFound(f"webhooks/{hook_id} not found")
         interval = DEFAULT_HEALTH_INTERVAL_S
         if request.HasField("interval"):
             interval = convert.seconds(request.interval, "interval")

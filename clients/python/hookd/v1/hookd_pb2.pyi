@@ -62,6 +62,10 @@ class _OutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome.Value
     """The destination's answer was not valid HTTP."""
     BLOCKED: _Outcome.ValueType  # 11
     """hookd refused to call the destination (its address is not allowed)."""
+    INTERNAL: _Outcome.ValueType  # 12
+    """hookd itself failed while sending (a bug, logged). Counted as an attempt, so a delivery that
+    keeps failing this way ends FAILED instead of being sent again and again.
+    """
 
 class Outcome(_Outcome, metaclass=_OutcomeEnumTypeWrapper):
     """How an attempt ended."""
@@ -90,6 +94,10 @@ INVALID_RESPONSE: Outcome.ValueType  # 10
 """The destination's answer was not valid HTTP."""
 BLOCKED: Outcome.ValueType  # 11
 """hookd refused to call the destination (its address is not allowed)."""
+INTERNAL: Outcome.ValueType  # 12
+"""hookd itself failed while sending (a bug, logged). Counted as an attempt, so a delivery that
+keeps failing this way ends FAILED instead of being sent again and again.
+"""
 Global___Outcome: _TypeAlias = Outcome  # noqa: Y015
 
 class _BreakerState:
@@ -1405,6 +1413,7 @@ class HealthStats(_message.Message):
     LAST_SUCCESS_TIME_FIELD_NUMBER: _builtins.int
     LAST_FAILURE_TIME_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """`webhooks/{webhook}`, the destination URL, or `service`."""
     backlog: _builtins.int
@@ -1419,6 +1428,8 @@ class HealthStats(_message.Message):
     """Circuit breaker state (destinations only; the worst for a webhook)."""
     last_error: _builtins.str
     """The last failed attempt's error."""
+    owner: _builtins.str
+    """Destinations in cluster mode: the id of the node that runs this destination's actor."""
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WindowStats]:
         """Rolling windows: 5 minutes, 1 hour, 1 day."""
@@ -1449,14 +1460,99 @@ class HealthStats(_message.Message):
         last_success_time: _timestamp_pb2.Timestamp | None = ...,
         last_failure_time: _timestamp_pb2.Timestamp | None = ...,
         last_error: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker_since", b"breaker_since", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "breaker_since", b"breaker_since", "breaker_state", b"breaker_state", "in_flight", b"in_flight", "key", b"key", "last_error", b"last_error", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time", "queued_in_memory", b"queued_in_memory", "retries_scheduled", b"retries_scheduled", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "breaker_since", b"breaker_since", "breaker_state", b"breaker_state", "in_flight", b"in_flight", "key", b"key", "last_error", b"last_error", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time", "owner", b"owner", "queued_in_memory", b"queued_in_memory", "retries_scheduled", b"retries_scheduled", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthStats: _TypeAlias = HealthStats  # noqa: Y015
+
+@_typing.final
+class NodeStatus(_message.Message):
+    """A node of the cluster, as the shared database knows it (cluster mode only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    DESTINATIONS_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The node's id (`--node-id`)."""
+    address: _builtins.str
+    """The gRPC address the node serves on."""
+    state: _builtins.str
+    """`active`; `leaving` while it hands its destinations over; `dead` once its lease ran out."""
+    destinations: _builtins.int
+    """Destination actors the node runs now."""
+    slots: _builtins.int
+    """Hash slots (of 256) the node holds a lease on: its share of all destinations."""
+    @_builtins.property
+    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
+        """The node's last heartbeat (the database's clock)."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the node joined."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        state: _builtins.str = ...,
+        last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        destinations: _builtins.int = ...,
+        slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat_time", b"last_heartbeat_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "destinations", b"destinations", "id", b"id", "last_heartbeat_time", b"last_heartbeat_time", "slots", b"slots", "start_time", b"start_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class StoreStatus(_message.Message):
+    """Whether the store takes writes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    available: _builtins.bool
+    """False while the store cannot be written (a full disk, a lost database connection, a removed
+    database file): publishes are refused with UNAVAILABLE and no delivery is started.
+    """
+    reason: _builtins.str
+    """Why not, when not."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Since when it is unavailable."""
+
+    def __init__(
+        self,
+        *,
+        available: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "reason", b"reason", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoreStatus: _TypeAlias = StoreStatus  # noqa: Y015
 
 @_typing.final
 class HealthSnapshot(_message.Message):
@@ -1470,10 +1566,12 @@ class HealthSnapshot(_message.Message):
     DESTINATIONS_FIELD_NUMBER: _builtins.int
     ACTORS_FIELD_NUMBER: _builtins.int
     ACTOR_RESTARTS_FIELD_NUMBER: _builtins.int
+    STORE_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     actors: _builtins.int
     """Destination actors running now: one per URL with work; idle ones retire."""
     actor_restarts: _builtins.int
-    """Actor restarts after crashes since the server started."""
+    """Actor restarts after crashes since the server started (in a cluster: over all live nodes)."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was taken."""
@@ -1490,6 +1588,14 @@ class HealthSnapshot(_message.Message):
     def destinations(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthStats]:
         """Per destination URL."""
 
+    @_builtins.property
+    def store(self) -> Global___StoreStatus:
+        """Whether the store takes writes (on a cluster, as seen by the node that answers)."""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStatus]:
+        """The nodes of the cluster (cluster mode; empty on a single node)."""
+
     def __init__(
         self,
         *,
@@ -1499,10 +1605,12 @@ class HealthSnapshot(_message.Message):
         destinations: _abc.Iterable[Global___HealthStats] | None = ...,
         actors: _builtins.int = ...,
         actor_restarts: _builtins.int = ...,
+        store: Global___StoreStatus | None = ...,
+        nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "store", b"store", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "service", b"service", "time", b"time", "webhooks", b"webhooks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "nodes", b"nodes", "service", b"service", "store", b"store", "time", b"time", "webhooks", b"webhooks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,17 +1,32 @@
-"""Publishing and delivery bookkeeping, run inside the writer's transaction."""
+"""Publishing and delivery bookkeeping, run inside the writer's transaction.
+
+Deliveries that become due are announced on ``DELIVERIES_CHANNEL`` with the commit (payload: the
+destination URL), so the node that owns the destination loads them without waiting for a poll.
+
+A publish whose fan-out is too large for one short commit is *staged*: its deliveries are
+written in chunks first, each chunk its own commit, and the events last. Actors only ever load
+deliveries whose event exists (every query here joins ``events``), so a staged delivery cannot
+be sent before the publish has stored all of it; an abandoned staging (a crash, a caller that
+gave up) is found in ``publishing`` and removed.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-import sqlite_utils
-
+from hookd.engine.catalogue import PING_TYPE
 from hookd.engine.errors import FailedPrecondition, NotFound
-from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
-from hookd.engine.model import DeliveryState, InactivePolicy, Outcome, Status
+from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult, internal_failure
+from hookd.engine.model import DeliveryState, InactivePolicy, Status
+from hookd.engine.store import health_ops
+from hookd.engine.store.cluster_ops import Fence, check_fence
+from hookd.engine.store.sql import Tx, UniqueViolation, marks
 
 #: How long an idempotency key is remembered.
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
+#: Notification channel: payload ``<destination URL>`` whose deliveries became due.
+DELIVERIES_CHANNEL = "hookd_deliveries"
 
 _STATE_FOR = {
     (Status.ACTIVE.value, InactivePolicy.QUEUE.value): DeliveryState.PENDING,
@@ -20,65 +35,174 @@ _STATE_FOR = {
     (Status.INACTIVE.value, InactivePolicy.DISCARD.value): DeliveryState.DISCARDED,
 }
 
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (event_id, webhook_id, destination, event_type, state, "
+    "next_attempt_at, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
 
-def publish(db: sqlite_utils.Database, events: Sequence[PreparedEvent]) -> list[PublishResult]:
-    """Store events and one delivery per matching webhook; all or nothing (one savepoint)."""
-    conn = db.conn
-    subscribers: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
-    results: list[PublishResult] = []
-    for event in events:
-        if event.idempotency_key:
-            seen = conn.execute(
-                "SELECT id, create_time, delivery_count FROM events WHERE idempotency_key = ?",
-                [event.idempotency_key],
-            ).fetchone()
-            if seen is not None:
-                if seen[1] > event.create_time - IDEMPOTENCY_WINDOW_S:
-                    results.append(PublishResult(seen[0], seen[2], duplicate=True))
-                    continue
-                conn.execute("UPDATE events SET idempotency_key = NULL WHERE id = ?", [seen[0]])
-        pair = (event.resource, event.event)
-        if pair not in subscribers:
-            subscribers[pair] = conn.execute(
-                "SELECT id, url, status, inactive_policy FROM webhooks WHERE resource = ? AND event = ? ORDER BY seq",
-                pair,
-            ).fetchall()
-        hooks = subscribers[pair]
-        conn.execute(
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    webhook_id: str
+    url: str
+    status: str
+    inactive_policy: str
+
+
+def subscribers(tx: Tx, resource: str, event: str) -> list[Subscriber]:
+    rows = tx.all(
+        "SELECT id, url, status, inactive_policy FROM webhooks WHERE resource = ? AND event = ? ORDER BY seq",
+        [resource, event],
+    )
+    return [Subscriber(*row) for row in rows]
+
+
+def _seen_key(tx: Tx, event: PreparedEvent) -> PublishResult | None:
+    """The event already published under this idempotency key in the last day, if any; an older
+    holder of the key gives it up."""
+    if not event.idempotency_key:
+        return None
+    seen = tx.one(
+        "SELECT id, create_time, delivery_count FROM events WHERE idempotency_key = ?", [event.idempotency_key]
+    )
+    if seen is None:
+        return None
+    if seen[1] > event.create_time - IDEMPOTENCY_WINDOW_S:
+        return PublishResult(seen[0], seen[2], duplicate=True)
+    tx.execute("UPDATE events SET idempotency_key = NULL WHERE id = ?", [seen[0]])
+    return None
+
+
+def _insert_event(tx: Tx, event: PreparedEvent, delivery_count: int) -> PublishResult | None:
+    """Insert the event row; None when another publish took its idempotency key meanwhile."""
+    try:
+        tx.execute("SAVEPOINT event_key")
+        tx.execute(
             "INSERT INTO events (id, type, create_time, envelope, idempotency_key, delivery_count) "
             "VALUES (?, ?, ?, ?, ?, ?)",
-            [event.id, event.type, event.create_time, event.envelope, event.idempotency_key or None, len(hooks)],
+            [event.id, event.type, event.create_time, event.envelope, event.idempotency_key or None, delivery_count],
         )
+        tx.execute("RELEASE event_key")
+    except UniqueViolation:
+        # A concurrent publish (another node's) committed the same key first: it wins.
+        tx.execute("ROLLBACK TO event_key")
+        tx.execute("RELEASE event_key")
+        return _seen_key(tx, event)
+    return None
+
+
+def _insert_deliveries(tx: Tx, event: PreparedEvent, hooks: Sequence[Subscriber], result: PublishResult | None) -> None:
+    """One delivery per subscriber; the pending ones are announced and, given ``result``,
+    handed back as jobs for the local actors."""
+    for hook in hooks:
+        state = _STATE_FOR[(hook.status, hook.inactive_policy)]
+        delivery_id = tx.scalar(
+            _INSERT_DELIVERY,
+            [
+                event.id,
+                hook.webhook_id,
+                hook.url,
+                event.type,
+                state.value,
+                event.create_time,
+                event.create_time,
+                event.create_time,
+            ],
+        )
+        if state is DeliveryState.PENDING and result is not None:
+            tx.notify(DELIVERIES_CHANNEL, hook.url)
+            result.jobs.append((hook.url, Job(int(delivery_id), hook.webhook_id, event.id, event.envelope, 0)))
+
+
+def publish(tx: Tx, events: Sequence[PreparedEvent]) -> list[PublishResult]:
+    """Store events and one delivery per matching webhook; all or nothing (one savepoint)."""
+    cache: dict[tuple[str, str], list[Subscriber]] = {}
+    results: list[PublishResult] = []
+    for event in events:
+        seen = _seen_key(tx, event)
+        if seen is not None:
+            results.append(seen)
+            continue
+        pair = (event.resource, event.event)
+        if pair not in cache:
+            cache[pair] = subscribers(tx, *pair)
+        hooks = cache[pair]
+        seen = _insert_event(tx, event, len(hooks))
+        if seen is not None:
+            results.append(seen)
+            continue
         result = PublishResult(event.id, len(hooks), duplicate=False)
-        for webhook_id, url, status, policy in hooks:
-            state = _STATE_FOR[(status, policy)]
-            cursor = conn.execute(
-                "INSERT INTO deliveries (event_id, webhook_id, destination, event_type, state, "
-                "next_attempt_at, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    event.id,
-                    webhook_id,
-                    url,
-                    event.type,
-                    state.value,
-                    event.create_time,
-                    event.create_time,
-                    event.create_time,
-                ],
-            )
-            if state is DeliveryState.PENDING:
-                delivery_id = cursor.lastrowid
-                assert delivery_id is not None
-                result.jobs.append((url, Job(delivery_id, webhook_id, event.id, event.envelope, 0)))
+        _insert_deliveries(tx, event, hooks, result)
         results.append(result)
     return results
 
 
-def _insert_attempt(db: sqlite_utils.Database, delivery_id: int, webhook_id: str, attempt: AttemptResult) -> None:
+# -- staged publishing: a fan-out too large for one short commit ---------------------------------
+
+
+def stage_deliveries(tx: Tx, parts: Sequence[tuple[PreparedEvent, Sequence[Subscriber]]]) -> None:
+    """Write one chunk of deliveries ahead of their events (invisible to actors until then)."""
+    for event, hooks in parts:
+        tx.execute(
+            "INSERT INTO publishing (event_id, create_time) VALUES (?, ?) ON CONFLICT (event_id) DO NOTHING",
+            [event.id, event.create_time],
+        )
+        _insert_deliveries(tx, event, hooks, None)
+
+
+def finish_staged(
+    tx: Tx, events: Sequence[PreparedEvent], counts: Sequence[int]
+) -> tuple[list[PublishResult], list[str]]:
+    """Write the events whose deliveries are staged, which makes those deliveries visible; an
+    event whose idempotency key was taken meanwhile drops its staged deliveries instead.
+    Returns the results and the destinations that now have deliveries due (all announced)."""
+    results: list[PublishResult] = []
+    published: list[str] = []
+    for event, count in zip(events, counts, strict=True):
+        seen = _seen_key(tx, event) or _insert_event(tx, event, count)
+        tx.execute("DELETE FROM publishing WHERE event_id = ?", [event.id])
+        if seen is not None:
+            tx.execute("DELETE FROM deliveries WHERE event_id = ?", [event.id])
+            results.append(seen)
+        else:
+            results.append(PublishResult(event.id, count, duplicate=False))
+            published.append(event.id)
+    urls: list[str] = []
+    for index in range(0, len(published), 500):
+        chunk = published[index : index + 500]
+        urls.extend(
+            row[0]
+            for row in tx.all(
+                f"SELECT DISTINCT destination FROM deliveries WHERE event_id IN ({marks(len(chunk))}) "
+                "AND state = 'PENDING'",
+                chunk,
+            )
+        )
+    for url in urls:
+        tx.notify(DELIVERIES_CHANNEL, url)
+    return results, sorted(set(urls))
+
+
+def drop_staged(tx: Tx, older_than: float | None = None, event_ids: Sequence[str] = ()) -> int:
+    """Remove stagings that will never finish: the named ones, or all older than ``older_than``."""
+    if older_than is not None:
+        event_ids = [row[0] for row in tx.all("SELECT event_id FROM publishing WHERE create_time < ?", [older_than])]
+    dropped = 0
+    for event_id in event_ids:
+        if tx.one("SELECT 1 FROM events WHERE id = ?", [event_id]) is None:
+            dropped += tx.execute("DELETE FROM deliveries WHERE event_id = ?", [event_id]).rowcount
+        tx.execute("DELETE FROM publishing WHERE event_id = ?", [event_id])
+    return dropped
+
+
+# -- attempts ------------------------------------------------------------------------------------
+
+
+def _insert_attempt(tx: Tx, delivery_id: int, webhook_id: str, attempt: AttemptResult) -> None:
     error = attempt.error
     if attempt.location:
         error = f"{error} (location: {attempt.location})"
-    db.conn.execute(
+    tx.execute(
         "INSERT INTO attempts (delivery_id, webhook_id, url, start_time, duration_ms, status_code, "
         "outcome, error, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -93,12 +217,16 @@ def _insert_attempt(db: sqlite_utils.Database, delivery_id: int, webhook_id: str
             attempt.response_excerpt,
         ],
     )
+    health_ops.counts(tx).add(
+        webhook_id, attempt.url, attempt.start_time, attempt.duration_ms, attempt.outcome, attempt.error
+    )
 
 
-def record_success(db: sqlite_utils.Database, job: Job, attempt: AttemptResult, now: float) -> None:
+def record_success(tx: Tx, job: Job, attempt: AttemptResult, now: float, fence: Fence | None = None) -> None:
     """The destination took it. A delivery held or cancelled meanwhile was still delivered."""
-    _insert_attempt(db, job.delivery_id, job.webhook_id, attempt)
-    db.conn.execute(
+    check_fence(tx, fence)
+    _insert_attempt(tx, job.delivery_id, job.webhook_id, attempt)
+    tx.execute(
         "UPDATE deliveries SET state = ?, attempt_count = attempt_count + 1, last_error = '', "
         "update_time = ? WHERE id = ?",
         [DeliveryState.SUCCEEDED.value, now, job.delivery_id],
@@ -106,18 +234,19 @@ def record_success(db: sqlite_utils.Database, job: Job, attempt: AttemptResult, 
 
 
 def record_failure(
-    db: sqlite_utils.Database, job: Job, attempt: AttemptResult, now: float, retry_at: float | None
+    tx: Tx, job: Job, attempt: AttemptResult, now: float, retry_at: float | None, fence: Fence | None = None
 ) -> None:
     """Record a failed attempt; schedule the retry at ``retry_at``, or mark the delivery FAILED."""
-    _insert_attempt(db, job.delivery_id, job.webhook_id, attempt)
+    check_fence(tx, fence)
+    _insert_attempt(tx, job.delivery_id, job.webhook_id, attempt)
     if retry_at is None:
-        db.conn.execute(
+        tx.execute(
             "UPDATE deliveries SET state = ?, attempt_count = attempt_count + 1, last_error = ?, "
             "update_time = ? WHERE id = ? AND state = ?",
             [DeliveryState.FAILED.value, attempt.error, now, job.delivery_id, DeliveryState.PENDING.value],
         )
     # Still counted, but a delivery held or cancelled meanwhile keeps that state.
-    db.conn.execute(
+    tx.execute(
         "UPDATE deliveries SET attempt_count = attempt_count + 1, last_error = ?, "
         "next_attempt_at = ?, update_time = ? WHERE id = ? AND state IN (?, ?)",
         [
@@ -131,62 +260,67 @@ def record_failure(
     )
 
 
-def retry_delivery(db: sqlite_utils.Database, webhook_id: str, delivery_id: int, now: float) -> str:
+def retry_delivery(tx: Tx, webhook_id: str, delivery_id: int, now: float) -> str:
     """Make a finished delivery PENDING again, due now; return its destination URL."""
-    row = db.conn.execute(
-        "SELECT state FROM deliveries WHERE id = ? AND webhook_id = ?", [delivery_id, webhook_id]
-    ).fetchone()
+    row = tx.one("SELECT state, event_type FROM deliveries WHERE id = ? AND webhook_id = ?", [delivery_id, webhook_id])
     if row is None:
         raise NotFound(f"webhooks/{webhook_id}/deliveries/{delivery_id} not found")
     if row[0] in (DeliveryState.PENDING.value, DeliveryState.HELD.value):
         raise FailedPrecondition(f"delivery is {row[0]}; only a finished delivery can be retried")
-    hook = db.conn.execute("SELECT url, status FROM webhooks WHERE id = ?", [webhook_id]).fetchone()
+    if row[1] == PING_TYPE:
+        raise FailedPrecondition("a test ping is not retried; send a new one with TestWebhook")
+    hook = tx.one("SELECT url, status FROM webhooks WHERE id = ?", [webhook_id])
     if hook is None:
         raise FailedPrecondition(f"webhooks/{webhook_id} was deleted; its deliveries cannot be retried")
     if hook[1] != Status.ACTIVE.value:
         raise FailedPrecondition(f"webhooks/{webhook_id} is inactive; activate it before retrying")
-    db.conn.execute(
+    tx.execute(
         "UPDATE deliveries SET state = ?, next_attempt_at = ?, destination = ?, update_time = ? WHERE id = ?",
         [DeliveryState.PENDING.value, now, hook[0], now, delivery_id],
     )
+    tx.notify(DELIVERIES_CHANNEL, hook[0])
     return str(hook[0])
 
 
-def insert_test_ping(db: sqlite_utils.Database, event: PreparedEvent, webhook_id: str, url: str) -> int:
-    """Store a TestWebhook ping and its delivery before it is sent, so the request carries the
-    delivery's own message id. The delivery starts FAILED, a state no actor loads, and
-    ``finish_test_ping`` settles it."""
-    db.conn.execute(
+def insert_test_ping(tx: Tx, event: PreparedEvent, webhook_id: str, url: str) -> Job:
+    """Store a TestWebhook ping as a delivery due now, for the destination's actor to send once
+    through its limits like any other; the request carries the delivery's own message id."""
+    tx.execute(
         "INSERT INTO events (id, type, create_time, envelope, idempotency_key, delivery_count) "
         "VALUES (?, ?, ?, ?, NULL, 1)",
         [event.id, event.type, event.create_time, event.envelope],
     )
-    cursor = db.conn.execute(
-        "INSERT INTO deliveries (event_id, webhook_id, destination, event_type, state, next_attempt_at, "
-        "last_error, create_time, update_time) VALUES (?, ?, ?, ?, ?, ?, 'not sent', ?, ?)",
-        [
-            event.id,
-            webhook_id,
-            url,
-            event.type,
-            DeliveryState.FAILED.value,
-            event.create_time,
-            event.create_time,
-            event.create_time,
-        ],
+    now = event.create_time
+    delivery_id = tx.scalar(
+        _INSERT_DELIVERY, [event.id, webhook_id, url, event.type, DeliveryState.PENDING.value, now, now, now]
     )
-    delivery_id = cursor.lastrowid
-    assert delivery_id is not None
-    return delivery_id
+    tx.notify(DELIVERIES_CHANNEL, url)
+    return Job(int(delivery_id), webhook_id, event.id, event.envelope, 0, single_attempt=True)
 
 
-def finish_test_ping(
-    db: sqlite_utils.Database, delivery_id: int, webhook_id: str, attempt: AttemptResult, now: float
-) -> None:
-    """Record the ping's one attempt; no retry follows whatever the outcome."""
-    _insert_attempt(db, delivery_id, webhook_id, attempt)
-    state = DeliveryState.SUCCEEDED if attempt.outcome is Outcome.SUCCESS else DeliveryState.FAILED
-    db.conn.execute(
-        "UPDATE deliveries SET state = ?, attempt_count = 1, last_error = ?, update_time = ? WHERE id = ?",
-        [state.value, attempt.error, now, delivery_id],
+def abandon_ping(tx: Tx, delivery_id: int, now: float) -> None:
+    """The caller stopped waiting for its ping: if it was not sent yet, it never will be."""
+    tx.execute(
+        "UPDATE deliveries SET state = ?, last_error = 'test abandoned before it was sent', update_time = ? "
+        "WHERE id = ? AND state = ? AND attempt_count = 0",
+        [DeliveryState.CANCELLED.value, now, delivery_id, DeliveryState.PENDING.value],
     )
+
+
+def settled_state(tx: Tx, delivery_id: int) -> tuple[DeliveryState, int]:
+    """A delivery's state and attempt count (to wait for a ping's outcome)."""
+    row = tx.one("SELECT state, attempt_count FROM deliveries WHERE id = ?", [delivery_id])
+    if row is None:
+        raise NotFound(f"delivery {delivery_id} not found")
+    return DeliveryState(row[0]), int(row[1])
+
+
+def record_crash(tx: Tx, job: Job, now: float, max_attempts: int, fence: Fence | None = None) -> bool:
+    """The actor crashed while this delivery was in flight: count it as a failed attempt, so a
+    delivery whose sending keeps crashing ends FAILED instead of looping. True when it did."""
+    attempt = internal_failure(
+        tx.scalar("SELECT destination FROM deliveries WHERE id = ?", [job.delivery_id]) or "", now
+    )
+    final = job.single_attempt or job.attempt_count + 1 >= max_attempts
+    record_failure(tx, job, attempt, now, None if final else now, fence)
+    return final

@@ -1,12 +1,15 @@
-"""Read queries. Each takes a connection and runs in a reader's worker thread."""
+"""Read queries. Each takes a ``Tx`` and runs on a reader's connection in a worker thread.
+
+Queries that feed the actors join ``events``: a delivery is only ever loaded once its event is
+stored, which is what keeps a staged publish invisible until it is complete.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
+from hookd.engine.catalogue import PING_TYPE
 from hookd.engine.errors import NotFound
 from hookd.engine.jobs import Job
 from hookd.engine.model import (
@@ -14,8 +17,8 @@ from hookd.engine.model import (
     DeliveryRecord,
     DeliveryState,
     EventRecord,
-    Status,
     Webhook,
+    WebhookFilter,
 )
 from hookd.engine.store.rows import (
     attempt_from_row,
@@ -23,28 +26,19 @@ from hookd.engine.store.rows import (
     event_from_row,
     webhook_from_row,
 )
-
-
-@dataclass(frozen=True)
-class WebhookFilter:
-    """ListWebhooks' filters; empty strings and None match everything."""
-
-    resource: str = ""
-    event: str = ""
-    status: Status | None = None
-    query: str = ""
+from hookd.engine.store.sql import Tx
 
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def all_webhooks(db: sqlite_utils.Database) -> list[Webhook]:
-    return [webhook_from_row(row) for row in db.query("SELECT * FROM webhooks ORDER BY seq")]
+def all_webhooks(tx: Tx) -> list[Webhook]:
+    return [webhook_from_row(row) for row in tx.rows("SELECT * FROM webhooks ORDER BY seq")]
 
 
 def list_webhooks(
-    db: sqlite_utils.Database, filters: WebhookFilter, after_seq: int | None, limit: int
+    tx: Tx, filters: WebhookFilter, after_seq: int | None, limit: int
 ) -> tuple[list[tuple[int, Webhook]], int]:
     """A page of (seq, webhook) in creation order, and how many match in all."""
     where: list[str] = []
@@ -65,36 +59,36 @@ def list_webhooks(
             "OR lower(url) LIKE ? ESCAPE '\\' OR lower(resource || '.' || event) LIKE ? ESCAPE '\\')"
         )
         params.extend([pattern] * 4)
-    clause = " AND ".join(where) or "1"
-    total = db.execute(f"SELECT COUNT(*) FROM webhooks WHERE {clause}", params).fetchone()[0]
+    clause = " AND ".join(where) or "1 = 1"
+    total = tx.scalar(f"SELECT COUNT(*) FROM webhooks WHERE {clause}", params)
     page_clause = clause + (" AND seq > ?" if after_seq is not None else "")
     page_params = params + ([after_seq] if after_seq is not None else [])
-    rows = db.query(f"SELECT * FROM webhooks WHERE {page_clause} ORDER BY seq LIMIT ?", [*page_params, limit])
+    rows = tx.rows(f"SELECT * FROM webhooks WHERE {page_clause} ORDER BY seq LIMIT ?", [*page_params, limit])
     return [(row["seq"], webhook_from_row(row)) for row in rows], int(total)
 
 
-def get_event(db: sqlite_utils.Database, event_id: str) -> EventRecord:
-    row = next(db.query("SELECT * FROM events WHERE id = ?", [event_id]), None)
-    if row is None:
+def get_event(tx: Tx, event_id: str) -> EventRecord:
+    rows = tx.rows("SELECT * FROM events WHERE id = ?", [event_id])
+    if not rows:
         raise NotFound(f"events/{event_id} not found")
-    return event_from_row(row)
+    return event_from_row(rows[0])
 
 
-def get_delivery(db: sqlite_utils.Database, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
+def get_delivery(tx: Tx, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
     """One delivery; ``webhook_id`` None (the ``webhooks/-`` wildcard) matches any webhook."""
-    row = next(db.query("SELECT * FROM deliveries WHERE id = ?", [delivery_id]), None)
-    if row is None or (webhook_id is not None and row["webhook_id"] != webhook_id):
+    rows = tx.rows("SELECT * FROM deliveries WHERE id = ?", [delivery_id])
+    if not rows or (webhook_id is not None and rows[0]["webhook_id"] != webhook_id):
         raise NotFound(f"webhooks/{webhook_id or '-'}/deliveries/{delivery_id} not found")
-    return delivery_from_row(row)
+    return delivery_from_row(rows[0])
 
 
-def has_deliveries(db: sqlite_utils.Database, webhook_id: str) -> bool:
+def has_deliveries(tx: Tx, webhook_id: str) -> bool:
     """Whether any delivery was ever made for the webhook (it may since have been deleted)."""
-    return db.execute("SELECT 1 FROM deliveries WHERE webhook_id = ? LIMIT 1", [webhook_id]).fetchone() is not None
+    return tx.one("SELECT 1 FROM deliveries WHERE webhook_id = ? LIMIT 1", [webhook_id]) is not None
 
 
 def list_deliveries(
-    db: sqlite_utils.Database,
+    tx: Tx,
     webhook_id: str | None,
     event_id: str,
     state: DeliveryState | None,
@@ -116,45 +110,73 @@ def list_deliveries(
     if before_id is not None:
         where.append("id < ?")
         params.append(before_id)
-    clause = " AND ".join(where) or "1"
-    rows = db.query(f"SELECT * FROM deliveries WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, limit])
+    clause = " AND ".join(where) or "1 = 1"
+    rows = tx.rows(f"SELECT * FROM deliveries WHERE {clause} ORDER BY id DESC LIMIT ?", [*params, limit])
     return [delivery_from_row(row) for row in rows]
 
 
-def list_attempts(db: sqlite_utils.Database, delivery_id: int, after_id: int | None, limit: int) -> list[AttemptRecord]:
+def list_attempts(tx: Tx, delivery_id: int, after_id: int | None, limit: int) -> list[AttemptRecord]:
     """A page of one delivery's attempts, oldest first."""
-    rows = db.query(
+    rows = tx.rows(
         "SELECT * FROM attempts WHERE delivery_id = ? AND id > ? ORDER BY id LIMIT ?",
         [delivery_id, after_id or 0, limit],
     )
     return [attempt_from_row(row) for row in rows]
 
 
-def due_jobs(db: sqlite_utils.Database, destination: str, now: float, limit: int) -> list[Job]:
+def due_jobs(tx: Tx, destination: str, now: float, limit: int) -> list[Job]:
     """The oldest due deliveries of one destination, with their envelopes, in send order."""
-    rows = db.execute(
-        "SELECT d.id, d.webhook_id, d.event_id, e.envelope, d.attempt_count "
+    rows = tx.all(
+        "SELECT d.id, d.webhook_id, d.event_id, e.envelope, d.attempt_count, d.event_type "
         "FROM deliveries d JOIN events e ON e.id = d.event_id "
         "WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at <= ? "
         "ORDER BY d.next_attempt_at, d.id LIMIT ?",
         [destination, now, limit],
-    ).fetchall()
-    return [Job(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+    )
+    return [Job(row[0], row[1], row[2], row[3], row[4], single_attempt=row[5] == PING_TYPE) for row in rows]
 
 
-def next_due(db: sqlite_utils.Database, destination: str, after: float) -> float | None:
+def next_due(tx: Tx, destination: str, after: float) -> float | None:
     """When the destination's next pending delivery not yet due at ``after`` falls due, if any."""
-    row = db.execute(
-        "SELECT MIN(next_attempt_at) FROM deliveries "
-        "WHERE destination = ? AND state = 'PENDING' AND next_attempt_at > ?",
+    value = tx.scalar(
+        "SELECT MIN(d.next_attempt_at) FROM deliveries d "
+        "WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at > ? "
+        "AND EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
         [destination, after],
-    ).fetchone()
-    return None if row[0] is None else float(row[0])
+    )
+    return None if value is None else float(value)
 
 
-def destinations_with_work(db: sqlite_utils.Database) -> list[tuple[str, float]]:
-    """Every destination with pending deliveries and when its first one is due (for start-up)."""
-    rows = db.execute(
-        "SELECT destination, MIN(next_attempt_at) FROM deliveries WHERE state = 'PENDING' GROUP BY destination"
-    ).fetchall()
+def destinations_with_work(tx: Tx) -> list[tuple[str, float]]:
+    """Every destination with pending deliveries and when its first one is due."""
+    rows = tx.all(
+        "SELECT d.destination, MIN(d.next_attempt_at) FROM deliveries d WHERE d.state = 'PENDING' "
+        "AND EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id) GROUP BY d.destination"
+    )
     return [(row[0], float(row[1])) for row in rows]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Waiting deliveries on disk: (backlog, retries scheduled) per webhook and per destination."""
+
+    webhooks: dict[str, tuple[int, int]]
+    destinations: dict[str, tuple[int, int]]
+
+
+def backlog(tx: Tx) -> Backlog:
+    """Counted from the ``deliveries_waiting`` index alone, without touching the table."""
+    webhooks: dict[str, list[int]] = {}
+    destinations: dict[str, list[int]] = {}
+    for webhook_id, destination, count, retries in tx.all(
+        "SELECT webhook_id, destination, COUNT(*), COUNT(*) FILTER (WHERE attempt_count > 0) FROM deliveries "
+        "WHERE state IN ('PENDING', 'HELD') GROUP BY webhook_id, destination"
+    ):
+        for group, key in ((webhooks, webhook_id), (destinations, destination)):
+            totals = group.setdefault(key, [0, 0])
+            totals[0] += count
+            totals[1] += retries or 0
+    return Backlog(
+        {key: (v[0], v[1]) for key, v in webhooks.items()},
+        {key: (v[0], v[1]) for key, v in destinations.items()},
+    )

@@ -1,4 +1,4 @@
-"""Conversions between SQLite rows and the engine's dataclasses."""
+"""Conversions between stored rows (dicts keyed by column) and the engine's dataclasses."""
 
 from __future__ import annotations
 
@@ -39,6 +39,26 @@ def auth_from_json(text: str) -> Auth:
         password=raw.get("password", ""),
         headers=dict(raw.get("headers", {})),
     )
+
+
+#: The webhook columns hookd writes (``seq``, the paging position, is set once at insert).
+WEBHOOK_COLUMNS = (
+    "id",
+    "resource",
+    "event",
+    "url",
+    "auth",
+    "secret",
+    "previous_secret",
+    "previous_secret_expires",
+    "status",
+    "inactive_policy",
+    "description",
+    "rate_limit",
+    "timeout_s",
+    "create_time",
+    "update_time",
+)
 
 
 def webhook_to_row(webhook: Webhook) -> dict[str, Any]:

@@ -3,21 +3,49 @@
 Concurrent callers' operations are gathered into one transaction (group commit), so the cost of
 a commit is shared by everyone who arrived while the previous one ran. Each operation runs in
 its own savepoint: one that fails is rolled back and reported to its caller alone.
+
+When the database cannot be written (a full disk, a lost connection, a removed file), nothing
+is dropped and nothing is pretended:
+- callers waiting for a commit (publishes, API changes) get ``Unavailable`` at once, so nothing
+  is acknowledged that is not stored;
+- background writes (attempt outcomes) are held and retried, in order, with backoff, until they
+  commit. Their deliveries keep their actors' request slots meanwhile, so no destination is sent
+  a delivery again because its outcome could not be written;
+- ``status`` says so, and listeners hear of every change, until a retry (or a probe write, when
+  nothing is held) commits again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-import sqlite_utils
 import trio
+
+from hookd.engine.errors import Unavailable
+from hookd.engine.store.backend import Backend
+from hookd.engine.store.sql import StoreFault, Tx
 
 log = logging.getLogger("hookd.store")
 
 T = TypeVar("T")
-WriteFn = Callable[[sqlite_utils.Database], T]
+WriteFn = Callable[[Tx], T]
+
+#: First and longest pause between retries while the store cannot be written.
+RETRY_FIRST_S = 0.2
+RETRY_MAX_S = 5.0
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    """Whether the store takes writes; ``reason`` and ``since`` (epoch seconds) when it does not."""
+
+    available: bool = True
+    reason: str = ""
+    since: float = 0.0
 
 
 class _Op(Generic[T]):
@@ -38,20 +66,70 @@ class _Op(Generic[T]):
         self.error: BaseException | None = None
 
 
+def _probe(tx: Tx) -> None:
+    """A write that needs the disk, to learn whether the store takes writes again."""
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('probe', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [str(time.time())],
+    )
+
+
 class Writer:
     """Owns the writing connection. Start ``run`` in a nursery, then ``execute`` or ``submit``."""
 
-    def __init__(self, db: sqlite_utils.Database, *, max_batch: int = 2000, queue_size: int = 20000) -> None:
-        self._db = db
+    def __init__(self, backend: Backend, *, max_batch: int = 2000, queue_size: int = 20000) -> None:
+        self._backend = backend
         self._max_batch = max_batch
         self._send, self._receive = trio.open_memory_channel[_Op[Any]](queue_size)
+        self._held: list[_Op[Any]] = []
+        self._status = StoreStatus()
+        self._listeners: list[Callable[[StoreStatus], None]] = []
+        self._recovered = trio.Event()
+        self._recovered.set()
+        self.commits = 0
+
+    # -- status ------------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> StoreStatus:
+        return self._status
+
+    def add_status_listener(self, listener: Callable[[StoreStatus], None]) -> None:
+        """Called in the writer's task whenever the store becomes unavailable or available again."""
+        self._listeners.append(listener)
+
+    async def wait_available(self) -> None:
+        """Return once the store takes writes (at once when it does)."""
+        await self._recovered.wait()
+
+    def _unavailable_error(self) -> Unavailable:
+        return Unavailable(f"the store cannot write: {self._status.reason}; nothing was stored, retry later")
+
+    def _set_status(self, status: StoreStatus) -> None:
+        if status.available == self._status.available and status.reason == self._status.reason:
+            return
+        self._status = status
+        if status.available:
+            log.warning("store available again")
+            self._recovered.set()
+        else:
+            log.error("store unavailable reason=%s; holding deliveries and refusing publishes", status.reason)
+            if self._recovered.is_set():
+                self._recovered = trio.Event()
+        for listener in self._listeners:
+            listener(status)
+
+    # -- entry points ----------------------------------------------------------------------------
 
     async def execute(self, fn: WriteFn[T], on_commit: Callable[[T], None] | None = None) -> T:
         """Run ``fn`` in the next transaction and return its result once committed.
 
         ``on_commit`` runs in the writer task right after the commit, before any other task can
         observe the result: the place to hand new deliveries to the actors without a race.
+        Raises ``Unavailable`` when the store cannot write (then nothing of ``fn`` is stored).
         """
+        if not self._status.available:
+            raise self._unavailable_error()
         op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit)
         await self._send.send(op)
         assert op.done is not None
@@ -63,71 +141,137 @@ class Writer:
     async def submit(self, fn: WriteFn[Any], after: Callable[[bool], None] | None = None) -> None:
         """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
 
-        ``after`` runs in the writer task once the transaction is over, with whether ``fn``'s
-        change was committed.
+        ``after`` runs in the writer task once ``fn``'s change is committed (True), or once ``fn``
+        itself failed (False). A store fault is neither: the write is held and tried again.
         """
         await self._send.send(_Op(fn, wait=False, after=after))
 
+    # -- the writer's task -----------------------------------------------------------------------
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        backoff = RETRY_FIRST_S
         while True:
-            batch = [await self._receive.receive()]
-            while len(batch) < self._max_batch:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            await trio.to_thread.run_sync(self._commit, batch)
-            for op in batch:
-                if op.on_commit is not None and op.error is None:
-                    try:
-                        op.on_commit(op.result)
-                    except Exception as error:  # the commit stands; report to the caller
-                        op.error = error
-                if op.done is not None:
-                    op.done.set()  # the caller gets the error, if any
-                elif op.error is not None:
-                    log.error("background write failed: %r", op.error)
-                if op.after is not None:
-                    op.after(op.error is None)
+            if self._status.available:
+                batch = [await self._receive.receive()]
+                self._gather(batch)
+                await self._commit(batch)
+                backoff = RETRY_FIRST_S
+            else:
+                await self._wait_while_unavailable(backoff)
+                backoff = min(backoff * 2, RETRY_MAX_S)
+                await self._retry()
 
-    def _commit(self, batch: list[_Op[Any]]) -> None:
-        conn = self._db.conn
+    def _gather(self, batch: list[_Op[Any]]) -> None:
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except trio.WouldBlock:
+                return
+
+    async def _commit(self, batch: list[_Op[Any]]) -> bool:
+        """Commit ``batch``; on a store fault hold its background writes and fail the rest."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for op in batch:
-                conn.execute("SAVEPOINT op")
+            await trio.to_thread.run_sync(self._backend.write, partial_batch(batch))
+        except StoreFault as fault:
+            self._set_status(StoreStatus(False, fault.reason, time.time()))
+            self._refuse_or_hold(batch)
+            return False
+        self.commits += 1
+        self._set_status(StoreStatus())
+        self._finish(batch)
+        return True
+
+    def _refuse_or_hold(self, batch: list[_Op[Any]]) -> None:
+        for op in batch:
+            op.result, op.error = None, None
+            if op.done is not None:
+                op.error = self._unavailable_error()
+                op.done.set()
+            else:
+                self._held.append(op)
+
+    async def _wait_while_unavailable(self, seconds: float) -> None:
+        """Pause before the next retry, refusing waiting callers and holding background writes."""
+        with trio.move_on_after(seconds):
+            while True:
+                op = await self._receive.receive()
+                self._refuse_or_hold([op])
+
+    async def _retry(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self._backend.recover)
+        except StoreFault as fault:
+            self._set_status(StoreStatus(False, fault.reason, self._status.since))
+            return
+        if not self._held:
+            probe: _Op[None] = _Op(_probe, wait=False)
+            await self._commit([probe])
+            return
+        batch, rest = self._held[: self._max_batch], self._held[self._max_batch :]
+        self._held = []
+        await self._commit(batch)  # a fault holds the batch again, so it stays in front
+        self._held.extend(rest)
+
+    def _finish(self, batch: list[_Op[Any]]) -> None:
+        for op in batch:
+            if op.on_commit is not None and op.error is None:
                 try:
-                    op.result = op.fn(self._db)
-                except Exception as error:  # reported to this op's caller alone
-                    conn.execute("ROLLBACK TO op")
+                    op.on_commit(op.result)
+                except Exception as error:  # the commit stands; report to the caller
                     op.error = error
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-        except Exception as error:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            for op in batch:
-                op.result = None
-                op.error = error
+            if op.done is not None:
+                op.done.set()  # the caller gets the error, if any
+            elif op.error is not None:
+                log.error("background write failed: %r", op.error)
+            if op.after is not None:
+                op.after(op.error is None)
+
+
+def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
+    """The transaction body for ``batch``: each op in a savepoint of its own.
+
+    A ``StoreFault`` inside an op is the whole transaction's fault (the disk is full for every
+    op), so it propagates and the backend rolls everything back.
+    """
+
+    def body(tx: Tx) -> None:
+        for op in batch:
+            tx.execute("SAVEPOINT op")
+            try:
+                op.result = op.fn(tx)
+                op.error = None
+            except StoreFault:
+                raise
+            except Exception as error:  # reported to this op's caller alone
+                tx.execute("ROLLBACK TO op")
+                op.result, op.error = None, error
+            tx.execute("RELEASE op")
+        for name, pending in list(tx.pending.items()):
+            tx.execute("SAVEPOINT deferred")
+            try:
+                pending.flush(tx)
+            except StoreFault:
+                raise
+            except Exception:  # a bug here must not cost the batch's attempts and publishes
+                log.exception("deferred write %s failed; its figures are lost", name)
+                tx.execute("ROLLBACK TO deferred")
+            tx.execute("RELEASE deferred")
+
+    return body
 
 
 class Readers:
-    """A few read-only connections used from trio worker threads, so reads never wait on writes."""
+    """Reads on a few connections in worker threads, so reads never wait on writes."""
 
-    def __init__(self, connections: list[sqlite_utils.Database]) -> None:
-        self._free = list(connections)
-        self._limiter = trio.CapacityLimiter(len(connections))
+    def __init__(self, backend: Backend, count: int) -> None:
+        self._backend = backend
+        self._limiter = trio.CapacityLimiter(count)
 
-    async def run(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run ``fn`` with a connection of its own in a worker thread."""
+    async def run(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` on a read connection in a worker thread; a store fault is ``Unavailable``."""
         async with self._limiter:
-            db = self._free.pop()
             try:
-                return await trio.to_thread.run_sync(fn, db)
-            finally:
-                self._free.append(db)
-
-    def close(self) -> None:
-        for db in self._free:
-            db.conn.close()
+                return await trio.to_thread.run_sync(self._backend.read, fn)
+            except StoreFault as fault:
+                raise Unavailable(f"the store cannot be read: {fault.reason}; retry later") from fault

@@ -1,14 +1,18 @@
-"""The versioned schema. Each migration runs once, in order, inside one transaction.
+"""The SQLite schema, versioned. Each migration runs once, in order, inside one transaction.
 
 The version lives in ``PRAGMA user_version``; a database newer than this code is refused rather
-than guessed at.
+than guessed at. ``postgres_schema.py`` keeps the PostgreSQL schema in step: the same tables,
+columns and indexes, so every operation's SQL runs on both.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import sqlite_utils
+
+from hookd.engine.health import latency_slot
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -108,7 +112,64 @@ def _v3(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    # Health counts written with the attempts, so a start loads these instead of every attempt of
+    # the last day (store/health_ops.py); backfilled once from the attempts already stored.
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for table, unit, extra in (
+        ("health_minutes", "minute", ", changed_at REAL NOT NULL"),
+        ("health_hours", "hour", ""),
+    ):
+        db.execute(
+            f"""
+            CREATE TABLE {table} (
+                kind TEXT NOT NULL,
+                key TEXT NOT NULL,
+                {unit} INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                slot INTEGER NOT NULL,
+                count INTEGER NOT NULL{extra},
+                PRIMARY KEY (kind, key, {unit}, outcome, slot)
+            ) WITHOUT ROWID
+            """
+        )
+    db.execute("CREATE INDEX health_minutes_minute ON health_minutes(minute)")
+    db.execute("CREATE INDEX health_minutes_changed ON health_minutes(changed_at)")
+    db.execute(
+        """
+        CREATE TABLE health_last (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            last_success REAL NOT NULL DEFAULT 0,
+            last_failure REAL NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (kind, key)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX health_last_updated ON health_last(updated_at)")
+    # Publishes whose fan-out is being written in several commits (store/delivery_ops.py).
+    db.execute("CREATE TABLE publishing (event_id TEXT PRIMARY KEY, create_time REAL NOT NULL)")
+    now = time.time()
+    db.conn.create_function("hookd_latency_slot", 1, latency_slot, deterministic=True)
+    for kind, column in (("w", "webhook_id"), ("d", "url")):
+        db.execute(
+            "INSERT INTO health_minutes (kind, key, minute, outcome, slot, count, changed_at) "
+            f"SELECT ?, {column}, CAST(start_time / 60 AS INTEGER), outcome, hookd_latency_slot(duration_ms), "
+            "COUNT(*), ? FROM attempts WHERE start_time > ? GROUP BY 2, 3, 4, 5",
+            [kind, now, now - 86400],
+        )
+        db.execute(
+            "INSERT INTO health_last (kind, key, last_success, last_failure, last_error, updated_at) "
+            f"SELECT ?, {column}, COALESCE(MAX(start_time) FILTER (WHERE outcome = 'SUCCESS'), 0), "
+            "COALESCE(MAX(start_time) FILTER (WHERE outcome != 'SUCCESS'), 0), '', ? "
+            f"FROM attempts WHERE start_time > ? GROUP BY {column}",
+            [kind, now, now - 86400],
+        )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 
 
 class SchemaTooNew(RuntimeError):

@@ -1,0 +1,375 @@
+"""Cluster membership: many nodes on one PostgreSQL, exactly one actor per destination.
+
+Every destination URL hashes to one of ``SLOT_COUNT`` slots; every slot is leased to one node
+at a time, in the database. The node a slot *should* belong to is chosen by rendezvous
+(highest-random-weight) hashing over the live nodes, so when a node joins or leaves only the
+slots it gains or loses move. Each node, every ``lease / 5`` seconds and whenever a
+notification says membership changed:
+
+1. heartbeats and renews the leases on the slots it holds, in one transaction; a slot missing
+   from the renewal was claimed by another node meanwhile: its actors stop at once;
+2. hands over slots rendezvous now gives to another live node: their actors finish what they
+   have in flight (outcomes committed), then the slots are released, and the new owner, told by
+   a notification, claims them at once (no delivery is sent twice by a hand-over);
+3. claims the slots rendezvous gives it that are free or whose lease has expired (a node that
+   died); every claim bumps the slot's epoch.
+
+Every write an owner makes for a destination carries its fence (slot, epoch): a node that was
+paused or cut off past its lease cannot write after it lost the slot, and it does not send
+either, because ``may_send`` holds only while the lease renewed at ``t`` is younger than
+``0.9 x lease`` by this node's own monotonic clock (which keeps running while it is stopped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache, partial
+from typing import Any
+
+import trio
+
+from hookd.engine.actor import ActorStatistics
+from hookd.engine.breaker import BreakerState
+from hookd.engine.dispatcher import Dispatcher
+from hookd.engine.monitor import LiveState, NodeInfo
+from hookd.engine.store import cluster_ops
+from hookd.engine.store.backend import SharedBackend
+from hookd.engine.store.cluster_ops import SLOT_COUNT, ClusterView, Fence
+from hookd.engine.store.sql import StoreFault
+
+log = logging.getLogger("hookd.cluster")
+
+#: The share of the lease a node trusts its own renewal for (clocks drift a little).
+TRUST = 0.9
+
+
+@lru_cache(maxsize=65536)
+def slot_of(url: str) -> int:
+    """The hash slot of a destination URL: the same on every node and every version."""
+    return int.from_bytes(hashlib.blake2b(url.encode(), digest_size=8).digest(), "big") % SLOT_COUNT
+
+
+def _weight(node_id: str, slot: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{node_id}/{slot}".encode(), digest_size=8).digest(), "big")
+
+
+def rendezvous(nodes: list[str]) -> dict[int, str]:
+    """slot -> the node it belongs to among ``nodes`` (highest random weight wins)."""
+    if not nodes:
+        return {}
+    return {slot: max(nodes, key=lambda node: _weight(node, slot)) for slot in range(SLOT_COUNT)}
+
+
+@dataclass
+class _Slots:
+    """What this node holds: slot -> epoch, and which of them are being handed over."""
+
+    held: dict[int, int] = field(default_factory=dict)
+    leaving: set[int] = field(default_factory=set)
+
+
+class Membership:
+    """This node's place in the cluster; the dispatcher's ``Ownership``."""
+
+    def __init__(
+        self,
+        backend: SharedBackend,
+        dispatcher: Dispatcher,
+        *,
+        node_id: str,
+        lease_s: float,
+        live_actors: Callable[[], list[ActorStatistics]],
+        restarts: Callable[[], int],
+    ) -> None:
+        self._backend = backend
+        self._dispatcher = dispatcher
+        self.node_id = node_id
+        self.address = ""
+        self._lease_s = lease_s
+        self._live_actors = live_actors
+        self._restarts = restarts
+        self._slots = _Slots()
+        self._valid_until = -math.inf  # trio time
+        self._wake = trio.Event()
+        self._view: ClusterView | None = None
+        self._leaving = False
+        self._nursery: trio.Nursery | None = None
+
+    def __repr__(self) -> str:
+        return f"<Membership {self.node_id} slots={len(self._slots.held)} handing_over={len(self._slots.leaving)}>"
+
+    # -- Ownership ---------------------------------------------------------------------------------
+
+    def owns(self, url: str) -> bool:
+        slot = slot_of(url)
+        return slot in self._slots.held and slot not in self._slots.leaving and not self._leaving
+
+    def may_send(self, url: str) -> bool:
+        return slot_of(url) in self._slots.held and trio.current_time() < self._valid_until
+
+    def fence(self, url: str) -> Fence | None:
+        slot = slot_of(url)
+        return Fence(slot, self._slots.held.get(slot, -1), self.node_id)
+
+    # -- the membership loop -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Membership may have changed (a notification): look again now."""
+        self._wake.set()
+
+    async def _control(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(self._backend.control, partial(fn, **kwargs))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join, take this node's share, and keep it until cancelled (or ``leave``)."""
+        await self._control(cluster_ops.register, node_id=self.node_id, address=self.address, lease_s=self._lease_s)
+        log.info("node joined id=%s lease_s=%g", self.node_id, self._lease_s)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._step()
+            task_status.started()
+            while not self._leaving:
+                with trio.move_on_after(self._next_step_in()):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                try:
+                    await self._step()
+                except StoreFault as fault:
+                    log.warning("membership step failed node=%s reason=%s", self.node_id, fault.reason)
+                    await trio.sleep(min(1.0, self._lease_s / 10))
+            nursery.cancel_scope.cancel()
+
+    def _next_step_in(self) -> float:
+        """A fifth of the lease, or sooner when a slot this node should own expires sooner."""
+        interval = self._lease_s / 5
+        view = self._view
+        if view is None:
+            return interval
+        owners = rendezvous(self._live(view))
+        for row in view.slots:
+            if owners.get(row.slot) == self.node_id and row.node_id not in (None, self.node_id):
+                interval = min(interval, max(0.0, row.expires_at - view.now) + 0.05)
+        return interval
+
+    def _live(self, view: ClusterView) -> list[str]:
+        nodes = [n.id for n in view.nodes if n.state == "active" and n.lease_expires_at > view.now]
+        if self.node_id not in nodes and not self._leaving:
+            nodes.append(self.node_id)
+        return nodes
+
+    async def _step(self) -> None:
+        started = trio.current_time()
+        held = await self._control(
+            cluster_ops.renew,
+            node_id=self.node_id,
+            address=self.address,
+            lease_s=self._lease_s,
+            live=self._live_json(),
+        )
+        if held is None:  # our row was pruned (we were taken for dead): join again from nothing
+            self._lose(set(self._slots.held))
+            await self._control(cluster_ops.register, node_id=self.node_id, address=self.address, lease_s=self._lease_s)
+            held = {}
+        lost = {slot for slot, epoch in self._slots.held.items() if held.get(slot) != epoch}
+        self._lose(lost)
+        self._valid_until = started + TRUST * self._lease_s
+        view: ClusterView = await self._control(cluster_ops.view)
+        self._view = view
+        owners = rendezvous(self._live(view))
+        handover = {
+            slot for slot in self._slots.held if owners.get(slot) != self.node_id and slot not in self._slots.leaving
+        }
+        if handover and self._nursery is not None:
+            self._slots.leaving |= handover
+            self._nursery.start_soon(self._hand_over, handover)
+        wanted = [
+            row.slot
+            for row in view.slots
+            if owners.get(row.slot) == self.node_id
+            and row.slot not in self._slots.held
+            and (row.node_id is None or row.expires_at < view.now)
+        ]
+        if wanted and not self._leaving:
+            claimed = await self._control(cluster_ops.claim, node_id=self.node_id, slots=wanted, lease_s=self._lease_s)
+            if claimed:
+                self._slots.held.update(claimed)
+                log.info("slots claimed node=%s count=%d held=%d", self.node_id, len(claimed), len(self._slots.held))
+                await self._dispatcher.resume(lambda url: slot_of(url) in claimed)
+
+    def _lose(self, slots: set[int]) -> None:
+        if not slots:
+            return
+        for slot in slots:
+            self._slots.held.pop(slot, None)
+            self._slots.leaving.discard(slot)
+        self._dispatcher.stop(lambda url: slot_of(url) in slots)
+        log.warning("slots lost node=%s count=%d (claimed by another node)", self.node_id, len(slots))
+
+    async def _hand_over(self, slots: set[int]) -> None:
+        """Let the slots' actors finish what they have in flight, then release the slots."""
+        await self._dispatcher.drain(lambda url: slot_of(url) in slots)
+        still = {slot: self._slots.held[slot] for slot in slots if slot in self._slots.held}
+        if still:
+            await self._control(cluster_ops.release, node_id=self.node_id, held=still)
+        for slot in slots:
+            self._slots.held.pop(slot, None)
+            self._slots.leaving.discard(slot)
+        log.info("slots handed over node=%s count=%d", self.node_id, len(still))
+
+    async def leave(self, grace_s: float) -> None:
+        """Stop cleanly: others take over at once, after what is in flight is recorded (at most
+        ``grace_s``; requests still open then are abandoned and sent again by the new owner)."""
+        self._leaving = True
+        self._wake.set()
+        await self._control(cluster_ops.set_state, node_id=self.node_id, state="leaving")
+        slots = set(self._slots.held)
+        with trio.move_on_after(grace_s):
+            await self._dispatcher.drain(lambda url: slot_of(url) in slots)
+        self._dispatcher.stop(lambda url: True)
+        if self._slots.held:
+            await self._control(cluster_ops.release, node_id=self.node_id, held=dict(self._slots.held))
+        self._slots.held.clear()
+        await self._control(cluster_ops.forget, node_id=self.node_id)
+        log.info("node left id=%s", self.node_id)
+
+    # -- health --------------------------------------------------------------------------------------
+
+    def _live_json(self) -> str:
+        """This node's actors that hold anything (or whose breaker is not closed), for the others."""
+        actors = [
+            [a.url, a.queued, a.in_flight, a.breaker_state.value, a.breaker_since]
+            for a in self._live_actors()
+            if a.queued or a.in_flight or a.breaker_state is not BreakerState.CLOSED
+        ]
+        return json.dumps({"actors": actors, "count": len(self._live_actors()), "restarts": self._restarts()})
+
+    def live_state(self) -> LiveState:
+        """Every node's actors (this node's live, the others' as of their last heartbeat), each
+        destination's owner, and the nodes."""
+        view = self._view
+        local = self._live_actors()
+        if view is None:
+            return LiveState(actors=local, actor_count=len(local), restarts=self._restarts())
+        actors = list(local)
+        count, restarts = len(local), self._restarts()
+        nodes: list[NodeInfo] = []
+        owned: dict[str, int] = {}
+        for row in view.slots:
+            if row.node_id is not None:
+                owned[row.node_id] = owned.get(row.node_id, 0) + 1
+        for node in view.nodes:
+            live = json.loads(node.live or "{}")
+            if node.id != self.node_id:
+                if node.lease_expires_at > view.now:
+                    actors.extend(
+                        ActorStatistics(url, dict(q), dict(f), BreakerState(state), since)
+                        for url, q, f, state, since in live.get("actors", [])
+                    )
+                    count += int(live.get("count", 0))
+                restarts += int(live.get("restarts", 0))
+            state = node.state if node.lease_expires_at > view.now else "dead"
+            nodes.append(
+                NodeInfo(
+                    id=node.id,
+                    address=node.address,
+                    state=state,
+                    last_heartbeat=node.heartbeat_at,
+                    started=node.started_at,
+                    destinations=len(local) if node.id == self.node_id else int(live.get("count", 0)),
+                    slots=owned.get(node.id, 0),
+                )
+            )
+        slot_owner = {row.slot: row.node_id or "" for row in view.slots}
+        return LiveState(
+            actors=actors,
+            owner_of=lambda url: slot_owner.get(slot_of(url), ""),
+            nodes=nodes,
+            actor_count=count,
+            restarts=restarts,
+        )
+
+
+#: Destinations with work, and the webhooks, are looked at this often even without notifications.
+BACKSTOP_S = 30.0
+RECONNECT_S = 1.0
+
+
+class ClusterSync:
+    """Keeps this node in step with the others through the database's notifications.
+
+    - ``hookd_deliveries``: deliveries became due at these URLs: poke their actors (if owned here);
+    - ``hookd_webhooks``: these webhooks changed: reload them, so URLs, secrets and statuses
+      apply here too;
+    - ``hookd_cluster``: a node joined, left or released slots: take another look now.
+
+    A notification sent while this node was not listening is lost, so on every (re)connection,
+    and every ``BACKSTOP_S`` anyway, the node catches up by reading the state itself.
+    """
+
+    CHANNELS = ("hookd_deliveries", "hookd_webhooks", cluster_ops.CLUSTER_CHANNEL)
+
+    def __init__(
+        self,
+        backend: SharedBackend,
+        *,
+        node_id: str,
+        deliveries: Callable[[list[str]], None],
+        webhooks: Callable[[list[str]], Any],
+        membership: Callable[[], None],
+        catch_up: Callable[[], Any],
+    ) -> None:
+        self._backend = backend
+        self._node_id = node_id
+        self._deliveries = deliveries
+        self._webhooks = webhooks
+        self._membership = membership
+        self._catch_up = catch_up
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        while True:
+            try:
+                source = await trio.to_thread.run_sync(self._backend.listener, self.CHANNELS)
+            except StoreFault as fault:
+                log.warning("cannot listen for notifications reason=%s", fault.reason)
+                if not started:
+                    task_status.started()
+                    started = True
+                await trio.sleep(RECONNECT_S)
+                continue
+            try:
+                await self._catch_up()
+                if not started:
+                    task_status.started()
+                    started = True
+                await self._pump(source)
+            except StoreFault as fault:
+                log.warning("notifications interrupted reason=%s; catching up after reconnecting", fault.reason)
+            finally:
+                source.close()
+            await trio.sleep(RECONNECT_S)
+
+    async def _pump(self, source: Any) -> None:
+        while True:
+            with trio.move_on_after(BACKSTOP_S) as waited:
+                await trio.lowlevel.wait_readable(source.fileno())
+            if waited.cancelled_caught:
+                await self._catch_up()
+                continue
+            changed: list[str] = []
+            for channel, origin, items in source.drain():
+                if origin == self._node_id:
+                    continue
+                if channel == "hookd_deliveries":
+                    self._deliveries(items)
+                elif channel == "hookd_webhooks":
+                    changed.extend(items)
+                else:
+                    self._membership()
+            if changed:
+                await self._webhooks(changed)

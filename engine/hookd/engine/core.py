@@ -1,0 +1,581 @@
+"""The engine's front door: every API operation, in trio, with the engine wired behind it.
+
+``Engine.run`` owns the writer, the dispatcher and the actors in one nursery; the API layer calls
+the other methods from tasks it starts in that trio run. Every change is committed first and then
+applied to memory (registry, actors) by the writer's commit hook, in the same step: a caller that
+gives up while its change commits cannot leave memory and disk disagreeing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, cast
+
+import trio
+
+from hookd.engine import catalogue
+from hookd.engine.actor import ActorContext
+from hookd.engine.clock import Clock
+from hookd.engine.cluster import ClusterSync, Membership
+from hookd.engine.config import EngineConfig
+from hookd.engine.dispatcher import Dispatcher
+from hookd.engine.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
+from hookd.engine.jobs import Job, PreparedEvent, PublishResult
+from hookd.engine.model import (
+    AttemptRecord,
+    DeliveryRecord,
+    DeliveryState,
+    EventRecord,
+    InactivePolicy,
+    Status,
+    Webhook,
+    WebhookFilter,
+)
+from hookd.engine.monitor import HealthMonitor, LiveState, Snapshot
+from hookd.engine.ownership import SingleNode
+from hookd.engine.paging import decode_token, encode_token, page_size
+from hookd.engine.registry import WebhookRegistry
+from hookd.engine.store import delivery_ops, queries, webhook_ops
+from hookd.engine.store.backend import SharedBackend, open_backend
+from hookd.engine.store.writer import Readers, StoreStatus, Writer
+from hookd.engine.validation import (
+    DEFAULT_TIMEOUT_S,
+    UPDATABLE,
+    WebhookInput,
+    check_idempotency_key,
+    check_query,
+    check_scalars,
+    event_payload,
+    to_json,
+)
+
+log = logging.getLogger("hookd.engine")
+
+MAX_GRACE_S = 7 * 24 * 3600.0
+#: How long TestWebhook waits for a request slot at a busy destination, beyond two timeouts.
+PING_QUEUE_WAIT_S = 10.0
+#: How often TestWebhook looks at its ping when another node sends it.
+PING_POLL_S = 0.25
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """One event to publish, as the API layer decoded it."""
+
+    resource: str
+    event: str
+    data: dict[str, Any]
+    related: dict[str, Any]
+    idempotency_key: str = ""
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of results and the token for the next one (empty on the last)."""
+
+    items: list[Any]
+    next_token: str
+    total: int = 0
+
+
+def rfc3339(epoch: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def envelope(event_id: str, event_type: str, epoch: float, data_json: str, related_json: str) -> str:
+    """The JSON body every destination receives for an event, around data already serialised."""
+    head = to_json({"id": event_id, "type": event_type, "timestamp": rfc3339(epoch)})
+    return f'{head[:-1]},"data":{data_json},"related":{related_json}}}'
+
+
+class Engine:
+    """The engine's public face: the server calls these methods and nothing deeper."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.registry = WebhookRegistry(config.default_rate_limit)
+        self._settle_waiters: dict[int, trio.Event] = {}
+        self.clock: Clock
+        self._writer: Writer
+        self._readers: Readers
+        self._dispatcher: Dispatcher
+        self._monitor: HealthMonitor
+        self._membership: Membership | None = None
+        self._sync: ClusterSync
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the store, resume pending deliveries, and run until cancelled.
+
+        Raises ``StartupError`` (one line for the operator) when the store cannot be opened.
+        """
+        config = self.config
+        backend = open_backend(config.database, synchronous=config.synchronous)
+        await trio.to_thread.run_sync(backend.open, config.readers)
+        try:
+            self.clock = Clock()
+            self._writer = Writer(backend)
+            self._readers = Readers(backend, config.readers)
+            self.registry.load(await self._readers.run(queries.all_webhooks))
+            ctx = ActorContext(
+                config=config,
+                clock=self.clock,
+                registry=self.registry,
+                writer=self._writer,
+                readers=self._readers,
+                ownership=SingleNode(),
+                rng=random.Random(),
+                schedule=lambda url, due: self._dispatcher.schedule(url, due),
+                settled=self._settled,
+            )
+            self._dispatcher = Dispatcher(ctx)
+            if backend.shared:
+                self._membership = self._join(cast(SharedBackend, backend), ctx)
+            self._monitor = HealthMonitor(
+                self.clock,
+                self.registry,
+                self._readers,
+                live_state=self._live_state,
+                store_status=lambda: self._writer.status,
+            )
+            await self._monitor.load()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._writer.run)
+                await nursery.start(self._dispatcher.run)
+                if self._membership is not None:
+                    await nursery.start(self._membership.run)
+                    await nursery.start(self._sync.run)
+                await nursery.start(self._monitor.run)
+                log.info(
+                    "engine started database=%s webhooks=%d node=%s",
+                    backend.description,
+                    len(self.registry),
+                    config.node_id or "-",
+                )
+                task_status.started()
+        finally:
+            backend.close()
+
+    def _join(self, backend: SharedBackend, ctx: ActorContext) -> Membership:
+        """Cluster mode: this node owns only the destinations of the slots it holds."""
+        backend.origin = self.config.node_id
+        membership = Membership(
+            backend,
+            self._dispatcher,
+            node_id=self.config.node_id,
+            lease_s=self.config.lease_s,
+            live_actors=self._dispatcher.statistics,
+            restarts=lambda: self._dispatcher.restarts,
+        )
+        ctx.ownership = membership
+        self._sync = ClusterSync(
+            backend,
+            node_id=self.config.node_id,
+            deliveries=self._due_elsewhere,
+            webhooks=self._reload_webhooks,
+            membership=membership.wake,
+            catch_up=self._catch_up,
+        )
+        return membership
+
+    def set_address(self, address: str) -> None:
+        """The address this node serves on, shown to the cluster (from the next heartbeat)."""
+        if self._membership is not None:
+            self._membership.address = address
+
+    async def leave(self, grace_s: float) -> None:
+        """Before stopping: in a cluster, hand this node's destinations over at once."""
+        if self._membership is not None:
+            await self._membership.leave(grace_s)
+
+    # -- keeping up with the other nodes -----------------------------------------------------------
+
+    def _due_elsewhere(self, urls: list[str]) -> None:
+        for url in urls:
+            self._dispatcher.poke(url)
+
+    async def _reload_webhooks(self, webhook_ids: list[str]) -> None:
+        """Another node changed these webhooks: apply the stored versions here."""
+        for webhook_id in dict.fromkeys(webhook_ids):
+            stored = await self._readers.run(partial(webhook_ops.find_webhook, webhook_id=webhook_id))
+            self._apply_stored(webhook_id, stored)
+
+    def _apply_stored(self, webhook_id: str, stored: Webhook | None) -> None:
+        current = self.registry.get(webhook_id)
+        if stored is None:
+            if current is not None:
+                self._deleted((current, 0))
+        elif current is None:
+            self.registry.put(stored)
+            if stored.status is Status.ACTIVE:
+                self._dispatcher.poke(stored.url)
+        elif stored != current:
+            self._updated((current, stored))
+
+    async def _catch_up(self) -> None:
+        """After notifications may have been missed: read the webhooks and the work again."""
+        stored = {hook.id: hook for hook in await self._readers.run(queries.all_webhooks)}
+        for webhook_id in {hook.id for hook in self.registry.all()} | set(stored):
+            self._apply_stored(webhook_id, stored.get(webhook_id))
+        await self._dispatcher.resume(lambda url: True)
+        if self._membership is not None:
+            self._membership.wake()
+
+    # -- what the server reads ---------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The engine's wall clock, in epoch seconds."""
+        return self.clock.now()
+
+    @property
+    def store_status(self) -> StoreStatus:
+        return self._writer.status
+
+    def add_store_listener(self, listener: Callable[[StoreStatus], None]) -> None:
+        """Called in trio whenever the store becomes unavailable, or available again."""
+        self._writer.add_status_listener(listener)
+
+    async def health_snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
+        """Health figures for the service and the named webhooks and destinations (all when None)."""
+        for hook_id in webhook_ids or ():
+            if self.registry.get(hook_id) is None:
+                raise NotFound(f"webhooks/{hook_id} not found")
+        return await self._monitor.snapshot(webhook_ids, urls)
+
+    def attempt_totals(self) -> dict[tuple[str, str], int]:
+        """(destination, outcome) -> attempts counted since this process started."""
+        return dict(self._monitor.aggregates.totals)
+
+    def _live_state(self) -> LiveState:
+        if self._membership is not None:
+            return self._membership.live_state()
+        actors = self._dispatcher.statistics()
+        return LiveState(actors=actors, actor_count=len(actors), restarts=self._dispatcher.restarts)
+
+    def _settled(self, delivery_id: int) -> None:
+        waiter = self._settle_waiters.get(delivery_id)
+        if waiter is not None:
+            waiter.set()
+
+    # -- webhooks ----------------------------------------------------------------------------------
+
+    def _check_room(self, resource: str, event: str) -> None:
+        limit = self.config.max_webhooks_per_type
+        if self.registry.subscriber_count(resource, event) >= limit:
+            raise ResourceExhausted(
+                f"{resource}.{event} already has {limit} webhooks, the most one event type may have "
+                "(--max-webhooks-per-type)"
+            )
+
+    async def create_webhook(self, data: WebhookInput) -> Webhook:
+        catalogue.check_event_type(data.resource, data.event, field_prefix="webhook.")
+        check_scalars(data, "webhook")
+        self._check_room(data.resource, data.event)
+        await self.config.destinations.check_destination(data.url, "webhook.url")
+        now = self.clock.now()
+        webhook = Webhook(
+            id=new_webhook_id(),
+            resource=data.resource,
+            event=data.event,
+            url=data.url,
+            auth=data.auth,
+            secret=new_signing_secret(),
+            status=data.status or Status.ACTIVE,
+            inactive_policy=data.inactive_policy or InactivePolicy.QUEUE,
+            description=data.description,
+            rate_limit=data.rate_limit,
+            timeout_s=data.timeout_s if data.timeout_s is not None else DEFAULT_TIMEOUT_S,
+            create_time=now,
+            update_time=now,
+        )
+        await self._writer.execute(partial(webhook_ops.insert_webhook, webhook=webhook), on_commit=self.registry.put)
+        log.info("webhook created name=webhooks/%s type=%s.%s", webhook.id, webhook.resource, webhook.event)
+        return webhook
+
+    async def get_webhook(self, webhook_id: str) -> Webhook:
+        webhook = self.registry.get(webhook_id)
+        if webhook is None:
+            raise NotFound(f"webhooks/{webhook_id} not found")
+        return webhook
+
+    async def update_webhook(self, webhook_id: str, data: WebhookInput, paths: list[str]) -> Webhook:
+        for path in paths:
+            if path not in UPDATABLE:
+                raise InvalidArgument(
+                    "update_mask", f"cannot update {path!r}; updatable fields: {', '.join(UPDATABLE)}"
+                )
+        current = await self.get_webhook(webhook_id)
+        changes: dict[str, Any] = {}
+        for path in paths:
+            if path == "timeout":
+                changes["timeout_s"] = data.timeout_s if data.timeout_s is not None else DEFAULT_TIMEOUT_S
+            elif path == "status":
+                changes["status"] = data.status or Status.ACTIVE
+            elif path == "inactive_policy":
+                changes["inactive_policy"] = data.inactive_policy or InactivePolicy.QUEUE
+            else:
+                changes[path] = getattr(data, path)
+        new = replace(current, **changes)
+        catalogue.check_event_type(new.resource, new.event, field_prefix="webhook.")
+        check_scalars(
+            WebhookInput(
+                description=new.description, rate_limit=new.rate_limit, timeout_s=new.timeout_s, auth=new.auth
+            ),
+            "webhook",
+        )
+        if (new.resource, new.event) != (current.resource, current.event):
+            self._check_room(new.resource, new.event)
+        if new.url != current.url:
+            await self.config.destinations.check_destination(new.url, "webhook.url")
+        now = self.clock.now()
+        changes["update_time"] = now
+        # The changes are applied to the row as it is inside the transaction, so a concurrent
+        # change to other fields (a secret rotation, say) is never written back over.
+        _, new = await self._writer.execute(
+            partial(webhook_ops.update_webhook, webhook_id=webhook_id, changes=changes, now=now),
+            on_commit=self._updated,
+        )
+        log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
+        return new
+
+    def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
+        old, new = versions
+        self.registry.put(new)
+        if new.status is Status.ACTIVE and (old.status is not Status.ACTIVE or old.url != new.url):
+            self._dispatcher.poke(new.url)
+
+    async def delete_webhook(self, webhook_id: str) -> int:
+        await self.get_webhook(webhook_id)
+        now = self.clock.now()
+        _, cancelled = await self._writer.execute(
+            partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now), on_commit=self._deleted
+        )
+        log.info("webhook deleted name=webhooks/%s cancelled=%d", webhook_id, cancelled)
+        return int(cancelled)
+
+    def _deleted(self, outcome: tuple[Webhook, int]) -> None:
+        old = outcome[0]
+        self.registry.remove(old.id)
+        self._dispatcher.cancel_webhook(old.url, old.id)
+
+    async def list_webhooks(self, filters: WebhookFilter, size: int, token: str) -> Page:
+        check_query(filters.query, "query")
+        limit = page_size(size)
+        fingerprint = [filters.resource, filters.event, filters.status and filters.status.value, filters.query]
+        after = decode_token(token, fingerprint)
+        rows, total = await self._readers.run(
+            partial(queries.list_webhooks, filters=filters, after_seq=after, limit=limit + 1)
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_token = encode_token(rows[-1][0], fingerprint) if more else ""
+        return Page([webhook for _, webhook in rows], next_token, total)
+
+    async def rotate_secret(self, webhook_id: str, grace_s: float | None) -> Webhook:
+        grace = self.config.secret_grace_s if grace_s is None else grace_s
+        if not (0.0 <= grace <= MAX_GRACE_S):
+            raise InvalidArgument("grace_period", "must be between 0 and 7 days")
+        await self.get_webhook(webhook_id)
+        now = self.clock.now()
+        webhook = await self._writer.execute(
+            partial(
+                webhook_ops.rotate_secret,
+                webhook_id=webhook_id,
+                secret=new_signing_secret(),
+                previous_expires=now + grace,
+                now=now,
+            ),
+            on_commit=self.registry.put,
+        )
+        log.info("secret rotated name=webhooks/%s grace_s=%g", webhook_id, grace)
+        return webhook
+
+    async def test_webhook(self, webhook_id: str) -> tuple[int, AttemptRecord]:
+        """Send a signed ping through the destination's actor, so it waits for a request slot and
+        a rate-limit token like every delivery; wait for its one attempt and return it."""
+        webhook = await self.get_webhook(webhook_id)
+        now = self.clock.now()
+        event_id = new_event_id()
+        body = envelope(event_id, catalogue.PING_TYPE, now, to_json({"webhook": f"webhooks/{webhook_id}"}), "{}")
+        ping = PreparedEvent(event_id, catalogue.PING_TYPE, "webhook", "ping", now, body, "")
+        waiter = trio.Event()
+        job = await self._writer.execute(
+            partial(delivery_ops.insert_test_ping, event=ping, webhook_id=webhook_id, url=webhook.url),
+            on_commit=lambda job: self._watch_ping(job, webhook.url, waiter),
+        )
+        try:
+            with trio.move_on_after(2 * webhook.timeout_s + PING_QUEUE_WAIT_S):
+                await self._wait_settled(job.delivery_id, waiter)
+        finally:
+            self._settle_waiters.pop(job.delivery_id, None)
+        attempts = await self._readers.run(
+            partial(queries.list_attempts, delivery_id=job.delivery_id, after_id=None, limit=1)
+        )
+        if not attempts:
+            with trio.CancelScope(shield=True):
+                await self._writer.submit(partial(delivery_ops.abandon_ping, delivery_id=job.delivery_id, now=now))
+            raise Unavailable(
+                f"the ping to {webhook.url} found no free request slot in time (the destination is busy); try again"
+            )
+        return job.delivery_id, attempts[0]
+
+    def _watch_ping(self, job: Job, url: str, waiter: trio.Event) -> None:
+        self._settle_waiters[job.delivery_id] = waiter
+        self._dispatcher.offer(url, job)
+
+    async def _wait_settled(self, delivery_id: int, waiter: trio.Event) -> None:
+        """Until the delivery is no longer pending: woken by the local actor, or, when another
+        node owns the destination, by reading its state now and then."""
+        while True:
+            with trio.move_on_after(PING_POLL_S):
+                await waiter.wait()
+            state, _ = await self._readers.run(partial(delivery_ops.settled_state, delivery_id=delivery_id))
+            if state is not DeliveryState.PENDING:
+                return
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _prepare(self, item: EventInput, prefix: str, now: float) -> PreparedEvent:
+        event_type = catalogue.check_event_type(item.resource, item.event, field_prefix=f"{prefix}.")
+        check_idempotency_key(item.idempotency_key, f"{prefix}.idempotency_key")
+        data_json, related_json = event_payload(item.data, item.related, self.config.max_event_bytes, prefix)
+        event_id = new_event_id()
+        return PreparedEvent(
+            id=event_id,
+            type=event_type,
+            resource=item.resource,
+            event=item.event,
+            create_time=now,
+            envelope=envelope(event_id, event_type, now, data_json, related_json),
+            idempotency_key=item.idempotency_key,
+        )
+
+    async def publish(self, items: list[EventInput], *, batch: bool) -> list[PublishResult]:
+        """Store events and their deliveries durably, then hand the deliveries to the actors.
+
+        A fan-out of more than ``publish_chunk`` deliveries is written over several short
+        commits (``_publish_staged``) so that no other write waits behind it; it returns, like
+        any publish, only once all of it is stored.
+        """
+        field = "events" if batch else "event"
+        if batch:
+            if not items:
+                raise InvalidArgument("events", "must hold at least one event")
+            if len(items) > self.config.max_batch_events:
+                raise InvalidArgument("events", f"at most {self.config.max_batch_events} events per call")
+        now = self.clock.now()
+        prepared = [
+            self._prepare(item, f"events[{index}]" if batch else "event", now) for index, item in enumerate(items)
+        ]
+        fan_out = sum(self.registry.subscriber_count(event.resource, event.event) for event in prepared)
+        if fan_out > self.config.max_deliveries_per_call:
+            raise InvalidArgument(
+                field,
+                f"this call would create {fan_out} deliveries (events x subscribed webhooks); at most "
+                f"{self.config.max_deliveries_per_call} per call: publish fewer events per call",
+            )
+        if fan_out <= self.config.publish_chunk:
+            return await self._writer.execute(partial(delivery_ops.publish, events=prepared), on_commit=self._offer)
+        return await self._publish_staged(prepared)
+
+    async def _publish_staged(self, events: list[PreparedEvent]) -> list[PublishResult]:
+        chunk = self.config.publish_chunk
+        counts: list[int] = []
+        parts: list[tuple[PreparedEvent, list[delivery_ops.Subscriber]]] = []
+        size = 0
+        try:
+            for event in events:
+                hooks = await self._readers.run(
+                    partial(delivery_ops.subscribers, resource=event.resource, event=event.event)
+                )
+                counts.append(len(hooks))
+                offset = 0
+                while offset < len(hooks):
+                    part = hooks[offset : offset + chunk - size]
+                    offset += len(part)
+                    parts.append((event, part))
+                    size += len(part)
+                    if size >= chunk:
+                        await self._writer.execute(partial(delivery_ops.stage_deliveries, parts=parts))
+                        parts, size = [], 0
+            if parts:
+                await self._writer.execute(partial(delivery_ops.stage_deliveries, parts=parts))
+            results, urls = await self._writer.execute(
+                partial(delivery_ops.finish_staged, events=events, counts=counts)
+            )
+        except BaseException:
+            # Abandoned (the caller went away, the store failed): remove what was staged.
+            with trio.CancelScope(shield=True):
+                await self._writer.submit(partial(delivery_ops.drop_staged, event_ids=[e.id for e in events]))
+            raise
+        for url in urls:
+            self._dispatcher.poke(url)
+        return list(results)
+
+    def _offer(self, results: list[PublishResult]) -> None:
+        for result in results:
+            for url, job in result.jobs:
+                self._dispatcher.offer(url, job)
+
+    async def get_event(self, event_id: str) -> EventRecord:
+        return await self._readers.run(partial(queries.get_event, event_id=event_id))
+
+    # -- deliveries --------------------------------------------------------------------------------
+
+    async def list_deliveries(
+        self, webhook_id: str | None, event_id: str, state: DeliveryState | None, size: int, token: str
+    ) -> Page:
+        # A deleted webhook's deliveries stay listed under it; only a never-seen id is unknown.
+        if (
+            webhook_id is not None
+            and self.registry.get(webhook_id) is None
+            and not await self._readers.run(partial(queries.has_deliveries, webhook_id=webhook_id))
+        ):
+            raise NotFound(f"webhooks/{webhook_id} not found")
+        limit = page_size(size)
+        fingerprint = [webhook_id, event_id, state and state.value]
+        before = decode_token(token, fingerprint)
+        rows = await self._readers.run(
+            partial(
+                queries.list_deliveries,
+                webhook_id=webhook_id,
+                event_id=event_id,
+                state=state,
+                before_id=before,
+                limit=limit + 1,
+            )
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, encode_token(rows[-1].id, fingerprint) if more else "")
+
+    async def get_delivery(self, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
+        """``webhook_id`` None finds the delivery under whichever webhook it belongs to."""
+        return await self._readers.run(partial(queries.get_delivery, webhook_id=webhook_id, delivery_id=delivery_id))
+
+    async def list_attempts(self, webhook_id: str | None, delivery_id: int, size: int, token: str) -> Page:
+        await self.get_delivery(webhook_id, delivery_id)
+        limit = page_size(size)
+        fingerprint = [webhook_id, delivery_id]
+        after = decode_token(token, fingerprint)
+        rows = await self._readers.run(
+            partial(queries.list_attempts, delivery_id=delivery_id, after_id=after, limit=limit + 1)
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, encode_token(rows[-1].id, fingerprint) if more else "")
+
+    async def retry_delivery(self, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
+        if webhook_id is None:
+            webhook_id = (await self.get_delivery(None, delivery_id)).webhook_id
+        await self._writer.execute(
+            partial(delivery_ops.retry_delivery, webhook_id=webhook_id, delivery_id=delivery_id, now=self.clock.now()),
+            on_commit=self._dispatcher.poke,
+        )
+        return await self.get_delivery(webhook_id, delivery_id)

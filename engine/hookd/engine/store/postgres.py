@@ -1,0 +1,246 @@
+"""The shared backend: PostgreSQL through psycopg 3, for many hookd nodes on one database.
+
+The writer keeps one connection of its own and commits a batch per transaction, as on SQLite;
+reads go through a small psycopg-pool pool, which replaces a connection that broke. Connections
+run in autocommit mode so transactions are exactly the ``BEGIN`` / ``COMMIT`` the writer issues.
+
+Notifications queued by operations (``Tx.notify``) are sent with ``pg_notify`` inside the
+transaction, so listeners hear of a change only when, and if, it commits. Each payload starts
+with the sending node's id (``origin``) so a node can skip its own news.
+
+A transaction that loses a deadlock or a serialization conflict to another node's is run again
+(a few times) rather than reported: it is nobody's fault. A lost connection, a full disk, a
+database shutting down are ``StoreFault``s: the writer holds its work and tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.errors
+import psycopg_pool
+
+from hookd.engine.store.backend import StartupError
+from hookd.engine.store.postgres_schema import SchemaTooNew, migrate
+from hookd.engine.store.sql import Dialect, StoreFault, Tx, UniqueViolation, percent_placeholders
+
+log = logging.getLogger("hookd.store")
+
+T = TypeVar("T")
+
+#: Largest NOTIFY payload PostgreSQL takes is 8000 bytes; keep clear of it.
+MAX_PAYLOAD = 7900
+#: Times a transaction that lost a deadlock or serialization conflict is run again.
+CONFLICT_RETRIES = 5
+CONNECT_TIMEOUT_S = 10
+
+_CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure, psycopg.errors.LockNotAvailable)
+
+
+def _classify(error: BaseException) -> Exception | None:
+    if isinstance(error, psycopg.errors.UniqueViolation):
+        return UniqueViolation(error.diag.table_name or "", str(error))
+    if isinstance(error, _CONFLICTS):
+        return None  # retried by ``write``
+    if isinstance(error, psycopg.errors.InsufficientResources):  # disk full, out of memory, too many connections
+        return StoreFault(f"the database is out of resources: {error.diag.message_primary or error}")
+    if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
+        return StoreFault("the database is read-only (a standby?)")
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
+        return StoreFault(
+            f"the database cannot be reached: {str(error).strip().splitlines()[0] if str(error) else error!r}"
+        )
+    return None
+
+
+def _executemany(conn: Any, sql: str, rows: list[Sequence[Any]]) -> None:
+    with conn.cursor() as cursor:
+        cursor.executemany(sql, rows)
+
+
+DIALECT = Dialect(name="postgresql", translate=percent_placeholders, classify=_classify, executemany=_executemany)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def payloads(origin: str, items: set[str]) -> list[str]:
+    """``origin`` then the items, one per line, in payloads that fit a NOTIFY."""
+    result: list[str] = []
+    current: list[str] = []
+    size = len(origin) + 1
+    for item in sorted(items):
+        if current and size + len(item.encode()) + 1 > MAX_PAYLOAD:
+            result.append("\n".join([origin, *current]))
+            current, size = [], len(origin) + 1
+        current.append(item)
+        size += len(item.encode()) + 1
+    if current:
+        result.append("\n".join([origin, *current]))
+    return result
+
+
+class PostgresBackend:
+    """One writing connection, a pool of readers, and connections for listeners on demand."""
+
+    dialect = DIALECT
+    shared = True
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.description = redact(url)
+        #: The node id that prefixes every notification this backend sends.
+        self.origin = ""
+        self._writer: psycopg.Connection[Any] | None = None
+        self._control: psycopg.Connection[Any] | None = None
+        self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+
+    def open(self, readers: int) -> None:
+        try:
+            self._writer = self._connect()
+            migrate(self._writer)
+            self._pool = psycopg_pool.ConnectionPool(
+                self.url,
+                min_size=readers,
+                max_size=readers,
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                open=True,
+                name="hookd-readers",
+            )
+            self._pool.wait(timeout=CONNECT_TIMEOUT_S)
+        except (psycopg.Error, psycopg_pool.PoolTimeout, SchemaTooNew) as error:
+            self.close()
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise StartupError(f"cannot use database {self.description}: {reason}") from error
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        for which in ("_writer", "_control"):
+            conn = getattr(self, which)
+            if conn is not None:
+                conn.close()
+                setattr(self, which, None)
+
+    def listener(self, channels: Sequence[str]) -> Listener:
+        """A new connection listening on ``channels`` (the caller closes it)."""
+        try:
+            conn = self._connect()
+            for channel in channels:
+                conn.execute(f"LISTEN {channel}")
+        except psycopg.Error as error:
+            kind = _classify(error)
+            raise (kind if isinstance(kind, StoreFault) else StoreFault(str(error))) from error
+        return Listener(conn)
+
+    def write(self, body: Callable[[Tx], T]) -> T:
+        return self._transaction("_writer", body)
+
+    def control(self, body: Callable[[Tx], T]) -> T:
+        """Like ``write``, on a connection of its own: cluster membership (heartbeats, leases)
+        must never queue behind a large batch of writes."""
+        return self._transaction("_control", body)
+
+    def _transaction(self, which: str, body: Callable[[Tx], T]) -> T:
+        for attempt in range(CONFLICT_RETRIES + 1):
+            conn = self._usable(which)
+            tx = Tx(conn, DIALECT)
+            try:
+                conn.execute("BEGIN")
+                result = body(tx)
+                for channel, items in tx.notifications.items():
+                    for payload in payloads(self.origin, items):
+                        conn.execute("SELECT pg_notify(%s, %s)", [channel, payload])
+                conn.execute("COMMIT")
+                return result
+            except BaseException as error:
+                self._rollback(conn)
+                cause = error.__cause__ if isinstance(error, StoreFault | UniqueViolation) else error
+                if isinstance(cause, _CONFLICTS) and attempt < CONFLICT_RETRIES:
+                    time.sleep(0.01 * (attempt + 1))  # a worker thread, not the trio loop
+                    continue
+                if isinstance(error, StoreFault):
+                    raise
+                kind = _classify(error)
+                if isinstance(kind, StoreFault):
+                    raise kind from error
+                raise
+        raise AssertionError("unreachable")
+
+    def _usable(self, which: str) -> psycopg.Connection[Any]:
+        """The named connection, reconnected if it broke."""
+        conn: psycopg.Connection[Any] | None = getattr(self, which)
+        if conn is None or conn.closed or conn.broken:
+            if conn is not None:
+                conn.close()
+            try:
+                conn = self._connect()
+            except psycopg.Error as error:
+                kind = _classify(error)
+                raise (kind if isinstance(kind, StoreFault) else StoreFault(str(error))) from error
+            setattr(self, which, conn)
+        return conn
+
+    @staticmethod
+    def _rollback(conn: psycopg.Connection[Any]) -> None:
+        if conn.closed or conn.broken:
+            return
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+
+    def read(self, body: Callable[[Tx], T]) -> T:
+        assert self._pool is not None, "backend not open"
+        try:
+            with self._pool.connection(timeout=CONNECT_TIMEOUT_S) as conn:
+                return body(Tx(conn, DIALECT))
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as error:
+            kind = _classify(error)
+            raise (kind if isinstance(kind, StoreFault) else StoreFault(str(error))) from error
+
+    def recover(self) -> None:
+        """Reconnect the writer if its connection broke; a failure is still a ``StoreFault``."""
+        self._usable("_writer")
+
+
+class Listener:
+    """A connection that only listens; the caller waits for ``fileno`` to be readable, then
+    ``drain``s, so no thread sits blocked on it."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def fileno(self) -> int:
+        return int(self._conn.pgconn.socket)
+
+    def drain(self) -> list[tuple[str, str, list[str]]]:
+        """(channel, origin node, items) of every notification received; ``StoreFault`` once the
+        connection is gone (notifications sent meanwhile are lost: the caller catches up)."""
+        pgconn = self._conn.pgconn
+        try:
+            pgconn.consume_input()
+        except psycopg.Error as error:
+            raise StoreFault(f"the notification connection broke: {error}") from error
+        received: list[tuple[str, str, list[str]]] = []
+        while (note := pgconn.notifies()) is not None:
+            origin, _, rest = note.extra.decode().partition("\n")
+            received.append((note.relname.decode(), origin, rest.split("\n") if rest else []))
+        return received
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,189 @@
+"""The PostgreSQL schema, versioned like the SQLite one and kept in step with it.
+
+Version 1 is the SQLite schema as of its version 4 (same tables, columns and indexes, so every
+operation's SQL runs on both) plus the cluster's tables: ``nodes`` and ``slots``. The version
+lives in ``schema_version``; migrations run under an advisory lock, so nodes starting together
+migrate once, and a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from hookd.engine.store.cluster_ops import SLOT_COUNT
+
+#: Arbitrary constant naming hookd's migration lock.
+_MIGRATION_LOCK = 0x686F6F6B64
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer hookd; refusing to touch it."""
+
+
+_V1 = [
+    """
+    CREATE TABLE webhooks (
+        id TEXT PRIMARY KEY,
+        seq BIGINT NOT NULL UNIQUE,
+        resource TEXT NOT NULL,
+        event TEXT NOT NULL,
+        url TEXT NOT NULL,
+        auth TEXT,
+        secret TEXT NOT NULL,
+        previous_secret TEXT,
+        previous_secret_expires DOUBLE PRECISION,
+        status TEXT NOT NULL,
+        inactive_policy TEXT,
+        description TEXT,
+        rate_limit DOUBLE PRECISION,
+        timeout_s DOUBLE PRECISION,
+        create_time DOUBLE PRECISION,
+        update_time DOUBLE PRECISION,
+        UNIQUE (resource, event, url)
+    )
+    """,
+    "CREATE SEQUENCE webhook_seq",
+    """
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        create_time DOUBLE PRECISION NOT NULL,
+        envelope TEXT NOT NULL,
+        idempotency_key TEXT,
+        delivery_count INTEGER
+    )
+    """,
+    "CREATE UNIQUE INDEX events_idempotency ON events(idempotency_key) WHERE idempotency_key IS NOT NULL",
+    """
+    CREATE TABLE deliveries (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        create_time DOUBLE PRECISION NOT NULL,
+        update_time DOUBLE PRECISION NOT NULL
+    )
+    """,
+    "CREATE INDEX deliveries_due ON deliveries(destination, next_attempt_at, id) WHERE state = 'PENDING'",
+    "CREATE INDEX deliveries_webhook ON deliveries(webhook_id, id)",
+    "CREATE INDEX deliveries_event ON deliveries(event_id)",
+    "CREATE INDEX deliveries_state ON deliveries(state, id)",
+    "CREATE INDEX deliveries_waiting ON deliveries(state, webhook_id, destination, attempt_count) "
+    "WHERE state IN ('PENDING', 'HELD')",
+    """
+    CREATE TABLE attempts (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        delivery_id BIGINT NOT NULL,
+        webhook_id TEXT NOT NULL,
+        url TEXT NOT NULL,
+        start_time DOUBLE PRECISION NOT NULL,
+        duration_ms DOUBLE PRECISION NOT NULL,
+        status_code INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        error TEXT NOT NULL,
+        response_excerpt TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX attempts_delivery ON attempts(delivery_id, id)",
+    "CREATE INDEX attempts_time ON attempts(start_time)",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """
+    CREATE TABLE health_minutes (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        minute BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        count BIGINT NOT NULL,
+        changed_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (kind, key, minute, outcome, slot)
+    )
+    """,
+    "CREATE INDEX health_minutes_minute ON health_minutes(minute)",
+    "CREATE INDEX health_minutes_changed ON health_minutes(changed_at)",
+    """
+    CREATE TABLE health_hours (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        hour BIGINT NOT NULL,
+        outcome TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        count BIGINT NOT NULL,
+        PRIMARY KEY (kind, key, hour, outcome, slot)
+    )
+    """,
+    """
+    CREATE TABLE health_last (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        last_success DOUBLE PRECISION NOT NULL DEFAULT 0,
+        last_failure DOUBLE PRECISION NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (kind, key)
+    )
+    """,
+    "CREATE INDEX health_last_updated ON health_last(updated_at)",
+    "CREATE TABLE publishing (event_id TEXT PRIMARY KEY, create_time DOUBLE PRECISION NOT NULL)",
+    # The cluster: nodes heartbeat here; each slot is leased to one node, and every claim bumps
+    # its epoch (store/cluster_ops.py). Times are the database's clock, epoch seconds.
+    """
+    CREATE TABLE nodes (
+        id TEXT PRIMARY KEY,
+        address TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        started_at DOUBLE PRECISION NOT NULL,
+        heartbeat_at DOUBLE PRECISION NOT NULL,
+        lease_expires_at DOUBLE PRECISION NOT NULL,
+        live TEXT NOT NULL DEFAULT '{}'
+    )
+    """,
+    """
+    CREATE TABLE slots (
+        slot INTEGER PRIMARY KEY,
+        node_id TEXT,
+        epoch BIGINT NOT NULL DEFAULT 0,
+        expires_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+        claimed_at DOUBLE PRECISION NOT NULL DEFAULT 0
+    )
+    """,
+    f"INSERT INTO slots (slot) SELECT generate_series(0, {SLOT_COUNT - 1})",
+]
+
+
+def _statements(statements: list[str]) -> Callable[[psycopg.Connection[Any]], None]:
+    def apply(conn: psycopg.Connection[Any]) -> None:
+        for statement in statements:
+            conn.execute(statement)
+
+    return apply
+
+
+MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_statements(_V1)]
+
+
+def migrate(conn: psycopg.Connection[Any]) -> int:
+    """Apply every migration the database has not seen; return the resulting version."""
+    conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(f"database schema version {version} is newer than this hookd ({len(MIGRATIONS)})")
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with conn.transaction():
+                migration(conn)
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version (version) VALUES (%s)", [number])
+        return len(MIGRATIONS)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
