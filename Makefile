@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint proto proto-check bench bench-full clean
+.PHONY: setup system-packages run test lint proto proto-check bench bench-full clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ proto: $(STAMP)
 run: proto
 	$(BIN)/hookd serve $(ARGS)
 
-test: $(STAMP)
+## Debian packages the tests need (PostgreSQL's binaries), installed when missing.
+system-packages:
+	bash scripts/system-packages.sh
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.support.crash import CrashHarness
+
+pytestmark = pytest.mark.backends
 
 
 def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:

@@ -15,6 +15,8 @@ from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, fail_first, wait_until
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 
 def deliveries(client: HookdClient, parent: str = "webhooks/-", **filters: object) -> list[pb.Delivery]:
     return list(client.list_deliveries(parent, page_size=1000, **filters).deliveries)  # type: ignore[arg-type]

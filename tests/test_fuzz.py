@@ -33,6 +33,8 @@ from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from tests.support.receiver import Receiver
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 #: Codes that describe a caller's mistake; anything else (UNKNOWN, INTERNAL, UNAVAILABLE,
 #: DEADLINE_EXCEEDED...) is a bug in hookd.
 CALLER_ERRORS = {

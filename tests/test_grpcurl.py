@@ -12,6 +12,8 @@ import pytest
 
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 
 

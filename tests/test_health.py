@@ -15,6 +15,8 @@ from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 
 def snapshot(client: HookdClient, **filters: object) -> pb.HealthSnapshot:
     stream = client.stream_health(**filters)  # type: ignore[arg-type]

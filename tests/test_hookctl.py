@@ -23,6 +23,8 @@ from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 HOOKCTL = [sys.executable, "-m", "hookd.client.cli"]
 URL = "http://127.0.0.1:9/hooks"
 #: Subprocesses see neither a terminal width nor a server address from the environment running the tests.

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from hookd.client.client import event_input
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
+
+pytestmark = pytest.mark.backends
 
 
 def test_fast_destination_keeps_its_pace_while_others_hang(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from tests.support.receiver import Receiver, Reply, wait_until
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 TOKEN = "hookd-test-token-7f3a9c"
 OTHER_TOKEN = "second-token-for-rotation-1b2d"
 WRONG_TOKEN = "wrong-token-5e8f00"
@@ -240,6 +242,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.sqlite_only
 def test_database_files_are_owner_only(tmp_path: Path) -> None:
     """Even under a umask that would let everyone read them: the store holds signing secrets."""
     database = tmp_path / "private" / "hookd.db"

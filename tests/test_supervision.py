@@ -19,14 +19,16 @@ from hookd.engine.model import DeliveryState
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
-from tests.support.server import HookdProcess
+from tests.support.server import HookdProcess, default_database
+
+pytestmark = pytest.mark.backends
 
 
 def local_engine(tmp_path: Path) -> Engine:
     """An engine in this process on a fresh database, allowed to call receivers on 127.0.0.1."""
     return Engine(
         EngineConfig(
-            database=str(tmp_path / "engine.db"),
+            database=default_database(tmp_path),
             destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
         )
     )

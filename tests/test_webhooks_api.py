@@ -8,6 +8,8 @@ from hookd.client import AlreadyExists, HookdClient, InvalidArgument, NotFound
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.server import HookdProcess
 
+pytestmark = pytest.mark.backends
+
 URL = "http://127.0.0.1:9/hooks"
 
 

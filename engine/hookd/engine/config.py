@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
+import socket
 from dataclasses import dataclass, field
 
 from hookd.engine.breaker import BreakerPolicy
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.retry import RetryPolicy
+
+
+def default_node_id() -> str:
+    """The host name and a random suffix: unique per process, readable in health."""
+    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,6 @@ class EngineConfig:
     #: Most deliveries written in one commit; a larger fan-out is staged over several.
     publish_chunk: int = 5000
     #: This node's id in a cluster (a shared PostgreSQL store); unique among live nodes.
-    node_id: str = ""
+    node_id: str = field(default_factory=default_node_id)
     #: Seconds a node's leases last without renewal: how soon a dead node's destinations move.
     lease_s: float = 10.0

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
-import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookd.engine.breaker import BreakerPolicy
-from hookd.engine.config import EngineConfig
+from hookd.engine.config import EngineConfig, default_node_id
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.retry import RetryPolicy
 
@@ -233,11 +231,6 @@ def _destinations(args: argparse.Namespace) -> DestinationPolicy:
     except (OSError, ssl.SSLError) as error:
         raise SystemExit(f"--destination-ca-file {args.destination_ca_file}: {error}") from error
     return policy
-
-
-def default_node_id() -> str:
-    """The host name and a random suffix: unique per process, readable in health."""
-    return f"{socket.gethostname()}-{secrets.token_hex(3)}"
 
 
 def from_args(args: argparse.Namespace) -> ServerConfig:

@@ -29,17 +29,23 @@ class Fence:
 def check_fence(tx: Tx, fence: Fence | None) -> None:
     """Raise ``LeaseLost`` unless ``fence`` still holds.
 
-    The slot's row is read ``FOR SHARE``, once per transaction: a claim (an UPDATE of that row by
-    another node) waits until this transaction is over, and a claim that committed first is seen
-    here, so an old owner's write and a new owner's first read never interleave.
+    The writing node's own row in ``nodes`` is read ``FOR SHARE`` (once per transaction) before
+    the slot's epoch is read. Whoever claims a slot from a node locks that node's row first
+    (``claim``), so a claim waits for the old owner's writes in progress to commit, and a write
+    that starts after a claim sees the new epoch: an old owner's write and a new owner's first
+    read never interleave. One row per node, not per slot, so writers and the node's own lease
+    renewal queue on a single lock and can never deadlock over slots.
     """
     if fence is None:
         return
-    key = ("fence", fence.slot)
-    if key not in tx.memo:
-        tx.memo[key] = tx.one("SELECT node_id, epoch FROM slots WHERE slot = ? FOR SHARE", [fence.slot])
-    current = tx.memo[key]
-    if current is None or current[0] != fence.node_id or int(current[1]) != fence.epoch:
+    node_key = ("fence-node", fence.node_id)
+    if node_key not in tx.memo:
+        tx.memo[node_key] = tx.one("SELECT id FROM nodes WHERE id = ? FOR SHARE", [fence.node_id]) is not None
+    slot_key = ("fence-slot", fence.slot)
+    if slot_key not in tx.memo:
+        tx.memo[slot_key] = tx.one("SELECT node_id, epoch FROM slots WHERE slot = ?", [fence.slot])
+    current = tx.memo[slot_key]
+    if not tx.memo[node_key] or current is None or current[0] != fence.node_id or int(current[1]) != fence.epoch:
         raise LeaseLost(f"slot {fence.slot} is no longer held by {fence.node_id} at epoch {fence.epoch}")
 
 
@@ -140,6 +146,12 @@ def claim(tx: Tx, node_id: str, slots: list[int], lease_s: float) -> dict[int, i
     ordered by its row lock: exactly one of them wins."""
     if not slots:
         return {}
+    # Lock the current holders' rows first (see check_fence), in a fixed order.
+    tx.all(
+        f"SELECT id FROM nodes WHERE id IN (SELECT node_id FROM slots WHERE slot IN ({marks(len(slots))})) "
+        "ORDER BY id FOR UPDATE",
+        slots,
+    )
     now = db_now(tx)
     rows = tx.all(
         f"UPDATE slots SET node_id = ?, epoch = epoch + 1, expires_at = ?, claimed_at = ? "

@@ -28,7 +28,7 @@ import psycopg_pool
 
 from hookd.engine.store.backend import StartupError
 from hookd.engine.store.postgres_schema import SchemaTooNew, migrate
-from hookd.engine.store.sql import Dialect, StoreFault, Tx, UniqueViolation, percent_placeholders
+from hookd.engine.store.sql import Conflict, Dialect, StoreFault, Tx, UniqueViolation, percent_placeholders
 
 log = logging.getLogger("hookd.store")
 
@@ -47,7 +47,7 @@ def _classify(error: BaseException) -> Exception | None:
     if isinstance(error, psycopg.errors.UniqueViolation):
         return UniqueViolation(error.diag.table_name or "", str(error))
     if isinstance(error, _CONFLICTS):
-        return None  # retried by ``write``
+        return Conflict(str(error).splitlines()[0])
     if isinstance(error, psycopg.errors.InsufficientResources):  # disk full, out of memory, too many connections
         return StoreFault(f"the database is out of resources: {error.diag.message_primary or error}")
     if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
@@ -171,14 +171,12 @@ class PostgresBackend:
                 return result
             except BaseException as error:
                 self._rollback(conn)
-                cause = error.__cause__ if isinstance(error, StoreFault | UniqueViolation) else error
-                if isinstance(cause, _CONFLICTS) and attempt < CONFLICT_RETRIES:
+                kind = error if isinstance(error, StoreFault | Conflict) else _classify(error)
+                if isinstance(kind, Conflict) and attempt < CONFLICT_RETRIES:
+                    log.debug("transaction lost a conflict (%s); running it again", kind)
                     time.sleep(0.01 * (attempt + 1))  # a worker thread, not the trio loop
                     continue
-                if isinstance(error, StoreFault):
-                    raise
-                kind = _classify(error)
-                if isinstance(kind, StoreFault):
+                if isinstance(kind, StoreFault | Conflict) and kind is not error:
                     raise kind from error
                 raise
         raise AssertionError("unreachable")

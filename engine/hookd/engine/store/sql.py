@@ -26,6 +26,11 @@ class StoreFault(Exception):
         self.reason = reason
 
 
+class Conflict(Exception):
+    """The transaction lost a deadlock or a serialization conflict to a concurrent one (another
+    node's): nobody's fault; the whole transaction is run again."""
+
+
 class UniqueViolation(Exception):
     """An insert or update hit a unique constraint. ``constraint`` names it when the driver says."""
 
@@ -66,7 +71,8 @@ class Dialect:
     name: str
     #: Turns ``?`` placeholders into the driver's.
     translate: Callable[[str], str]
-    #: Sorts a driver exception: a ``StoreFault``, a ``UniqueViolation``, or None (a bug, re-raised).
+    #: Sorts a driver exception: a ``StoreFault``, a ``Conflict``, a ``UniqueViolation``, or None
+    #: (a bug, re-raised as it is).
     classify: Callable[[BaseException], Exception | None]
     #: Executes many parameter rows at once.
     executemany: Callable[[Any, str, list[Sequence[Any]]], None]

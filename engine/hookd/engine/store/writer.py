@@ -27,7 +27,7 @@ import trio
 
 from hookd.engine.errors import Unavailable
 from hookd.engine.store.backend import Backend
-from hookd.engine.store.sql import StoreFault, Tx
+from hookd.engine.store.sql import Conflict, StoreFault, Tx
 
 log = logging.getLogger("hookd.store")
 
@@ -232,7 +232,8 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     """The transaction body for ``batch``: each op in a savepoint of its own.
 
     A ``StoreFault`` inside an op is the whole transaction's fault (the disk is full for every
-    op), so it propagates and the backend rolls everything back.
+    op), and a ``Conflict`` (a deadlock with another node's transaction) aborts it whole: both
+    propagate, and the backend rolls everything back (and runs the batch again on a conflict).
     """
 
     def body(tx: Tx) -> None:
@@ -241,7 +242,7 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
             try:
                 op.result = op.fn(tx)
                 op.error = None
-            except StoreFault:
+            except (StoreFault, Conflict):
                 raise
             except Exception as error:  # reported to this op's caller alone
                 tx.execute("ROLLBACK TO op")
@@ -251,7 +252,7 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
             tx.execute("SAVEPOINT deferred")
             try:
                 pending.flush(tx)
-            except StoreFault:
+            except (StoreFault, Conflict):
                 raise
             except Exception:  # a bug here must not cost the batch's attempts and publishes
                 log.exception("deferred write %s failed; its figures are lost", name)
