@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -326,6 +327,24 @@ def test_test_webhook_pings_now_and_records(client: HookdClient) -> None:
             client.test_webhook("webhooks/wh_nope")
     finally:
         receiver.close()
+
+
+def test_test_pings_wait_for_the_destinations_limits(tmp_path: Path) -> None:
+    """A ping is a request like any other: it takes a request slot and a rate-limit token."""
+    server = HookdProcess(tmp_path, "--max-in-flight", "2").start()
+    slow = Receiver(always(Reply(delay=0.3)))
+    try:
+        client = server.client()
+        hook = client.create_webhook("order", "created", slow.url(), rate_limit=2)
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: client.test_webhook(hook.name).attempt, range(8)))
+        assert all(answer.outcome == pb.SUCCESS for answer in answers)
+        assert slow.most_in_progress <= 2
+        times = sorted(r.time for r in slow.received())
+        assert times[-1] - times[0] >= (8 - 2) / 2 * 0.9  # 2 per second after a burst of 2
+    finally:
+        slow.close()
+        server.stop()
 
 
 def test_batch_publish_and_listing(client: HookdClient, receiver: Receiver) -> None:

@@ -3,7 +3,7 @@ idle actors retire and come back on demand."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,33 +11,19 @@ import pytest
 import trio
 
 from hookd.client.client import event_input
-from hookd.engine import Engine, EventInput
+from hookd.engine import EventInput
+from hookd.engine import actor as actor_module
 from hookd.engine.actor import DestinationActor
-from hookd.engine.config import EngineConfig
 from hookd.engine.destinations import DestinationPolicy
-from hookd.engine.model import DeliveryState
+from hookd.engine.model import DeliveryState, Outcome
+from hookd.engine.retry import RetryPolicy
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
+from tests.support.engine import local_engine, until
 from tests.support.receiver import Receiver, Reply, always, wait_until
-from tests.support.server import HookdProcess, default_database
+from tests.support.server import HookdProcess
 
 pytestmark = pytest.mark.backends
-
-
-def local_engine(tmp_path: Path) -> Engine:
-    """An engine in this process on a fresh database, allowed to call receivers on 127.0.0.1."""
-    return Engine(
-        EngineConfig(
-            database=default_database(tmp_path),
-            destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
-        )
-    )
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
-    with trio.fail_after(timeout):
-        while not await predicate():
-            await trio.sleep(0.02)
 
 
 async def test_crashed_actor_restarts_and_delivers(
@@ -139,4 +125,74 @@ async def test_update_does_not_undo_a_concurrent_rotation(
         stored = await engine.get_webhook(hook.id)
         assert stored.secret == rotated.secret != hook.secret
         assert stored.url == receiver.url("/v2")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_delivery_that_keeps_crashing_its_actor_ends_failed(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug that crashes the actor's own loop while one delivery is in flight cannot be provoked
+    # from outside: recording that delivery's outcome raises. The only stand-in in this test.
+    original = DestinationActor._record
+
+    async def crash_on_poison(self: DestinationActor, entry: Any, result: Any) -> None:
+        if json.loads(entry.job.envelope)["data"].get("poison"):
+            raise RuntimeError("injected crash")
+        await original(self, entry, result)
+
+    monkeypatch.setattr(DestinationActor, "_record", crash_on_poison)
+    engine = local_engine(tmp_path, retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.05))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        await engine.publish([EventInput("order", "created", {"poison": True}, {})], batch=False)
+
+        async def failed() -> Any:
+            page = await engine.list_deliveries(None, "", DeliveryState.FAILED, 10, "")
+            return page.items
+
+        (poison,) = await until(failed, timeout=30)
+        assert poison.attempt_count == 3
+        attempts = (await engine.list_attempts(None, poison.id, 10, "")).items
+        assert [a.outcome for a in attempts] == [Outcome.INTERNAL] * 3
+        await trio.sleep(1)  # and it is left alone from then on
+        assert len(receiver.received()) == 3
+        assert (await engine.health_snapshot()).actor_restarts == 3
+        # The actor itself is fine: the next delivery goes through.
+        await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(4))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_while_sending_is_recorded_not_fatal(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Signing fails for one delivery (the stand-in for a bug on the send path).
+    original = actor_module.request_headers
+
+    def failing(webhook: Any, msg_id: str, body: bytes, now: float) -> dict[str, str]:
+        if b'"poison"' in body:
+            raise ValueError("injected bug")
+        return original(webhook, msg_id, body, now)
+
+    monkeypatch.setattr(actor_module, "request_headers", failing)
+    engine = local_engine(tmp_path, retry=RetryPolicy(max_attempts=2, base_s=0.01, cap_s=0.05))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        await engine.publish(
+            [EventInput("order", "created", {"poison": True}, {}), EventInput("order", "created", {"n": 1}, {})],
+            batch=True,
+        )
+
+        async def settled() -> Any:
+            page = await engine.list_deliveries(None, "", None, 10, "")
+            done = [d for d in page.items if d.state in (DeliveryState.SUCCEEDED, DeliveryState.FAILED)]
+            return len(done) == 2 and page.items
+
+        deliveries = await until(settled)
+        states = sorted(d.state.value for d in deliveries)
+        assert states == ["FAILED", "SUCCEEDED"]
+        assert len(receiver.received()) == 1
+        assert (await engine.health_snapshot()).actor_restarts == 0
         nursery.cancel_scope.cancel()

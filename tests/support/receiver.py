@@ -62,6 +62,9 @@ class Receiver:
     def __init__(self, behaviour: Behaviour | None = None) -> None:
         self.behaviour: Behaviour = behaviour or always(Reply())
         self.requests: list[Received] = []
+        #: Requests being answered now, and the most there ever were at once.
+        self.in_progress = 0
+        self.most_in_progress = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         receiver = self
@@ -79,7 +82,15 @@ class Receiver:
                 with receiver._lock:
                     receiver.requests.append(request)
                     count = len(receiver.requests)
-                reply = receiver.behaviour(request, count)
+                    receiver.in_progress += 1
+                    receiver.most_in_progress = max(receiver.most_in_progress, receiver.in_progress)
+                try:
+                    self._answer(receiver.behaviour(request, count))
+                finally:
+                    with receiver._lock:
+                        receiver.in_progress -= 1
+
+            def _answer(self, reply: Reply) -> None:
                 if reply.hang:
                     receiver._stop.wait(600)
                     return

@@ -43,7 +43,7 @@ from hookd.engine.paging import decode_token, encode_token, page_size
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
-from hookd.engine.store.writer import Readers, StoreStatus, Writer
+from hookd.engine.store.writer import Readers, StoreStatus, Writer, WriterStatistics
 from hookd.engine.validation import (
     DEFAULT_TIMEOUT_S,
     UPDATABLE,
@@ -236,6 +236,10 @@ class Engine:
     @property
     def store_status(self) -> StoreStatus:
         return self._writer.status
+
+    def store_statistics(self) -> WriterStatistics:
+        """Commits made, writes queued and held (while the store cannot write)."""
+        return self._writer.statistics()
 
     def add_store_listener(self, listener: Callable[[StoreStatus], None]) -> None:
         """Called in trio whenever the store becomes unavailable, or available again."""

@@ -318,9 +318,9 @@ def settled_state(tx: Tx, delivery_id: int) -> tuple[DeliveryState, int]:
 def record_crash(tx: Tx, job: Job, now: float, max_attempts: int, fence: Fence | None = None) -> bool:
     """The actor crashed while this delivery was in flight: count it as a failed attempt, so a
     delivery whose sending keeps crashing ends FAILED instead of looping. True when it did."""
-    attempt = internal_failure(
-        tx.scalar("SELECT destination FROM deliveries WHERE id = ?", [job.delivery_id]) or "", now
-    )
-    final = job.single_attempt or job.attempt_count + 1 >= max_attempts
-    record_failure(tx, job, attempt, now, None if final else now, fence)
+    row = tx.one("SELECT destination, attempt_count FROM deliveries WHERE id = ?", [job.delivery_id])
+    if row is None:
+        return False
+    final = job.single_attempt or int(row[1]) + 1 >= max_attempts
+    record_failure(tx, job, internal_failure(row[0], now), now, None if final else now, fence)
     return final

@@ -7,8 +7,9 @@ crash (``kill -9``); ``FULL`` also covers power loss.
 
 Two faults get special care, because both once made hookd misbehave:
 - A full disk. SQLite answers SQLITE_FULL; the writer holds its work and retries. The WAL file
-  never shrinks on its own, so ``journal_size_limit`` caps what a checkpoint leaves behind and
-  ``recover`` truncates it, which is what turns freed disk space into room for new events.
+  never shrinks on its own, so frequent checkpoints keep it small, ``journal_size_limit`` caps
+  what a checkpoint leaves behind and ``recover`` truncates it: that is what turns freed disk
+  space into room for new events.
 - A database file removed or replaced under a running hookd (``rm -rf`` of its folder). SQLite
   keeps writing to the unlinked file and every write "succeeds" into nothing. The file's identity
   (device and inode) is taken at open and checked before every commit: once the path no longer
@@ -33,8 +34,12 @@ from hookd.engine.store.sqlite_schema import SchemaTooNew, migrate
 
 T = TypeVar("T")
 
+#: WAL pages after which a commit checkpoints them into the database (SQLite's default is 1000):
+#: a WAL only ever grows to its high-water mark, and space it holds is space the database cannot
+#: grow into, so it is kept small.
+WAL_AUTOCHECKPOINT_PAGES = 256
 #: WAL bytes kept after a checkpoint; beyond this the file is truncated, so space comes back.
-JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
+JOURNAL_SIZE_LIMIT = 1024 * 1024
 
 # Primary result codes (https://www.sqlite.org/rescode.html); extended codes keep them in the low byte.
 _SQLITE_BUSY = 5
@@ -99,6 +104,7 @@ def _connect(path: Path, synchronous: str, *, query_only: bool = False) -> sqlit
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     if query_only:
         conn.execute("PRAGMA query_only = ON")
     return conn

@@ -48,6 +48,16 @@ class StoreStatus:
     since: float = 0.0
 
 
+@dataclass(frozen=True)
+class WriterStatistics:
+    """The writer's state, as tests and health read it."""
+
+    commits: int
+    queued: int
+    held: int
+    status: StoreStatus
+
+
 class _Op(Generic[T]):
     __slots__ = ("after", "done", "error", "fn", "on_commit", "result")
 
@@ -93,6 +103,15 @@ class Writer:
     @property
     def status(self) -> StoreStatus:
         return self._status
+
+    def statistics(self) -> WriterStatistics:
+        queued = self._receive.statistics().current_buffer_used
+        return WriterStatistics(self.commits, queued, len(self._held), self._status)
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        state = "available" if stats.status.available else f"unavailable ({stats.status.reason})"
+        return f"<Writer {state} commits={stats.commits} queued={stats.queued} held={stats.held}>"
 
     def add_status_listener(self, listener: Callable[[StoreStatus], None]) -> None:
         """Called in the writer's task whenever the store becomes unavailable or available again."""

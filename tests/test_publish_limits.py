@@ -1,0 +1,158 @@
+"""Large publishes: every commit stays short, the limits hold, and nothing is sent before a
+publish is stored whole (or ever, when it is abandoned)."""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from hookd.client import InvalidArgument, ResourceExhausted
+from hookd.client.client import event_input
+from hookd.engine import Engine, EventInput
+from hookd.engine.jobs import PreparedEvent
+from hookd.engine.model import DeliveryState
+from hookd.engine.store import delivery_ops
+from hookd.engine.store.sql import Tx
+from hookd.engine.validation import WebhookInput
+from tests.support.engine import local_engine, until
+from tests.support.receiver import Receiver
+from tests.support.server import HookdProcess
+
+pytestmark = pytest.mark.backends
+
+
+async def subscribe(engine: Engine, receiver: Receiver, event: str, count: int) -> None:
+    for n in range(count):
+        await engine.create_webhook(WebhookInput(resource="order", event=event, url=receiver.url(f"/{event}{n}")))
+
+
+def events(event: str, count: int) -> list[EventInput]:
+    return [EventInput("order", event, {"n": n}, {}) for n in range(count)]
+
+
+async def commits_beyond(engine: Engine, count: int) -> None:
+    """Until the store has made more than ``count`` commits."""
+
+    async def beyond() -> bool:
+        return engine.store_statistics().commits > count
+
+    await until(beyond)
+
+
+async def test_a_large_fan_out_is_written_in_short_commits(tmp_path: Path, receiver: Receiver) -> None:
+    engine = local_engine(tmp_path, publish_chunk=50)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await subscribe(engine, receiver, "created", 20)
+        await subscribe(engine, receiver, "updated", 1)
+        before = engine.store_statistics().commits
+        big_done = trio.Event()
+
+        async def big() -> None:
+            results = await engine.publish(events("created", 30), batch=True)  # 600 deliveries
+            assert [r.delivery_count for r in results] == [20] * 30
+            big_done.set()
+
+        nursery.start_soon(big)
+        await commits_beyond(engine, before + 1)
+        await engine.publish(events("updated", 1), batch=True)
+        assert not big_done.is_set(), "a small publish waited for the whole large one"
+        await big_done.wait()
+        assert engine.store_statistics().commits - before >= 600 // 50 + 1
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(601, timeout=30))
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_abandoned_publish_sends_nothing_and_leaves_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    engine = local_engine(tmp_path, publish_chunk=20)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await subscribe(engine, receiver, "created", 10)
+        before = engine.store_statistics().commits
+        with trio.move_on_after(30) as scope:
+            publishing = trio.CancelScope()
+
+            async def big() -> None:
+                with publishing:
+                    await engine.publish(events("created", 50), batch=True)  # 500 deliveries, 25 chunks
+
+            nursery.start_soon(big)
+            # Two chunks are stored (they would be due at once if they were visible)...
+            await commits_beyond(engine, before + 2)
+            publishing.cancel()  # ...then the caller goes away.
+        assert not scope.cancelled_caught
+
+        async def cleaned() -> bool:
+            page = await engine.list_deliveries(None, "", None, 1000, "")
+            return not page.items
+
+        await until(cleaned)
+        await trio.sleep(0.5)
+        assert receiver.received() == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_staged_deliveries_wait_for_their_event(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunks already stored stay unsent while the publish is not complete."""
+    engine = local_engine(tmp_path, publish_chunk=30)
+    release = threading.Event()
+    original = delivery_ops.finish_staged
+
+    def held(tx: Tx, events: list[PreparedEvent], counts: list[int]) -> Any:
+        release.wait(30)  # the only stand-in: the last commit of the publish is slow to come
+        return original(tx, events, counts)
+
+    monkeypatch.setattr(delivery_ops, "finish_staged", held)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await subscribe(engine, receiver, "created", 30)
+        before = engine.store_statistics().commits
+        nursery.start_soon(partial(engine.publish, events("created", 3), batch=True))
+        await commits_beyond(engine, before + 2)  # 3 chunks, 90 deliveries, on disk
+        await trio.sleep(0.5)
+        assert receiver.received() == []
+        release.set()
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(90, timeout=30))
+        nursery.cancel_scope.cancel()
+
+
+async def test_deliveries_of_an_ordinary_publish_are_due_at_once(tmp_path: Path, receiver: Receiver) -> None:
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await subscribe(engine, receiver, "created", 2)
+        await engine.publish(events("created", 3), batch=True)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(6))
+
+        async def done() -> bool:
+            page = await engine.list_deliveries(None, "", DeliveryState.SUCCEEDED, 100, "")
+            return len(page.items) == 6
+
+        await until(done)
+        nursery.cancel_scope.cancel()
+
+
+def test_limits_on_webhooks_per_type_and_deliveries_per_call(tmp_path: Path, receiver: Receiver) -> None:
+    server = HookdProcess(tmp_path, "--max-webhooks-per-type", "3", "--max-deliveries-per-call", "10").start()
+    try:
+        client = server.client()
+        for n in range(3):
+            client.create_webhook("order", "created", receiver.url(f"/{n}"))
+        with pytest.raises(ResourceExhausted, match="order.created already has 3 webhooks"):
+            client.create_webhook("order", "created", receiver.url("/3"))
+        other = client.create_webhook("order", "updated", receiver.url("/3"))
+        with pytest.raises(ResourceExhausted):  # moving a webhook onto a full type counts too
+            client.update_webhook(other.__class__(name=other.name, event="created"), ["event"])
+        client.publish_events([event_input("order", "created", {"n": n}) for n in range(3)])  # 9 deliveries
+        with pytest.raises(InvalidArgument, match="events: this call would create 12 deliveries"):
+            client.publish_events([event_input("order", "created", {"n": n}) for n in range(4)])
+        receiver.wait_for(9)
+    finally:
+        server.stop()
