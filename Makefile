@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages run test lint proto proto-check bench bench-full clean
+.PHONY: setup system-packages run cluster test lint proto proto-check bench bench-full clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ proto: $(STAMP)
 ## Start the service on its embedded SQLite default (var/hookd.db), on 127.0.0.1:50051.
 run: proto
 	$(BIN)/hookd serve $(ARGS)
+
+## A throwaway local PostgreSQL and three nodes on 127.0.0.1:50051-50053; Ctrl-C stops them.
+cluster: $(STAMP) system-packages
+	$(BIN)/python scripts/cluster.py $(ARGS)
 
 ## Debian packages the tests need (PostgreSQL's binaries), installed when missing.
 system-packages:

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import cluster, scenarios
 from bench.harness import receiver
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-ORDER = ("throughput", "isolation", "latency", "ingestion", "scale", "health")
+ORDER = ("throughput", "isolation", "latency", "ingestion", "scale", "health", "cluster")
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -46,7 +46,8 @@ def main() -> None:
                 continue
             begin = time.perf_counter()
             print(f"== {name}", file=sys.stderr, flush=True)
-            results[name] = getattr(scenarios, name)(profile, rx)
+            run = cluster.cluster if name == "cluster" else getattr(scenarios, name)
+            results[name] = run(profile, rx)
             results[name]["seconds"] = round(time.perf_counter() - begin, 1)
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -42,9 +42,14 @@ def _free_port() -> int:
 
 
 class PostgresServer:
-    """Start once per test session; ``new_database`` for each test."""
+    """Start once per test session; ``new_database`` for each test.
 
-    def __init__(self) -> None:
+    ``durable`` keeps PostgreSQL's crash safety on (fsync), as a benchmark must; the suite
+    turns it off, since a crash of the machine is not what it tests.
+    """
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="hookd-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
@@ -69,8 +74,7 @@ class PostgresServer:
                 f"-p {self.port}",
                 f"-k {self.root}",
                 "-c listen_addresses=127.0.0.1",
-                "-c fsync=off",  # a crash of the machine is not what the suite tests
-                "-c full_page_writes=off",
+                *(() if self.durable else ("-c fsync=off", "-c full_page_writes=off")),
                 "-c max_connections=400",
                 "-c shared_buffers=64MB",
             ]

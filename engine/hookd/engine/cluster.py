@@ -99,6 +99,8 @@ class Membership:
         self._view: ClusterView | None = None
         self._leaving = False
         self._nursery: trio.Nursery | None = None
+        # One connection for membership: the loop and a hand-over in progress take turns on it.
+        self._control_lock = trio.Lock()
 
     def __repr__(self) -> str:
         return f"<Membership {self.node_id} slots={len(self._slots.held)} handing_over={len(self._slots.leaving)}>"
@@ -123,7 +125,8 @@ class Membership:
         self._wake.set()
 
     async def _control(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        return await trio.to_thread.run_sync(self._backend.control, partial(fn, **kwargs))
+        async with self._control_lock:
+            return await trio.to_thread.run_sync(self._backend.control, partial(fn, **kwargs))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Join, take this node's share, and keep it until cancelled (or ``leave``)."""

@@ -334,21 +334,56 @@ def health_table(snapshot: pb.HealthSnapshot) -> Group:
     if snapshot.destinations:
         table.add_section()
     for stats in snapshot.destinations:
-        _health_row(table, stats, stats.key)
+        _health_row(table, stats, Text.assemble(stats.key, (f" @{stats.owner}", "dim")) if stats.owner else stats.key)
     if snapshot.webhooks:
         table.add_section()
     for stats in snapshot.webhooks:
         _health_row(table, stats, stats.key)
+    parts: list[RenderableType] = []
+    if snapshot.HasField("store") and not snapshot.store.available:
+        parts.append(
+            Text(f"Store unavailable since {when(snapshot.store.since)}: {snapshot.store.reason}", style="bold red")
+        )
+    parts.append(table)
     failing = [stats for stats in (*snapshot.destinations, *snapshot.webhooks) if stats.last_error]
-    if not failing:
-        return Group(table)
-    errors = Table(box=None, title="Last errors", title_justify="left", show_header=False, pad_edge=False)
-    errors.add_column(overflow="fold")
-    errors.add_column(overflow="fold", style="red")
-    errors.add_column(no_wrap=True, style="dim")
-    for stats in failing:
-        errors.add_row(stats.key, stats.last_error, when(stats.last_failure_time))
-    return Group(table, errors)
+    if failing:
+        errors = Table(box=None, title="Last errors", title_justify="left", show_header=False, pad_edge=False)
+        errors.add_column(overflow="fold")
+        errors.add_column(overflow="fold", style="red")
+        errors.add_column(no_wrap=True, style="dim")
+        for stats in failing:
+            errors.add_row(stats.key, stats.last_error, when(stats.last_failure_time))
+        parts.append(errors)
+    if snapshot.nodes:
+        parts.append(nodes_table(snapshot.nodes))
+    return Group(*parts)
+
+
+_NODE_STYLES = {"active": "green", "leaving": "yellow", "dead": "red"}
+
+
+def nodes_table(nodes: Sequence[pb.NodeStatus]) -> Table:
+    """The cluster's nodes: who is up, where, and what share of the destinations each holds."""
+    table = Table(box=box.SIMPLE_HEAD, title="Nodes", title_justify="left", pad_edge=False, collapse_padding=True)
+    for name, justify in (
+        ("Node", "left"),
+        ("State", "left"),
+        ("Address", "left"),
+        ("Slots", "right"),
+        ("Actors", "right"),
+        ("Heartbeat", "left"),
+    ):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for node in nodes:
+        table.add_row(
+            node.id,
+            Text(node.state, style=_NODE_STYLES.get(node.state, "")),
+            node.address or NONE,
+            str(node.slots),
+            str(node.destinations),
+            when(node.last_heartbeat_time),
+        )
+    return table
 
 
 # -- listen --------------------------------------------------------------------------------------
