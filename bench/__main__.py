@@ -17,7 +17,7 @@ from bench import cluster, scenarios
 from bench.harness import receiver
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-ORDER = ("throughput", "isolation", "latency", "ingestion", "scale", "health", "cluster")
+ORDER = ("throughput", "isolation", "latency", "ingestion", "scale", "health", "restart", "cluster")
 
 
 def _table(results: dict[str, Any]) -> str:

@@ -37,16 +37,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def postgres_cpu_seconds(postmaster: int) -> float:
-    """CPU of the PostgreSQL server: the postmaster and its backends."""
-    total = cpu_seconds(postmaster)
+    """CPU of the PostgreSQL server: the postmaster, its backends that exited (counted in its
+    children's times once it reaped them) and those still running."""
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(value) for value in fields[11:15]) / _TICKS
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                child = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[1]) == postmaster:
-                total += (int(fields[11]) + int(fields[12])) / _TICKS
+            if int(child[1]) == postmaster:
+                total += (int(child[11]) + int(child[12])) / _TICKS
     return total
 
 

@@ -7,11 +7,12 @@ other work on a shared machine only ever slows a run down, so the best is the fa
 from __future__ import annotations
 
 import json
-import random
 import sqlite3
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -29,6 +30,8 @@ from bench.harness import (
 )
 from hookd.client import HookdClient
 from hookd.client.client import event_input
+from hookd.engine.health import latency_slot
+from hookd.engine.store import health_ops
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc
 from tests.support.server import HookdProcess
@@ -387,34 +390,82 @@ def scale(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
 # -- health -----------------------------------------------------------------------------------------
 
 
-def _fill_attempts(server: HookdProcess, count: int, hooks: list[tuple[str, str]]) -> None:
-    """Write ``count`` attempts over the last day for ``hooks`` (id, url) straight into a stopped
-    server's database."""
+def _fill_history(server: HookdProcess, count: int, hooks: list[tuple[str, str]]) -> None:
+    """Write ``count`` attempts spread over the last day for ``hooks`` (id, url) straight into a
+    stopped server's SQLite file, with the health counts hookd keeps beside them (minute rows
+    for the last two hours, hour rows before), as a server that made them would have left."""
     conn = sqlite3.connect(server.database)
     now = time.time()
-    rng = random.Random(1)
-    outcomes = ["SUCCESS"] * 8 + ["SERVER_ERROR", "TIMEOUT"]
-    rows = (
-        (
-            n % 1000 + 1,
-            hooks[n % len(hooks)][0],
-            hooks[n % len(hooks)][1],
-            now - rng.uniform(0, 86000),
-            rng.uniform(5, 500),
-            200,
-            rng.choice(outcomes),
-            "",
-            "",
-        )
-        for n in range(count)
+    conn.execute("CREATE TEMP TABLE hooks (idx INTEGER PRIMARY KEY, id TEXT, url TEXT)")
+    conn.executemany("INSERT INTO hooks VALUES (?, ?, ?)", [(n, hook, url) for n, (hook, url) in enumerate(hooks)])
+    # Generated in SQLite itself: ten million rows in seconds, not minutes.
+    conn.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+        "INSERT INTO attempts (delivery_id, webhook_id, url, start_time, duration_ms, status_code, outcome, "
+        "error, response_excerpt) "
+        "SELECT i % 1000 + 1, h.id, h.url, ? - (i * 86000.0 / ?), 5 + (i * 7919) % 495, 200, "
+        "CASE WHEN i % 10 = 8 THEN 'SERVER_ERROR' WHEN i % 10 = 9 THEN 'TIMEOUT' ELSE 'SUCCESS' END, '', '' "
+        "FROM n JOIN hooks h ON h.idx = i % ?",
+        [count - 1, now, count, len(hooks)],
+    )
+    conn.create_function("hookd_slot", 1, latency_slot, deterministic=True)
+    minutes: dict[tuple[str, str, int], Counter[tuple[str, int]]] = {}
+    hours: dict[tuple[str, str, int], Counter[tuple[str, int]]] = {}
+    recent = int(now // 60) - health_ops.MINUTE_ROWS_KEPT
+    for hook, url, minute, outcome, slot, attempts in conn.execute(
+        "SELECT webhook_id, url, CAST(start_time / 60 AS INTEGER), outcome, hookd_slot(duration_ms), COUNT(*) "
+        "FROM attempts GROUP BY 1, 2, 3, 4, 5"
+    ):
+        for kind, key in (("w", hook), ("d", url)):
+            if minute >= recent:
+                minutes.setdefault((kind, key, minute), Counter())[(outcome, slot)] += attempts
+            else:
+                hours.setdefault((kind, key, minute // 60), Counter())[(outcome, slot)] += attempts
+    conn.executemany(
+        "INSERT INTO health_minutes (kind, key, minute, counts, changed_at) VALUES (?, ?, ?, ?, ?)",
+        [(*key, health_ops.encode(cells), now) for key, cells in minutes.items()],
     )
     conn.executemany(
-        "INSERT INTO attempts (delivery_id, webhook_id, url, start_time, duration_ms, status_code, outcome, "
-        "error, response_excerpt) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
+        "INSERT INTO health_hours (kind, key, hour, counts) VALUES (?, ?, ?, ?)",
+        [(*key, health_ops.encode(cells)) for key, cells in hours.items()],
     )
     conn.commit()
     conn.close()
+
+
+def _startup_s(server: HookdProcess) -> float:
+    """From starting the process to its answering, best of two."""
+    times = []
+    for _ in range(2):
+        server.stop()
+        started = time.perf_counter()
+        server.start(timeout=300)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def restart(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
+    """Start-up time with a day of history: the health figures come back from stored counts."""
+    results: dict[str, Any] = {}
+    with hookd() as server:
+        client = server.client()
+        hooks = []
+        for n in range(100):
+            hook = client.create_webhook("order", "created", f"http://127.0.0.1:1/d{n}", status=pb.Webhook.INACTIVE)
+            hooks.append((hook.name.removeprefix("webhooks/"), hook.url))
+        results["startup_empty_s"] = round(_startup_s(server), 2)
+        stored = 0
+        for target in (1_000_000, 10_000_000):
+            server.stop()
+            _fill_history(server, target - stored, hooks)
+            stored = target
+            label = f"{target // 1_000_000}m"
+            results[f"startup_{label}_attempts_s"] = round(_startup_s(server), 2)
+            stream = server.client().stream_health()
+            results[f"service_attempts_1d_after_{label}"] = next(stream).service.windows[2].attempts
+            stream.close()  # type: ignore[attr-defined]
+        results["database_mb"] = round(Path(server.database).stat().st_size / 1e6, 1)
+    return results
 
 
 def health(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
@@ -426,10 +477,8 @@ def health(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
             hook = client.create_webhook("order", "created", f"http://127.0.0.1:1/d{n}", status=pb.Webhook.INACTIVE)
             hooks.append((hook.name.removeprefix("webhooks/"), hook.url))
         server.stop()
-        _fill_attempts(server, profile.health_attempts, hooks)
-        started = time.perf_counter()
+        _fill_history(server, profile.health_attempts, hooks)
         server.start(timeout=300)
-        results["startup_with_attempts_s"] = round(time.perf_counter() - started, 2)
         client = server.client()
         timings = []
         for _ in range(20):

@@ -213,3 +213,41 @@ def test_prometheus_endpoint(tmp_path: Path) -> None:
     finally:
         receiver.close()
         server.stop()
+
+
+def test_figures_survive_a_restart(tmp_path: Path) -> None:
+    """The rolling figures come back from the stored counts: before and after a restart agree."""
+    server = HookdProcess(tmp_path, "--breaker-threshold", "1000", "--max-attempts", "1").start()
+    good = Receiver(lambda request, count: Reply(delay=0.001 * (count % 7)))
+    bad = Receiver(always(Reply(status=503)))
+    try:
+        client = server.client()
+        client.create_webhook("order", "created", good.url())
+        client.create_webhook("order", "created", bad.url())
+        for n in range(12):
+            client.publish_event("order", "created", data={"n": n})
+        wait_until(lambda: len(client.list_deliveries(state=pb.Delivery.FAILED, page_size=100).deliveries) == 12)
+        wait_until(lambda: len(client.list_deliveries(state=pb.Delivery.SUCCEEDED, page_size=100).deliveries) == 12)
+
+        def figures(snap: pb.HealthSnapshot) -> dict[str, object]:
+            return {
+                stats.key: (
+                    [
+                        (w.attempts, w.successes, w.success_rate, w.p50_ms, w.p95_ms, w.p99_ms, dict(w.errors))
+                        for w in stats.windows
+                    ],
+                    stats.last_success_time.ToNanoseconds() // 1_000_000,
+                    stats.last_failure_time.ToNanoseconds() // 1_000_000,
+                    stats.last_error,
+                )
+                for stats in [snap.service, *snap.webhooks, *snap.destinations]
+            }
+
+        before = figures(snapshot(client))
+        assert five_minutes(stats_for(snapshot(client), "service")).attempts == 24
+        server.restart()
+        assert figures(snapshot(server.client())) == before
+    finally:
+        good.close()
+        bad.close()
+        server.stop()

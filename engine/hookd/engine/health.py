@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hookd.engine.model import Outcome
@@ -210,35 +211,45 @@ class HealthAggregates:
             series = group[key] = Series()
         return series
 
-    def set_cell(
-        self, kind: str, key: str, minute: int, code: int, count: int, now: float, *, loading: bool = False
+    def set_minute(
+        self,
+        kind: str,
+        key: str,
+        minute: int,
+        cells: Mapping[tuple[str, int], int],
+        now: float,
+        *,
+        loading: bool = False,
     ) -> None:
-        """The store says this cell holds ``count``; bring memory to it.
+        """The store says ``minute`` of this key holds ``cells`` ((outcome, slot) -> count);
+        bring memory to it (counts only ever grow, so only what grew is added).
 
         Minutes older than an hour live on only in their hour bucket, so only a load (which
         starts from nothing) counts them; seen again later they are left as they are.
         """
-        series = self._series(kind, key)
         recent = minute > int(now // 60) - 60
-        if recent:
-            delta = count - series.get(minute, code)
-        elif loading:
-            delta = count
-        else:
+        if not recent and not loading:
             return
-        if delta == 0:
-            return
-        series.add(minute, code, delta, keep_minute=recent)
-        if kind == DESTINATION:
-            self.service.add(minute, code, delta, keep_minute=recent)
-            if self._counting and delta > 0:
-                self.totals[(key, cell_parts(code)[0].value)] += delta
+        series = self._series(kind, key)
+        for (outcome, slot), count in cells.items():
+            code = cell(Outcome(outcome), slot)
+            delta = count - series.get(minute, code) if recent else count
+            if delta <= 0:
+                continue
+            series.add(minute, code, delta, keep_minute=recent)
+            if kind == DESTINATION:
+                self.service.add(minute, code, delta, keep_minute=recent)
+                if self._counting:
+                    self.totals[(key, outcome)] += delta
 
-    def add_hour(self, kind: str, key: str, hour: int, code: int, count: int) -> None:
-        """A compacted hour from the store, loaded at start."""
-        self._series(kind, key).add_hour(hour, code, count)
-        if kind == DESTINATION:
-            self.service.add_hour(hour, code, count)
+    def add_hour(self, kind: str, key: str, hour: int, cells: Mapping[tuple[str, int], int]) -> None:
+        """A folded hour from the store, loaded at start."""
+        series = self._series(kind, key)
+        for (outcome, slot), count in cells.items():
+            code = cell(Outcome(outcome), slot)
+            series.add_hour(hour, code, count)
+            if kind == DESTINATION:
+                self.service.add_hour(hour, code, count)
 
     def note_last(self, kind: str, key: str, last_success: float, last_failure: float, last_error: str) -> None:
         self._series(kind, key).note_last(last_success, last_failure, last_error)

@@ -30,10 +30,8 @@ from hookd.engine.health import (
     HealthAggregates,
     Series,
     WindowFigures,
-    cell,
     no_figures,
 )
-from hookd.engine.model import Outcome
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.store import health_ops, queries
 from hookd.engine.store.health_ops import HealthRows
@@ -149,10 +147,10 @@ class HealthMonitor:
 
     def _apply(self, rows: HealthRows, now: float, *, loading: bool = False) -> None:
         aggregates = self.aggregates
-        for kind, key, minute, outcome, slot, count in rows.minutes:
-            aggregates.set_cell(kind, key, minute, cell(Outcome(outcome), slot), count, now, loading=loading)
-        for kind, key, hour, outcome, slot, count in rows.hours:
-            aggregates.add_hour(kind, key, hour, cell(Outcome(outcome), slot), count)
+        for kind, key, minute, cells in rows.minutes:
+            aggregates.set_minute(kind, key, minute, cells, now, loading=loading)
+        for kind, key, hour, cells in rows.hours:
+            aggregates.add_hour(kind, key, hour, cells)
         for kind, key, last_success, last_failure, last_error in rows.last:
             aggregates.note_last(kind, key, last_success, last_failure, last_error)
 

@@ -1,20 +1,23 @@
 """Health counts in the store: written with the attempts, loaded at start, tailed after.
 
-Each transaction that records attempts gathers their counts per (webhook or destination,
-minute, outcome, latency slot) and writes them once, at its end, as increments: so the counts
-on disk always match the attempts on disk, a crash included, and a restart loads a few rows per
-key and minute instead of every attempt of the last day. Rows carry the time they last changed,
-so a node keeps up with the counts every node writes by reading only what changed since it last
-looked (``changed_since``).
+Each transaction that records attempts adds up their counts per (webhook or destination,
+minute): by outcome and latency slot, encoded in one row per key and minute (``encode``). It
+writes them once, at its end, merged into what is stored: so the counts on disk always match
+the attempts on disk, a crash included, and a start loads one row per key and minute (however
+many attempts that minute held) instead of every attempt of the last day. Rows carry the time
+they last changed, so a node keeps up with the counts every node writes by reading only what
+changed since it last looked (``changed_since``).
 
-Minute rows older than two hours are folded into hour rows (``compact``), so a day of history is
-at most 2 x 60 minute rows and 24 hour rows per key and cell.
+Minute rows older than ``MINUTE_ROWS_KEPT`` minutes are folded into hour rows (``compact``), so
+a day of history is at most about 2 x 60 minute rows and 24 hour rows per key.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +25,68 @@ from hookd.engine.health import DESTINATION, WEBHOOK, latency_slot
 from hookd.engine.model import Outcome
 from hookd.engine.store.sql import Tx
 
-#: Minutes kept as minute rows before they are folded into their hour.
+#: Minutes kept as minute rows before their hour is folded into an hour row.
 MINUTE_ROWS_KEPT = 120
 DAY_S = 86400.0
+#: Keys read or written per statement (three parameters each).
+_CHUNK = 300
 
-_UPSERT_MINUTE = (
-    "INSERT INTO health_minutes (kind, key, minute, outcome, slot, count, changed_at) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (kind, key, minute, outcome, slot) DO UPDATE SET "
-    "count = health_minutes.count + excluded.count, changed_at = excluded.changed_at"
-)
+#: (outcome, latency slot) -> attempts.
+Cells = Counter[tuple[str, int]]
+RowKey = tuple[str, str, int]
+
+
+def encode(cells: Cells) -> str:
+    """``{"SUCCESS": {"12": 30, ...}, "TIMEOUT": {"54": 1}}``, compact."""
+    nested: dict[str, dict[str, int]] = {}
+    for (outcome, slot), count in sorted(cells.items()):
+        if count:
+            nested.setdefault(outcome, {})[str(slot)] = count
+    return json.dumps(nested, separators=(",", ":"))
+
+
+def decode(text: str) -> Cells:
+    cells: Cells = Counter()
+    for outcome, slots in json.loads(text or "{}").items():
+        for slot, count in slots.items():
+            cells[(outcome, int(slot))] = count
+    return cells
+
+
+def _merge_into(tx: Tx, table: str, unit: str, additions: dict[RowKey, Cells], extra: Sequence[Any] = ()) -> None:
+    """Add ``additions`` to the stored rows of ``table`` (read, merged, written back, locked where
+    several nodes may write the same row)."""
+    keys = list(additions)
+    changed = ", changed_at" if table == "health_minutes" else ""
+    placeholder = ", ?" if changed else ""
+    if tx.dialect.for_update:  # the rows must exist to be locked: two nodes never merge the same one at once
+        tx.executemany(
+            f"INSERT INTO {table} (kind, key, {unit}, counts{changed}) VALUES (?, ?, ?, '{{}}'{placeholder}) "
+            "ON CONFLICT DO NOTHING",
+            [(*key, *extra) for key in keys],
+        )
+    stored: dict[RowKey, str] = {}
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        for kind, key, when, counts in tx.all(
+            f"SELECT kind, key, {unit}, counts FROM {table} WHERE (kind, key, {unit}) IN "
+            f"(VALUES {', '.join(['(?, ?, ?)'] * len(chunk))}){tx.dialect.for_update}",
+            [value for row_key in chunk for value in row_key],
+        ):
+            stored[(kind, key, int(when))] = counts
+    rows = []
+    for row_key, cells in additions.items():
+        merged = decode(stored.get(row_key, "{}"))
+        merged.update(cells)
+        rows.append((*row_key, encode(merged), *extra))
+    tx.executemany(
+        f"INSERT INTO {table} (kind, key, {unit}, counts{changed}) VALUES (?, ?, ?, ?{placeholder}) "
+        f"ON CONFLICT (kind, key, {unit}) DO UPDATE SET counts = excluded.counts"
+        + (", changed_at = excluded.changed_at" if changed else ""),
+        rows,
+    )
+
+
 _UPSERT_LAST = (
     "INSERT INTO health_last (kind, key, last_success, last_failure, last_error, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET "
@@ -48,13 +104,13 @@ _UPSERT_LAST = (
 class HealthCounts:
     """The counts one transaction's attempts add up to, written once before it commits."""
 
-    cells: Counter[tuple[str, str, int, str, int]] = field(default_factory=Counter)
+    cells: dict[RowKey, Cells] = field(default_factory=dict)
     last: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
 
     def add(self, webhook_id: str, url: str, start: float, duration_ms: float, outcome: Outcome, error: str) -> None:
-        minute, slot = int(start // 60), latency_slot(duration_ms)
+        minute, cell = int(start // 60), (outcome.value, latency_slot(duration_ms))
         for kind, key in ((WEBHOOK, webhook_id), (DESTINATION, url)):
-            self.cells[(kind, key, minute, outcome.value, slot)] += 1
+            self.cells.setdefault((kind, key, minute), Counter())[cell] += 1
             last = self.last.setdefault((kind, key), [0.0, 0.0, ""])
             if outcome is Outcome.SUCCESS:
                 last[0] = max(last[0], start)
@@ -63,7 +119,7 @@ class HealthCounts:
 
     def flush(self, tx: Tx) -> None:
         now = time.time()
-        tx.executemany(_UPSERT_MINUTE, [(*key, count, now) for key, count in self.cells.items()])
+        _merge_into(tx, "health_minutes", "minute", self.cells, extra=(now,))
         tx.executemany(_UPSERT_LAST, [(kind, key, *values, now) for (kind, key), values in self.last.items()])
 
 
@@ -74,33 +130,34 @@ def counts(tx: Tx) -> HealthCounts:
 
 @dataclass(frozen=True)
 class HealthRows:
-    """Counts as stored: minute cells, hour cells and the last-seen facts."""
+    """Counts as stored: minute rows, hour rows (kind, key, minute or hour, cells) and the
+    last-seen facts (kind, key, last success, last failure, last error)."""
 
-    minutes: list[tuple[str, str, int, str, int, int]]
-    hours: list[tuple[str, str, int, str, int, int]]
+    minutes: list[tuple[str, str, int, Cells]]
+    hours: list[tuple[str, str, int, Cells]]
     last: list[tuple[str, str, float, float, str]]
+
+
+def _decoded(rows: Iterable[Any]) -> list[tuple[str, str, int, Cells]]:
+    return [(kind, key, int(when), decode(text)) for kind, key, when, text in rows]
 
 
 def load(tx: Tx, now: float) -> HealthRows:
     """Everything of the last day, for a start."""
     since_minute = int((now - DAY_S) // 60)
     return HealthRows(
-        minutes=tx.all(
-            "SELECT kind, key, minute, outcome, slot, count FROM health_minutes WHERE minute > ?", [since_minute]
+        minutes=_decoded(
+            tx.all("SELECT kind, key, minute, counts FROM health_minutes WHERE minute > ?", [since_minute])
         ),
-        hours=tx.all(
-            "SELECT kind, key, hour, outcome, slot, count FROM health_hours WHERE hour > ?", [since_minute // 60]
-        ),
+        hours=_decoded(tx.all("SELECT kind, key, hour, counts FROM health_hours WHERE hour > ?", [since_minute // 60])),
         last=tx.all("SELECT kind, key, last_success, last_failure, last_error FROM health_last"),
     )
 
 
 def changed_since(tx: Tx, since: float) -> HealthRows:
-    """Minute cells and last-seen facts written at or after ``since`` (by any node)."""
+    """Minute rows and last-seen facts written at or after ``since`` (by any node)."""
     return HealthRows(
-        minutes=tx.all(
-            "SELECT kind, key, minute, outcome, slot, count FROM health_minutes WHERE changed_at >= ?", [since]
-        ),
+        minutes=_decoded(tx.all("SELECT kind, key, minute, counts FROM health_minutes WHERE changed_at >= ?", [since])),
         hours=[],
         last=tx.all(
             "SELECT kind, key, last_success, last_failure, last_error FROM health_last WHERE updated_at >= ?", [since]
@@ -108,17 +165,24 @@ def changed_since(tx: Tx, since: float) -> HealthRows:
     )
 
 
-def compact(tx: Tx, now: float) -> int:
-    """Fold minute rows older than ``MINUTE_ROWS_KEPT`` minutes into hour rows and drop hours
-    older than a day; return how many minute rows were folded."""
-    cutoff = (int(now // 60) - MINUTE_ROWS_KEPT) // 60 * 60  # whole hours only
-    tx.execute(
-        "INSERT INTO health_hours (kind, key, hour, outcome, slot, count) "
-        "SELECT kind, key, minute / 60, outcome, slot, SUM(count) FROM health_minutes WHERE minute < ? "
-        "GROUP BY kind, key, minute / 60, outcome, slot "
-        "ON CONFLICT (kind, key, hour, outcome, slot) DO UPDATE SET count = health_hours.count + excluded.count",
-        [cutoff],
-    )
-    folded = tx.execute("DELETE FROM health_minutes WHERE minute < ?", [cutoff]).rowcount
+def compact(tx: Tx, now: float, keys: int = 500) -> int:
+    """Fold the minute rows of up to ``keys`` keys older than ``MINUTE_ROWS_KEPT`` minutes into
+    hour rows (whole hours only), drop hours older than a day; return how many keys were folded
+    (call again while it is not 0)."""
+    cutoff = (int(now // 60) - MINUTE_ROWS_KEPT) // 60 * 60
     tx.execute("DELETE FROM health_hours WHERE hour < ?", [int((now - DAY_S) // 3600) - 1])
-    return folded
+    batch = tx.all("SELECT DISTINCT kind, key FROM health_minutes WHERE minute < ? LIMIT ?", [cutoff, keys])
+    if not batch:
+        return 0
+    hours: dict[RowKey, Cells] = {}
+    for start in range(0, len(batch), _CHUNK):
+        chunk = batch[start : start + _CHUNK]
+        these = f"minute < ? AND (kind, key) IN (VALUES {', '.join(['(?, ?)'] * len(chunk))})"
+        params = [cutoff, *(value for pair in chunk for value in pair)]
+        for kind, key, minute, text in tx.all(
+            f"SELECT kind, key, minute, counts FROM health_minutes WHERE {these}", params
+        ):
+            hours.setdefault((kind, key, int(minute) // 60), Counter()).update(decode(text))
+        tx.execute(f"DELETE FROM health_minutes WHERE {these}", params)
+    _merge_into(tx, "health_hours", "hour", hours)
+    return len(batch)

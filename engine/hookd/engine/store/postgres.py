@@ -64,7 +64,13 @@ def _executemany(conn: Any, sql: str, rows: list[Sequence[Any]]) -> None:
         cursor.executemany(sql, rows)
 
 
-DIALECT = Dialect(name="postgresql", translate=percent_placeholders, classify=_classify, executemany=_executemany)
+DIALECT = Dialect(
+    name="postgresql",
+    translate=percent_placeholders,
+    classify=_classify,
+    executemany=_executemany,
+    for_update=" FOR UPDATE",
+)
 
 
 def redact(url: str) -> str:

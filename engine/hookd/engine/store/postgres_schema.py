@@ -95,16 +95,15 @@ _V1 = [
     "CREATE INDEX attempts_delivery ON attempts(delivery_id, id)",
     "CREATE INDEX attempts_time ON attempts(start_time)",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # counts: {outcome: {latency slot: attempts}} as JSON (store/health_ops.py).
     """
     CREATE TABLE health_minutes (
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
         minute BIGINT NOT NULL,
-        outcome TEXT NOT NULL,
-        slot INTEGER NOT NULL,
-        count BIGINT NOT NULL,
+        counts TEXT NOT NULL,
         changed_at DOUBLE PRECISION NOT NULL,
-        PRIMARY KEY (kind, key, minute, outcome, slot)
+        PRIMARY KEY (kind, key, minute)
     )
     """,
     "CREATE INDEX health_minutes_minute ON health_minutes(minute)",
@@ -114,10 +113,8 @@ _V1 = [
         kind TEXT NOT NULL,
         key TEXT NOT NULL,
         hour BIGINT NOT NULL,
-        outcome TEXT NOT NULL,
-        slot INTEGER NOT NULL,
-        count BIGINT NOT NULL,
-        PRIMARY KEY (kind, key, hour, outcome, slot)
+        counts TEXT NOT NULL,
+        PRIMARY KEY (kind, key, hour)
     )
     """,
     """

@@ -76,6 +76,10 @@ class Dialect:
     classify: Callable[[BaseException], Exception | None]
     #: Executes many parameter rows at once.
     executemany: Callable[[Any, str, list[Sequence[Any]]], None]
+    #: Appended to a SELECT whose rows are read to be written back in the same transaction:
+    #: "" where one writer has the database to itself (SQLite), " FOR UPDATE" where writers
+    #: of several nodes may meet (PostgreSQL).
+    for_update: str = ""
 
 
 def marks(count: int) -> str:

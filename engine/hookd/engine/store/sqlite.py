@@ -140,7 +140,7 @@ class SqliteBackend:
         try:
             _create_private(self.path)
             self._writer = _connect(self.path, self._synchronous)
-            migrate(sqlite_utils.Database(self._writer))
+            migrate(sqlite_utils.Database(self._writer), DIALECT)
             stat = os.stat(self.path)
             self._identity = (stat.st_dev, stat.st_ino)
             self._readers = [_connect(self.path, self._synchronous, query_only=True) for _ in range(readers)]

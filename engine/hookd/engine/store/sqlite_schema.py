@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from hookd.engine.health import latency_slot
+from hookd.engine.model import Outcome
+from hookd.engine.store.health_ops import HealthCounts
+from hookd.engine.store.sql import Dialect, Tx
 
 
-def _v1(db: sqlite_utils.Database) -> None:
+def _v1(db: sqlite_utils.Database, dialect: Dialect) -> None:
     db["webhooks"].create(  # type: ignore[union-attr]
         {
             "id": str,
@@ -95,7 +97,7 @@ def _v1(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX attempts_time ON attempts(start_time)")
 
 
-def _v2(db: sqlite_utils.Database) -> None:
+def _v2(db: sqlite_utils.Database, dialect: Dialect) -> None:
     # Health snapshots count the waiting deliveries per webhook and destination from this index
     # alone, without touching the table.
     db.execute(
@@ -104,7 +106,7 @@ def _v2(db: sqlite_utils.Database) -> None:
     )
 
 
-def _v3(db: sqlite_utils.Database) -> None:
+def _v3(db: sqlite_utils.Database, dialect: Dialect) -> None:
     # Webhook sequence numbers (the paging order) come from AUTOINCREMENT, which never reuses one.
     db.execute("CREATE TABLE webhook_seq (seq INTEGER PRIMARY KEY AUTOINCREMENT)")
     db.execute(
@@ -112,7 +114,7 @@ def _v3(db: sqlite_utils.Database) -> None:
     )
 
 
-def _v4(db: sqlite_utils.Database) -> None:
+def _v4(db: sqlite_utils.Database, dialect: Dialect) -> None:
     # Health counts written with the attempts, so a start loads these instead of every attempt of
     # the last day (store/health_ops.py); backfilled once from the attempts already stored.
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -120,16 +122,15 @@ def _v4(db: sqlite_utils.Database) -> None:
         ("health_minutes", "minute", ", changed_at REAL NOT NULL"),
         ("health_hours", "hour", ""),
     ):
+        # counts: {outcome: {latency slot: attempts}} as JSON (store/health_ops.py).
         db.execute(
             f"""
             CREATE TABLE {table} (
                 kind TEXT NOT NULL,
                 key TEXT NOT NULL,
                 {unit} INTEGER NOT NULL,
-                outcome TEXT NOT NULL,
-                slot INTEGER NOT NULL,
-                count INTEGER NOT NULL{extra},
-                PRIMARY KEY (kind, key, {unit}, outcome, slot)
+                counts TEXT NOT NULL{extra},
+                PRIMARY KEY (kind, key, {unit})
             ) WITHOUT ROWID
             """
         )
@@ -151,32 +152,30 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX health_last_updated ON health_last(updated_at)")
     # Publishes whose fan-out is being written in several commits (store/delivery_ops.py).
     db.execute("CREATE TABLE publishing (event_id TEXT PRIMARY KEY, create_time REAL NOT NULL)")
-    now = time.time()
-    db.conn.create_function("hookd_latency_slot", 1, latency_slot, deterministic=True)
-    for kind, column in (("w", "webhook_id"), ("d", "url")):
-        db.execute(
-            "INSERT INTO health_minutes (kind, key, minute, outcome, slot, count, changed_at) "
-            f"SELECT ?, {column}, CAST(start_time / 60 AS INTEGER), outcome, hookd_latency_slot(duration_ms), "
-            "COUNT(*), ? FROM attempts WHERE start_time > ? GROUP BY 2, 3, 4, 5",
-            [kind, now, now - 86400],
-        )
-        db.execute(
-            "INSERT INTO health_last (kind, key, last_success, last_failure, last_error, updated_at) "
-            f"SELECT ?, {column}, COALESCE(MAX(start_time) FILTER (WHERE outcome = 'SUCCESS'), 0), "
-            "COALESCE(MAX(start_time) FILTER (WHERE outcome != 'SUCCESS'), 0), '', ? "
-            f"FROM attempts WHERE start_time > ? GROUP BY {column}",
-            [kind, now, now - 86400],
-        )
+    _backfill_health(db, dialect)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _backfill_health(db: sqlite_utils.Database, dialect: Dialect) -> None:
+    """The last day's stored attempts as health counts, once, when the tables are created."""
+    counts = HealthCounts()
+    for webhook_id, url, start, duration_ms, outcome, error in db.execute(
+        "SELECT webhook_id, url, start_time, duration_ms, outcome, error FROM attempts WHERE start_time > ? "
+        "ORDER BY id",
+        [time.time() - 86400],
+    ):
+        counts.add(webhook_id, url, start, duration_ms, Outcome(outcome), error)
+    if counts.cells:
+        counts.flush(Tx(db.conn, dialect))
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4]
 
 
 class SchemaTooNew(RuntimeError):
     """The database was written by a newer hookd; refusing to touch it."""
 
 
-def migrate(db: sqlite_utils.Database) -> int:
+def migrate(db: sqlite_utils.Database, dialect: Dialect) -> int:
     """Apply every migration the database has not seen; return the resulting version."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version > len(MIGRATIONS):
@@ -184,7 +183,7 @@ def migrate(db: sqlite_utils.Database) -> int:
     for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
         db.execute("BEGIN IMMEDIATE")
         try:
-            migration(db)
+            migration(db, dialect)
             db.execute(f"PRAGMA user_version = {number}")
         except BaseException:
             db.execute("ROLLBACK")
