@@ -46,6 +46,9 @@ from hookd.engine.store.writer import Readers, Writer
 
 log = logging.getLogger("hookd.engine")
 
+#: Rows an attempt's outcome writes: the attempt, the delivery, its share of the health counts.
+RECORD_COST = 3
+
 
 @dataclass
 class ActorContext:
@@ -388,7 +391,7 @@ class DestinationActor:
             elif retry_at is not None:
                 ctx.schedule(self.url, retry_at)
 
-        await ctx.writer.submit(write, after=settled)
+        await ctx.writer.submit(write, after=settled, cost=RECORD_COST)
 
 
 def _sendable(hook: Webhook | None, job: Job, url: str) -> bool:

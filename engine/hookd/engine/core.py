@@ -412,6 +412,7 @@ class Engine:
         job = await self._writer.execute(
             partial(delivery_ops.insert_test_ping, event=ping, webhook_id=webhook_id, url=webhook.url),
             on_commit=lambda job: self._watch_ping(job, webhook.url, waiter),
+            cost=2,
         )
         try:
             with trio.move_on_after(2 * webhook.timeout_s + PING_QUEUE_WAIT_S):
@@ -485,7 +486,9 @@ class Engine:
                 f"{self.config.max_deliveries_per_call} per call: publish fewer events per call",
             )
         if fan_out <= self.config.publish_chunk:
-            return await self._writer.execute(partial(delivery_ops.publish, events=prepared), on_commit=self._offer)
+            return await self._writer.execute(
+                partial(delivery_ops.publish, events=prepared), on_commit=self._offer, cost=len(prepared) + fan_out
+            )
         return await self._publish_staged(prepared)
 
     async def _publish_staged(self, events: list[PreparedEvent]) -> list[PublishResult]:

@@ -24,6 +24,9 @@ class Backend(Protocol):
     description: str
     #: Whether several nodes may share this database (and so need leases and notifications).
     shared: bool
+    #: Whether a small transaction may run on the event loop's own thread (it never waits on
+    #: the network or on another process's locks).
+    inline_writes: bool
 
     def open(self, readers: int) -> None:
         """Connect, bring the schema up to date, and open ``readers`` read connections.
@@ -42,6 +45,12 @@ class Backend(Protocol):
 
     def recover(self) -> None:
         """After a fault: free what can be freed (truncate the WAL) or reconnect."""
+
+    def wants_maintenance(self) -> bool:
+        """Whether ``maintain`` should run before the next commit (cheap: called after each)."""
+
+    def maintain(self) -> None:
+        """Housekeeping between two commits, in a worker thread (SQLite: checkpoint the WAL)."""
 
 
 class NotificationSource(Protocol):

@@ -103,6 +103,7 @@ class PostgresBackend:
 
     dialect = DIALECT
     shared = True
+    inline_writes = False  # every statement is a network round trip
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -220,6 +221,12 @@ class PostgresBackend:
     def recover(self) -> None:
         """Reconnect the writer if its connection broke; a failure is still a ``StoreFault``."""
         self._usable("_writer")
+
+    def wants_maintenance(self) -> bool:
+        return False
+
+    def maintain(self) -> None:
+        """Nothing: PostgreSQL's autovacuum and checkpointer do the housekeeping."""
 
 
 class Listener:

@@ -7,9 +7,14 @@ crash (``kill -9``); ``FULL`` also covers power loss.
 
 Two faults get special care, because both once made hookd misbehave:
 - A full disk. SQLite answers SQLITE_FULL; the writer holds its work and retries. The WAL file
-  never shrinks on its own, so frequent checkpoints keep it small, ``journal_size_limit`` caps
-  what a checkpoint leaves behind and ``recover`` truncates it: that is what turns freed disk
-  space into room for new events.
+  never shrinks on its own (space it holds is space the database cannot grow into), so it is
+  checkpointed as soon as it outgrows ``JOURNAL_SIZE_LIMIT``, the next commit starts it over
+  and truncates it to that size, and ``recover`` truncates it entirely: that is what turns
+  freed disk space into room for new events.
+
+Small commits run on the event loop's thread (a worker thread costs more than the commit);
+checkpoints, the part of writing that waits on the disk, never do: commits do not checkpoint,
+``maintain`` does, in a worker thread, between two of the writer's commits.
 - A database file removed or replaced under a running hookd (``rm -rf`` of its folder). SQLite
   keeps writing to the unlinked file and every write "succeeds" into nothing. The file's identity
   (device and inode) is taken at open and checked before every commit: once the path no longer
@@ -34,10 +39,6 @@ from hookd.engine.store.sqlite_schema import SchemaTooNew, migrate
 
 T = TypeVar("T")
 
-#: WAL pages after which a commit checkpoints them into the database (SQLite's default is 1000):
-#: a WAL only ever grows to its high-water mark, and space it holds is space the database cannot
-#: grow into, so it is kept small.
-WAL_AUTOCHECKPOINT_PAGES = 256
 #: WAL bytes kept after a checkpoint; beyond this the file is truncated, so space comes back.
 JOURNAL_SIZE_LIMIT = 1024 * 1024
 
@@ -104,7 +105,9 @@ def _connect(path: Path, synchronous: str, *, query_only: bool = False) -> sqlit
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+    # Commits never checkpoint (they may run on the event loop's thread); ``maintain`` does, in
+    # a worker thread, when the WAL outgrows its limit and every second while there are commits.
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
     if query_only:
         conn.execute("PRAGMA query_only = ON")
     return conn
@@ -125,10 +128,12 @@ class SqliteBackend:
 
     dialect = DIALECT
     shared = False
+    inline_writes = True
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self.description = f"sqlite:{self.path}"
+        self._wal = self.path.with_name(self.path.name + "-wal")
         self._synchronous = synchronous
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
@@ -150,8 +155,9 @@ class SqliteBackend:
         self._free = list(self._readers)
 
     def close(self) -> None:
-        for conn in [*self._readers, *([self._writer] if self._writer else [])]:
-            conn.close()
+        for conn in [*self._readers, self._writer]:
+            if conn is not None:
+                conn.close()
         self._readers, self._free, self._writer = [], [], None
 
     def _check_identity(self) -> None:
@@ -191,6 +197,25 @@ class SqliteBackend:
         finally:
             with self._lock:
                 self._free.append(conn)
+
+    def wants_maintenance(self) -> bool:
+        """The WAL has grown past its limit since it was last started over."""
+        try:
+            return os.stat(self._wal).st_size > JOURNAL_SIZE_LIMIT
+        except OSError:
+            return False
+
+    def maintain(self) -> None:
+        """Checkpoint the WAL into the database (the writer's next commit then starts it over
+        and truncates it). Runs between two commits, on the writer's connection."""
+        assert self._writer is not None
+        try:
+            self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error as error:
+            kind = _classify(error)
+            if isinstance(kind, StoreFault):
+                raise kind from error
+            raise
 
     def recover(self) -> None:
         """Give the WAL's space back (a full disk may just have been freed) and check the file."""

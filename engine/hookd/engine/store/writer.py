@@ -37,6 +37,15 @@ WriteFn = Callable[[Tx], T]
 #: First and longest pause between retries while the store cannot be written.
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
+#: A batch this small (in rows written, roughly) is committed on the trio thread itself where
+#: the backend allows it (SQLite: a small commit takes microseconds, less than the hop to a
+#: worker thread and back); anything larger goes to a worker thread so no actor waits on it.
+INLINE_COST = 256
+#: Default cost of an operation that does not say: large, so it never runs inline.
+UNKNOWN_COST = INLINE_COST + 1
+#: The backend's housekeeping (SQLite: a WAL checkpoint) runs at least this often while there
+#: are commits, and sooner when the backend asks (the WAL outgrew its limit).
+MAINTAIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ class WriterStatistics:
 
 
 class _Op(Generic[T]):
-    __slots__ = ("after", "done", "error", "fn", "on_commit", "result")
+    __slots__ = ("after", "cost", "done", "error", "fn", "on_commit", "result")
 
     def __init__(
         self,
@@ -67,8 +76,10 @@ class _Op(Generic[T]):
         wait: bool,
         on_commit: Callable[[T], None] | None = None,
         after: Callable[[bool], None] | None = None,
+        cost: int = UNKNOWN_COST,
     ) -> None:
         self.fn = fn
+        self.cost = cost
         self.on_commit = on_commit
         self.after = after
         self.done: trio.Event | None = trio.Event() if wait else None
@@ -97,6 +108,7 @@ class Writer:
         self._recovered = trio.Event()
         self._recovered.set()
         self.commits = 0
+        self._maintained_at = 0.0
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -140,16 +152,19 @@ class Writer:
 
     # -- entry points ----------------------------------------------------------------------------
 
-    async def execute(self, fn: WriteFn[T], on_commit: Callable[[T], None] | None = None) -> T:
+    async def execute(
+        self, fn: WriteFn[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
+    ) -> T:
         """Run ``fn`` in the next transaction and return its result once committed.
 
         ``on_commit`` runs in the writer task right after the commit, before any other task can
         observe the result: the place to hand new deliveries to the actors without a race.
+        ``cost`` is about how many rows ``fn`` writes (small batches commit inline).
         Raises ``Unavailable`` when the store cannot write (then nothing of ``fn`` is stored).
         """
         if not self._status.available:
             raise self._unavailable_error()
-        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit)
+        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit, cost=cost)
         await self._send.send(op)
         assert op.done is not None
         await op.done.wait()
@@ -157,13 +172,15 @@ class Writer:
             raise op.error
         return op.result  # type: ignore[return-value]
 
-    async def submit(self, fn: WriteFn[Any], after: Callable[[bool], None] | None = None) -> None:
+    async def submit(
+        self, fn: WriteFn[Any], after: Callable[[bool], None] | None = None, *, cost: int = UNKNOWN_COST
+    ) -> None:
         """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
 
         ``after`` runs in the writer task once ``fn``'s change is committed (True), or once ``fn``
         itself failed (False). A store fault is neither: the write is held and tried again.
         """
-        await self._send.send(_Op(fn, wait=False, after=after))
+        await self._send.send(_Op(fn, wait=False, after=after, cost=cost))
 
     # -- the writer's task -----------------------------------------------------------------------
 
@@ -191,7 +208,10 @@ class Writer:
     async def _commit(self, batch: list[_Op[Any]]) -> bool:
         """Commit ``batch``; on a store fault hold its background writes and fail the rest."""
         try:
-            await trio.to_thread.run_sync(self._backend.write, partial_batch(batch))
+            if self._backend.inline_writes and sum(op.cost for op in batch) <= INLINE_COST:
+                self._backend.write(partial_batch(batch))
+            else:
+                await trio.to_thread.run_sync(self._backend.write, partial_batch(batch))
         except StoreFault as fault:
             self._set_status(StoreStatus(False, fault.reason, time.time()))
             self._refuse_or_hold(batch)
@@ -199,7 +219,20 @@ class Writer:
         self.commits += 1
         self._set_status(StoreStatus())
         self._finish(batch)
+        await self._maintain()
         return True
+
+    async def _maintain(self) -> None:
+        """The backend's housekeeping (SQLite: a WAL checkpoint) when it asks for it, on the
+        writer's connection between two commits, in a worker thread: the loop never waits."""
+        now = trio.current_time()
+        if not self._backend.wants_maintenance() and now - self._maintained_at < MAINTAIN_S:
+            return
+        self._maintained_at = now
+        try:
+            await trio.to_thread.run_sync(self._backend.maintain)
+        except StoreFault as fault:  # the next commit meets it too, and is handled there
+            log.warning("store housekeeping failed reason=%s", fault.reason)
 
     def _refuse_or_hold(self, batch: list[_Op[Any]]) -> None:
         for op in batch:
