@@ -22,7 +22,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests in modules marked ``backends`` run once per store; the rest once, on SQLite."""
     definition = metafunc.definition
     if definition.get_closest_marker("backends") and not definition.get_closest_marker("sqlite_only"):
-        metafunc.parametrize("backend", BACKENDS, indirect=True)
+        metafunc.parametrize("backend", BACKENDS, indirect=True, scope="module")
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +33,10 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The store this test's servers use by default: a new PostgreSQL database, or a SQLite file."""
+    """The store the module's servers use by default: a new PostgreSQL database for each, or a
+    SQLite file. Module-scoped, so a module's shared server is made once per store."""
     name = getattr(request, "param", "sqlite")
     if name == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres_server")

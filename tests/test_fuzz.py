@@ -68,7 +68,8 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Target]:
+    """One server per store for the whole module (``backend`` makes it one per store)."""
     receiver = Receiver()
     server = HookdProcess(tmp_path_factory.mktemp("fuzz"), "--max-attempts", "1").start()
     options = [("grpc.max_send_message_length", 64 * 1024 * 1024)]

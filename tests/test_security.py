@@ -45,8 +45,8 @@ def tls_args(workdir: Path, ca: trustme.CA) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[HookdProcess]:
-    """TLS and two tokens; health and reflection left open (the default)."""
+def guarded(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA, backend: str) -> Iterator[HookdProcess]:
+    """TLS and two tokens; health and reflection left open (the default). One per store."""
     workdir = tmp_path_factory.mktemp("guarded")
     server = HookdProcess(workdir, *tls_args(workdir, ca), "--auth-token", TOKEN, "--auth-token", OTHER_TOKEN)
     yield server.start()
