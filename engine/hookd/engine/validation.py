@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hookd.engine.errors import InvalidArgument
-from hookd.engine.http_delivery import is_reserved_header
 from hookd.engine.model import Auth, InactivePolicy, Status
 
 MAX_DESCRIPTION = 500
@@ -23,6 +22,40 @@ MAX_HEADERS = 20
 #: Longest ListWebhooks free-text query; SQLite refuses LIKE patterns over 50,000 bytes anyway.
 MAX_QUERY = 500
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+
+#: Headers a webhook's custom headers may not set: those hookd sets itself, and those that
+#: change how the request is framed or routed (hop-by-hop, RFC 9110 7.6.1; Expect, Upgrade and
+#: the proxy headers), which would let a webhook desynchronise or hijack hookd's connection.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "user-agent",
+        "host",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "http2-settings",
+    }
+)
+#: Standard Webhooks' namespace (webhook-id, -timestamp, -signature, -version...): hookd's alone.
+RESERVED_HEADER_PREFIX = "webhook-"
+
+
+def is_reserved_header(name: str) -> bool:
+    """Whether a webhook's custom headers may not set ``name`` (see RESERVED_HEADERS)."""
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIX)
+
 
 #: Fields UpdateWebhook may change.
 UPDATABLE = (
