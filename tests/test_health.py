@@ -7,10 +7,15 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookd.client import HookdClient, InvalidArgument, NotFound
 from hookd.client.client import event_input
+from hookd.engine import Engine, EngineConfig
+from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.monitor import SNAPSHOT_STEP
+from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
@@ -166,6 +171,72 @@ def test_stream_sends_snapshot_then_updates_and_ends_on_cancel(client: HookdClie
         snapshot(client, webhooks=["webhooks/wh_unknown"])
     with pytest.raises(InvalidArgument, match="webhooks"):
         snapshot(client, webhooks=["webhooks/a/b"])
+
+
+def test_filters_are_capped_and_deduplicated(client: HookdClient, receiver: Receiver) -> None:
+    """One call used to name 200,000 destinations (freezing the server for seconds) or one webhook
+    100,000 times (a 22 MB snapshot): over 1,000 entries is refused, duplicates count once."""
+    a = client.create_webhook("order", "created", receiver.url("/a"))
+    b = client.create_webhook("order", "created", receiver.url("/b"))
+    for field, values in (
+        ("webhooks", [a.name] * 1001),
+        ("destinations", [f"https://example.com/{n}" for n in range(1001)]),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            snapshot(client, **{field: values})
+        assert refused.value.details == f"{field}: at most 1000 entries", refused.value.details
+    with pytest.raises(InvalidArgument, match=r": destinations\[2\]: is longer than 2048 characters"):
+        snapshot(client, destinations=["https://example.com/", "x", "https://example.com/" + "y" * 2048])
+
+    snap = snapshot(client, webhooks=[a.name, b.name] * 500)
+    assert [s.key for s in snap.webhooks] == [a.name, b.name]
+    assert sorted(s.key for s in snap.destinations) == [receiver.url("/a"), receiver.url("/b")]
+    snap = snapshot(client, destinations=[receiver.url("/b")] * 999 + [receiver.url("/a")])
+    assert [s.key for s in snap.destinations] == [receiver.url("/b"), receiver.url("/a")]
+    assert [s.key for s in snap.webhooks] == [b.name, a.name]
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts how many times one task is scheduled: each step is a turn it takes on the loop."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_big_snapshot_takes_turns_with_the_loop(tmp_path: Path) -> None:
+    """A snapshot's work is split into steps of at most SNAPSHOT_STEP keys, each ending at a
+    checkpoint, so gRPC calls and the actors run in between (one used to hold the loop for 7 s)."""
+    engine = Engine(
+        EngineConfig(
+            database=str(tmp_path / "engine.db"),
+            destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
+        )
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for n in range(2 * SNAPSHOT_STEP):
+            data = WebhookInput(resource="order", event="created", url=f"http://127.0.0.1:9/{n}")
+            await engine.create_webhook(data)
+        cases = {
+            "everything": (None, None, 4 * SNAPSHOT_STEP),
+            "destinations": (None, [f"https://example.com/{n}" for n in range(1000)], 1000),
+        }
+        await engine.health_snapshot(None, ["https://example.com/warm-up"])  # loads the backlog counts
+        for name, (hooks, urls, keys) in cases.items():
+            counter = _TaskSteps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(counter)
+            try:
+                snap = await engine.health_snapshot(hooks, urls)
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            assert len(snap.webhooks) + len(snap.destinations) == keys, name
+            assert counter.steps >= keys // SNAPSHOT_STEP, (name, counter.steps)
+        nursery.cancel_scope.cancel()
 
 
 def test_many_watchers_are_served(client: HookdClient) -> None:

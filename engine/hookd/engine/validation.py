@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hookd.engine.destinations import MAX_URL_LENGTH
 from hookd.engine.errors import InvalidArgument
 from hookd.engine.model import Auth, InactivePolicy, Status
 
@@ -21,6 +23,9 @@ MAX_CREDENTIAL = 4096
 MAX_HEADERS = 20
 #: Longest ListWebhooks free-text query; SQLite refuses LIKE patterns over 50,000 bytes anyway.
 MAX_QUERY = 500
+#: Most entries in each StreamHealth filter list. The snapshot has one entry per key named, sent
+#: every interval, so a list must stay small; asking for more is asking for everything (no filter).
+MAX_HEALTH_FILTER = 1000
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 #: Headers a webhook's custom headers may not set: those hookd sets itself, and those that
@@ -188,3 +193,14 @@ def check_idempotency_key(key: str, field_name: str) -> None:
 
 def check_query(query: str, field_name: str) -> None:
     _printable(query, field_name, MAX_QUERY)
+
+
+def health_filter(values: Sequence[str], field_name: str) -> list[str]:
+    """A StreamHealth filter list (webhook names or destination URLs): at most
+    ``MAX_HEALTH_FILTER`` entries of at most a URL's length, each kept once, in the order given."""
+    if len(values) > MAX_HEALTH_FILTER:
+        raise InvalidArgument(field_name, f"at most {MAX_HEALTH_FILTER} entries")
+    for index, value in enumerate(values):
+        if len(value) > MAX_URL_LENGTH:
+            raise InvalidArgument(f"{field_name}[{index}]", f"is longer than {MAX_URL_LENGTH} characters")
+    return list(dict.fromkeys(values))

@@ -14,7 +14,7 @@ import grpc
 from hookd.engine import Engine, EventInput, Snapshot, catalogue
 from hookd.engine.errors import InvalidArgument
 from hookd.engine.model import WebhookFilter
-from hookd.engine.validation import UPDATABLE
+from hookd.engine.validation import UPDATABLE, health_filter
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
 from hookd.server.errors import grpc_errors, lenient_decoder, refuse_undecodable, status_of
@@ -179,13 +179,15 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         return self._last_encoded[1]
 
     def _health_request(self, request: pb.StreamHealthRequest) -> tuple[list[str] | None, list[str] | None, float]:
-        hook_ids = [convert.webhook_id(name, "webhooks") for name in request.webhooks] or None
+        names = health_filter(request.webhooks, "webhooks")
+        urls = health_filter(request.destinations, "destinations")
+        hook_ids = [convert.webhook_id(name, "webhooks") for name in names] or None
         interval = DEFAULT_HEALTH_INTERVAL_S
         if request.HasField("interval"):
             interval = convert.seconds(request.interval, "interval")
             if interval <= 0:
                 raise InvalidArgument("interval", "must be positive")
-        return hook_ids, list(request.destinations) or None, max(interval, MIN_HEALTH_INTERVAL_S)
+        return hook_ids, urls or None, max(interval, MIN_HEALTH_INTERVAL_S)
 
 
 def add_to_server(servicer: WebhookServicer, server: grpc.aio.Server) -> None:

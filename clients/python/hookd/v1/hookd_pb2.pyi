@@ -9,7 +9,8 @@ Resource names follow Google's API design guide (https://google.aip.dev/122):
   webhooks/{webhook}/deliveries/{delivery}/attempts/{attempt}
   events/{event}
 Lists are paged with `page_size` / `page_token` (https://google.aip.dev/158) and
-updates take an `update_mask` (https://google.aip.dev/134).
+updates take an `update_mask` (https://google.aip.dev/134). Page tokens are opaque and at
+most 256 characters; one hookd did not make is INVALID_ARGUMENT on `page_token`.
 """
 
 from collections import abc as _abc
@@ -1297,11 +1298,15 @@ class StreamHealthRequest(_message.Message):
     INTERVAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def webhooks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these webhooks, `webhooks/{webhook}`; empty means all."""
+        """Only these webhooks, `webhooks/{webhook}`; empty means all. At most 1,000 entries
+        (INVALID_ARGUMENT beyond); a webhook named twice is reported once.
+        """
 
     @_builtins.property
     def destinations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these destination URLs; empty means all."""
+        """Only these destination URLs; empty means all. At most 1,000 entries of at most 2,048
+        characters each (INVALID_ARGUMENT beyond); a URL named twice is reported once.
+        """
 
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
