@@ -10,7 +10,7 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from hookd.client import HookdClient, InvalidArgument, NotFound
+from hookd.client import HookdClient, InvalidArgument, NotFound, ResourceExhausted
 from hookd.client.client import event_input
 from hookd.engine import Engine, EngineConfig
 from hookd.engine.destinations import DestinationPolicy
@@ -19,6 +19,7 @@ from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
+from tests.support.stalled_watcher import StalledWatcher
 
 pytestmark = pytest.mark.backends
 
@@ -250,6 +251,57 @@ def test_many_watchers_are_served(client: HookdClient) -> None:
     with pytest.raises(grpc.RpcError) as error:
         next(iter(streams[0]))
     assert error.value.code() == grpc.StatusCode.CANCELLED
+
+
+def test_a_stalled_watcher_is_dropped_with_its_connection(tmp_path: Path) -> None:
+    """A watcher that stops reading used to hold its handler, and grpc's record of the call with
+    a snapshot in it, for ever (6 MB per 200 such streams, never freed): its connection looked
+    alive, since it kept answering pings. Now a snapshot it has not taken within
+    --watcher-send-timeout drops it, and its connection is closed, which frees the call."""
+    server = HookdProcess(tmp_path, "--watcher-send-timeout", "1").start()
+    try:
+        client = server.client()
+        for n in range(20):  # snapshots of a few KiB, so a 16 KiB window fills at once
+            client.create_webhook("order", "created", f"http://127.0.0.1:9/{n}")
+        request = pb.StreamHealthRequest()
+        request.interval.FromMilliseconds(100)
+        stalled = [StalledWatcher(server.port, request.SerializeToString()) for _ in range(3)]
+        leaving = StalledWatcher(server.port, request.SerializeToString())
+        wait_until(lambda: leaving.received)
+        leaving.close()  # a watcher that really closes its connection is let go at once, as before
+        for watcher in stalled:
+            assert watcher.closed.wait(30), "the server never ended the stalled watcher's connection"
+            assert watcher.received == 16 * 1024  # it stalled: it had used up its window
+        assert wait_until(lambda: snapshot(client).watchers == 1)  # this one
+        dropped = [line for line in server.log().splitlines() if "health watcher dropped" in line]
+        assert len(dropped) == 3, dropped
+        assert client.list_event_types().event_types  # and the server serves on
+    finally:
+        server.stop()
+
+
+def test_watchers_are_capped(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, env={"HOOKD_MAX_WATCHERS": "3"}).start()
+    try:
+        client = server.client()
+        streams = [client.stream_health() for _ in range(3)]
+        assert all(next(stream).watchers >= 1 for stream in streams)
+        with pytest.raises(ResourceExhausted) as refused:
+            snapshot(client)
+        assert "3 watchers" in refused.value.details and "--max-watchers" in refused.value.details
+        streams.pop().close()  # type: ignore[attr-defined]
+
+        def admitted() -> bool:
+            try:
+                return snapshot(client).watchers == 3
+            except ResourceExhausted:
+                return False  # the closed stream's slot is freed as its handler ends, soon after
+
+        assert wait_until(admitted)
+        for stream in streams:
+            stream.close()  # type: ignore[attr-defined]
+    finally:
+        server.stop()
 
 
 def test_prometheus_endpoint(tmp_path: Path) -> None:

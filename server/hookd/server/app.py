@@ -27,11 +27,23 @@ from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
 from hookd.server.metrics import serve_metrics
 from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer, add_to_server
+from hookd.server.watchers import Watchers
 from hookd.v1 import hookd_pb2
 
 log = logging.getLogger("hookd.server")
 
 SERVICE_NAME = hookd_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
+
+#: Keepalive: every connection is pinged after a minute without reads, and closed if the ping
+#: is not answered within 20 s (grpc also sets TCP_USER_TIMEOUT to that), so a client that has
+#: vanished (its host gone, a NAT entry dropped) does not keep its calls for ever. Pings go on
+#: while a connection is idle and carries no call.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
 
 
 class _TrioSide:
@@ -142,9 +154,11 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_OPTIONS,
         ],
     )
-    add_to_server(WebhookServicer(side.engine, side.bridge), server)
+    watchers = Watchers(config.max_watchers, config.watcher_send_timeout_s)
+    add_to_server(WebhookServicer(side.engine, side.bridge, watchers), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -159,6 +173,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         port = server.add_secure_port(config.listen, credentials)
     if port == 0:
         raise SystemExit(f"could not listen on {config.listen}")
+    watchers.local_port = port
     await server.start()
     await _report_store(side.engine, health_servicer, loop)
     host = config.listen.rsplit(":", 1)[0]

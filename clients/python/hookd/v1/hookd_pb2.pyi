@@ -1573,10 +1573,13 @@ class HealthSnapshot(_message.Message):
     ACTOR_RESTARTS_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    WATCHERS_FIELD_NUMBER: _builtins.int
     actors: _builtins.int
     """Destination actors running now: one per URL with work; idle ones retire."""
     actor_restarts: _builtins.int
     """Actor restarts after crashes since the server started (in a cluster: over all live nodes)."""
+    watchers: _builtins.int
+    """StreamHealth calls open now, this one included; the server takes at most `--max-watchers`."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was taken."""
@@ -1612,10 +1615,11 @@ class HealthSnapshot(_message.Message):
         actor_restarts: _builtins.int = ...,
         store: Global___StoreStatus | None = ...,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
+        watchers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "store", b"store", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "nodes", b"nodes", "service", b"service", "store", b"store", "time", b"time", "webhooks", b"webhooks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "nodes", b"nodes", "service", b"service", "store", b"store", "time", b"time", "watchers", b"watchers", "webhooks", b"webhooks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
