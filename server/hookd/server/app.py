@@ -21,10 +21,10 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from hookd.engine import Engine, StoreStatus
-from hookd.server.auth import TokenAuthInterceptor
+from hookd.server.auth import FailureLog, TokenAuthInterceptor, TokenCheck
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
-from hookd.server.metrics import serve_metrics
+from hookd.server.metrics import MetricsGuard, serve_metrics
 from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer, add_to_server
 from hookd.server.watchers import Watchers
@@ -57,7 +57,7 @@ class _TrioSide:
 
 
 def _start_trio(
-    loop: asyncio.AbstractEventLoop, config: ServerConfig
+    loop: asyncio.AbstractEventLoop, config: ServerConfig, guard: MetricsGuard | None
 ) -> tuple[_TrioSide, asyncio.Future[Any], asyncio.Future[None]]:
     side = _TrioSide()
     ready: asyncio.Future[None] = loop.create_future()
@@ -72,7 +72,7 @@ def _start_trio(
                 await nursery.start(engine.run)
                 if config.metrics_listen:
                     host, _, port = config.metrics_listen.rpartition(":")
-                    bound = await nursery.start(serve_metrics, engine, host or "127.0.0.1", int(port))
+                    bound = await nursery.start(serve_metrics, engine, host or "127.0.0.1", int(port), guard)
                     if config.port_file is not None:
                         config.port_file.with_name(config.port_file.name + ".metrics").write_text(str(bound))
                 side.engine = engine
@@ -133,7 +133,8 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    side, finished, ready = _start_trio(loop, config)
+    check, failures = TokenCheck(config.auth_tokens), FailureLog()
+    side, finished, ready = _start_trio(loop, config, MetricsGuard(check, failures) if config.auth_tokens else None)
     try:
         await ready
     except RuntimeError:
@@ -145,7 +146,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     if config.auth_tokens:
         interceptors.append(
             TokenAuthInterceptor(
-                config.auth_tokens, open_health=config.open_health, open_reflection=config.open_reflection
+                check, failures, open_health=config.open_health, open_reflection=config.open_reflection
             )
         )
     server = grpc.aio.server(
