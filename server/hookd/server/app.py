@@ -34,17 +34,6 @@ log = logging.getLogger("hookd.server")
 
 SERVICE_NAME = hookd_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name
 
-#: Keepalive: every connection is pinged after a minute without reads, and closed if the ping
-#: is not answered within 20 s (grpc also sets TCP_USER_TIMEOUT to that), so a client that has
-#: vanished (its host gone, a NAT entry dropped) does not keep its calls for ever. Pings go on
-#: while a connection is idle and carries no call.
-KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-
 
 class _TrioSide:
     """What the trio guest hands back to asyncio once the engine is up."""
@@ -155,7 +144,6 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-            *KEEPALIVE_OPTIONS,
         ],
     )
     watchers = Watchers(config.max_watchers, config.watcher_send_timeout_s)
