@@ -135,6 +135,7 @@ RESERVED_HEADERS = [
     "Trailer",
     "Proxy-Authorization",
     "Proxy-Connection",
+    "Proxy-Status",
     "Keep-Alive",
     "Content-Encoding",
     "Content-Length",

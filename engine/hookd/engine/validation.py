@@ -42,9 +42,6 @@ RESERVED_HEADERS = frozenset(
         "transfer-encoding",
         "connection",
         "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
         "te",
         "trailer",
         "upgrade",
@@ -52,14 +49,15 @@ RESERVED_HEADERS = frozenset(
         "http2-settings",
     }
 )
-#: Standard Webhooks' namespace (webhook-id, -timestamp, -signature, -version...): hookd's alone.
-RESERVED_HEADER_PREFIX = "webhook-"
+#: Whole families: Standard Webhooks' namespace (webhook-id, -timestamp, -signature,
+#: -version...) is hookd's alone, and proxy-* headers are for proxies.
+RESERVED_HEADER_PREFIXES = ("webhook-", "proxy-")
 
 
 def is_reserved_header(name: str) -> bool:
     """Whether a webhook's custom headers may not set ``name`` (see RESERVED_HEADERS)."""
     lowered = name.lower()
-    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIX)
+    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIXES)
 
 
 #: Fields UpdateWebhook may change.

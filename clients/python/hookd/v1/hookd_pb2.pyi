@@ -382,8 +382,11 @@ class HeaderAuth(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Header name to value; values are masked in answers. Names may not override the headers
-        hookd sets itself (content-type, user-agent, webhook-*).
+        """Header name to value, at most 20; values are masked in answers. Names may not be headers
+        hookd sets itself (content-type, content-length, user-agent, host, any `webhook-*`) nor
+        ones that change how the request is framed or routed (connection, keep-alive,
+        transfer-encoding, te, trailer, upgrade, expect, content-encoding, content-range,
+        proxy-*, http2-settings): INVALID_ARGUMENT naming the header.
         """
 
     def __init__(
