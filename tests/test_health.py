@@ -12,11 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hookd.client import HookdClient, InvalidArgument, NotFound, ResourceExhausted
 from hookd.client.client import event_input
-from hookd.engine import Engine, EngineConfig
-from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.monitor import SNAPSHOT_STEP
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
+from tests.support.engine import local_engine
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
 from tests.support.stalled_watcher import StalledWatcher
@@ -212,12 +211,7 @@ class _TaskSteps(trio.abc.Instrument):
 async def test_a_big_snapshot_takes_turns_with_the_loop(tmp_path: Path) -> None:
     """A snapshot's work is split into steps of at most SNAPSHOT_STEP keys, each ending at a
     checkpoint, so gRPC calls and the actors run in between (one used to hold the loop for 7 s)."""
-    engine = Engine(
-        EngineConfig(
-            database=str(tmp_path / "engine.db"),
-            destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
-        )
-    )
+    engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
         for n in range(2 * SNAPSHOT_STEP):
