@@ -12,6 +12,7 @@ the fuzzer creates webhooks and publishes events, so deliveries do happen.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -459,6 +460,37 @@ def test_list_attempts(target: Target, data: st.DataObject) -> None:
         page_token=data.draw(page_tokens([hook_id, int(delivery)])),
     )
     answer(target.stub.ListAttempts, request)
+
+
+def forged_tokens() -> list[tuple[str, str]]:
+    """Tokens hookd never makes: deep JSON nesting (it used to raise RecursionError, so INTERNAL),
+    nesting that fits the length bound, a huge token, and JSON of the wrong shapes."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    return [
+        ("nested-2000", b64(b"[" * 2000 + b"]" * 2000)),
+        ("nested-object-2000", b64(b'{"k":' * 2000 + b"1" + b"}" * 2000)),
+        ("nested-within-bound", b64(b"[" * 90 + b"]" * 90)),
+        ("huge", "A" * 100_000),
+        ("list", b64(b"[1, 2]")),
+        ("string", b64(b'"k"')),
+        ("key-is-a-list", b64(b'{"k": [1], "f": "x"}')),
+        ("not-utf8", b64(b"\xff\xfe{}")),
+    ]
+
+
+@pytest.mark.parametrize(("kind", "token"), forged_tokens(), ids=[kind for kind, _ in forged_tokens()])
+@pytest.mark.parametrize("method", ["ListWebhooks", "ListDeliveries", "ListAttempts"])
+def test_forged_page_tokens_are_invalid_argument(target: Target, method: str, kind: str, token: str) -> None:
+    requests: dict[str, Any] = {
+        "ListWebhooks": pb.ListWebhooksRequest(page_token=token),
+        "ListDeliveries": pb.ListDeliveriesRequest(parent="webhooks/-", page_token=token),
+        "ListAttempts": pb.ListAttemptsRequest(parent=target.delivery, page_token=token),
+    }
+    code, details = refusal(getattr(target.stub, method), requests[method])
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "page_token"), details
 
 
 @FUZZ

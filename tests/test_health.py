@@ -7,13 +7,18 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from hookd.client import HookdClient, InvalidArgument, NotFound
+from hookd.client import HookdClient, InvalidArgument, NotFound, ResourceExhausted
 from hookd.client.client import event_input
+from hookd.engine.monitor import SNAPSHOT_STEP
+from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
+from tests.support.engine import local_engine
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
+from tests.support.stalled_watcher import StalledWatcher
 
 pytestmark = pytest.mark.backends
 
@@ -168,6 +173,67 @@ def test_stream_sends_snapshot_then_updates_and_ends_on_cancel(client: HookdClie
         snapshot(client, webhooks=["webhooks/a/b"])
 
 
+def test_filters_are_capped_and_deduplicated(client: HookdClient, receiver: Receiver) -> None:
+    """One call used to name 200,000 destinations (freezing the server for seconds) or one webhook
+    100,000 times (a 22 MB snapshot): over 1,000 entries is refused, duplicates count once."""
+    a = client.create_webhook("order", "created", receiver.url("/a"))
+    b = client.create_webhook("order", "created", receiver.url("/b"))
+    for field, values in (
+        ("webhooks", [a.name] * 1001),
+        ("destinations", [f"https://example.com/{n}" for n in range(1001)]),
+    ):
+        with pytest.raises(InvalidArgument) as refused:
+            snapshot(client, **{field: values})
+        assert refused.value.details == f"{field}: at most 1000 entries", refused.value.details
+    with pytest.raises(InvalidArgument, match=r": destinations\[2\]: is longer than 2048 characters"):
+        snapshot(client, destinations=["https://example.com/", "x", "https://example.com/" + "y" * 2048])
+
+    snap = snapshot(client, webhooks=[a.name, b.name] * 500)
+    assert [s.key for s in snap.webhooks] == [a.name, b.name]
+    assert sorted(s.key for s in snap.destinations) == [receiver.url("/a"), receiver.url("/b")]
+    snap = snapshot(client, destinations=[receiver.url("/b")] * 999 + [receiver.url("/a")])
+    assert [s.key for s in snap.destinations] == [receiver.url("/b"), receiver.url("/a")]
+    assert [s.key for s in snap.webhooks] == [b.name, a.name]
+
+
+class _TaskSteps(trio.abc.Instrument):
+    """Counts how many times one task is scheduled: each step is a turn it takes on the loop."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def test_a_big_snapshot_takes_turns_with_the_loop(tmp_path: Path) -> None:
+    """A snapshot's work is split into steps of at most SNAPSHOT_STEP keys, each ending at a
+    checkpoint, so gRPC calls and the actors run in between (one used to hold the loop for 7 s)."""
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for n in range(2 * SNAPSHOT_STEP):
+            data = WebhookInput(resource="order", event="created", url=f"http://127.0.0.1:9/{n}")
+            await engine.create_webhook(data)
+        cases = {
+            "everything": (None, None, 4 * SNAPSHOT_STEP),
+            "destinations": (None, [f"https://example.com/{n}" for n in range(1000)], 1000),
+        }
+        await engine.health_snapshot(None, ["https://example.com/warm-up"])  # loads the backlog counts
+        for name, (hooks, urls, keys) in cases.items():
+            counter = _TaskSteps(trio.lowlevel.current_task())
+            trio.lowlevel.add_instrument(counter)
+            try:
+                snap = await engine.health_snapshot(hooks, urls)
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+            assert len(snap.webhooks) + len(snap.destinations) == keys, name
+            assert counter.steps >= keys // SNAPSHOT_STEP, (name, counter.steps)
+        nursery.cancel_scope.cancel()
+
+
 def test_many_watchers_are_served(client: HookdClient) -> None:
     streams = [client.stub.StreamHealth(pb.StreamHealthRequest()) for _ in range(100)]
     try:
@@ -179,6 +245,57 @@ def test_many_watchers_are_served(client: HookdClient) -> None:
     with pytest.raises(grpc.RpcError) as error:
         next(iter(streams[0]))
     assert error.value.code() == grpc.StatusCode.CANCELLED
+
+
+def test_a_stalled_watcher_is_dropped_with_its_connection(tmp_path: Path) -> None:
+    """A watcher that stops reading used to hold its handler, and grpc's record of the call with
+    a snapshot in it, for ever (6 MB per 200 such streams, never freed): its connection looked
+    alive, since it kept answering pings. Now a snapshot it has not taken within
+    --watcher-send-timeout drops it, and its connection is closed, which frees the call."""
+    server = HookdProcess(tmp_path, "--watcher-send-timeout", "1").start()
+    try:
+        client = server.client()
+        for n in range(20):  # snapshots of a few KiB, so a 16 KiB window fills at once
+            client.create_webhook("order", "created", f"http://127.0.0.1:9/{n}")
+        request = pb.StreamHealthRequest()
+        request.interval.FromMilliseconds(100)
+        stalled = [StalledWatcher(server.port, request.SerializeToString()) for _ in range(3)]
+        leaving = StalledWatcher(server.port, request.SerializeToString())
+        wait_until(lambda: leaving.received)
+        leaving.close()  # a watcher that really closes its connection is let go at once, as before
+        for watcher in stalled:
+            assert watcher.closed.wait(30), "the server never ended the stalled watcher's connection"
+            assert watcher.received == 16 * 1024  # it stalled: it had used up its window
+        assert wait_until(lambda: snapshot(client).watchers == 1)  # this one
+        dropped = [line for line in server.log().splitlines() if "health watcher dropped" in line]
+        assert len(dropped) == 3, dropped
+        assert client.list_event_types().event_types  # and the server serves on
+    finally:
+        server.stop()
+
+
+def test_watchers_are_capped(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, env={"HOOKD_MAX_WATCHERS": "3"}).start()
+    try:
+        client = server.client()
+        streams = [client.stream_health() for _ in range(3)]
+        assert all(next(stream).watchers >= 1 for stream in streams)
+        with pytest.raises(ResourceExhausted) as refused:
+            snapshot(client)
+        assert "3 watchers" in refused.value.details and "--max-watchers" in refused.value.details
+        streams.pop().close()  # type: ignore[attr-defined]
+
+        def admitted() -> bool:
+            try:
+                return snapshot(client).watchers == 3
+            except ResourceExhausted:
+                return False  # the closed stream's slot is freed as its handler ends, soon after
+
+        assert wait_until(admitted)
+        for stream in streams:
+            stream.close()  # type: ignore[attr-defined]
+    finally:
+        server.stop()
 
 
 def test_prometheus_endpoint(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from hookd.client import HookdClient, Unauthenticated, Unavailable
+from hookd.server.auth import FailureLog
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from tests.support.receiver import Receiver, Reply, wait_until
@@ -178,6 +181,81 @@ def test_without_tokens_nothing_asks_for_one(tmp_path: Path) -> None:
         channel.close()
     finally:
         server.stop()
+
+
+def test_metrics_need_a_token_when_the_api_does(tmp_path: Path) -> None:
+    """/metrics names every destination URL: with tokens set it asks for one of them too."""
+    server = HookdProcess(tmp_path, "--auth-token", TOKEN, "--metrics-listen", "127.0.0.1:0").start()
+    try:
+        port = int((tmp_path / "port.metrics").read_text())
+
+        def scrape(authorization: str | None) -> tuple[int, str]:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+            if authorization is not None:
+                request.add_header("Authorization", authorization)
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as refused:
+                assert refused.headers["www-authenticate"] == 'Bearer realm="hookd"'
+                return refused.code, refused.read().decode()
+
+        for authorization in (None, f"Bearer {WRONG_TOKEN}", f"Basic {TOKEN}", "Bearer "):
+            status, body = scrape(authorization)
+            assert status == 401 and "hookd_" not in body, authorization
+        status, body = scrape(f"Bearer {TOKEN}")
+        assert status == 200 and "hookd_actors" in body
+    finally:
+        server.stop()
+    refused = [line for line in server.log().splitlines() if "authentication failed" in line]
+    assert any("method=GET /metrics" in line and "reason=missing" in line for line in refused), refused
+    assert any("method=GET /metrics" in line and "reason=invalid" in line for line in refused), refused
+    assert WRONG_TOKEN not in server.log()
+
+
+def test_refused_calls_are_logged_without_the_token_and_rate_limited(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, "--auth-token", TOKEN).start()
+    try:
+        channel = grpc.insecure_channel(server.address)
+        stub = pb_grpc.WebhookServiceStub(channel)
+        for _ in range(40):  # a burst of guesses, and of calls with no token at all
+            assert code_of(
+                stub.ListWebhooks, pb.ListWebhooksRequest(), metadata=[("authorization", f"Bearer {WRONG_TOKEN}")]
+            ) == (grpc.StatusCode.UNAUTHENTICATED)
+            assert code_of(stub.StreamHealth, pb.StreamHealthRequest()) == grpc.StatusCode.UNAUTHENTICATED
+        channel.close()
+    finally:
+        server.stop()
+    log = server.log()
+    refused = [json.loads(line)["msg"] for line in log.splitlines() if "authentication failed" in line]
+    assert len(refused) == 2, refused  # one line per address and reason per minute
+    invalid, missing = sorted(refused, key=lambda line: "reason=missing" in line)
+    assert "method=/hookd.v1.WebhookService/ListWebhooks peer=ipv4:127.0.0.1:" in invalid
+    assert "reason=invalid suppressed=0" in invalid
+    assert "method=/hookd.v1.WebhookService/StreamHealth" in missing and "reason=missing" in missing
+    assert WRONG_TOKEN not in log and TOKEN not in log
+
+
+def test_refusal_log_counts_what_it_left_out(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    failures = FailureLog(60, clock=lambda: now[0], max_peers=2)
+    for _ in range(5):
+        failures.refused("/m", "ipv4:10.0.0.1:5000", "invalid")
+    failures.refused("/m", "ipv6:[2001:db8::1]:6000", "invalid")
+    now[0] += 61
+    failures.refused("/m", "ipv4:10.0.0.1:5001", "invalid")  # another port, the same address
+    # The table holds two addresses: a new one takes the place of one not seen for a minute,
+    # and beyond that new addresses share one entry.
+    for n in range(2, 6):
+        failures.refused("/m", f"ipv4:10.0.0.{n}:5000", "missing")
+    lines = [record.getMessage() for record in caplog.records if record.name == "hookd.auth"]
+    assert [line.split(" ", 4)[3:] for line in lines] == [
+        ["peer=ipv4:10.0.0.1:5000", "reason=invalid suppressed=0"],
+        ["peer=ipv6:[2001:db8::1]:6000", "reason=invalid suppressed=0"],
+        ["peer=ipv4:10.0.0.1:5001", "reason=invalid suppressed=4"],
+        ["peer=ipv4:10.0.0.2:5000", "reason=missing suppressed=0"],
+        ["peer=ipv4:10.0.0.3:5000", "reason=missing suppressed=0"],
+    ]
 
 
 # -- what never leaks ----------------------------------------------------------------------------------

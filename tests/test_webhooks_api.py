@@ -127,6 +127,43 @@ def test_bad_scalars_name_the_field(client: HookdClient) -> None:
         client.get_webhook("webhooks/../etc")
 
 
+#: Headers that frame or route the request, and Standard Webhooks' namespace: hookd's alone.
+RESERVED_HEADERS = [
+    "Expect",
+    "TE",
+    "Upgrade",
+    "Trailer",
+    "Proxy-Authorization",
+    "Proxy-Connection",
+    "Proxy-Status",
+    "Keep-Alive",
+    "Content-Encoding",
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Host",
+    "webhook-version",
+    "Webhook-Anything",
+]
+
+
+def test_custom_headers_may_not_set_framing_or_webhook_headers(client: HookdClient) -> None:
+    hook = client.create_webhook("order", "created", URL)
+    for name in RESERVED_HEADERS:
+        auth = pb.DestinationAuth(headers=pb.HeaderAuth(headers={"X-Ok": "1", name: "100-continue"}))
+        with pytest.raises(InvalidArgument) as created:
+            client.create_webhook("order", "created", f"{URL}/{name}", auth=auth)
+        assert created.value.details.startswith("webhook.auth.headers.headers: "), name
+        assert repr(name) in created.value.details, created.value.details
+        with pytest.raises(InvalidArgument, match="webhook.auth.headers.headers"):
+            client.update_webhook(pb.Webhook(name=hook.name, auth=auth), ["auth"])
+    allowed = {"Authorization": "Token abc", "X-Api-Key": "k", "Webhooks-Team": "ops"}
+    saved = client.create_webhook(
+        "order", "created", URL + "/allowed", auth=pb.DestinationAuth(headers=pb.HeaderAuth(headers=allowed))
+    )
+    assert set(saved.auth.headers.headers) == set(allowed)
+
+
 def test_list_event_types_is_the_catalogue(client: HookdClient) -> None:
     types = {t.type for t in client.list_event_types().event_types}
     assert len(types) == 17

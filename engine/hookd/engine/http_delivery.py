@@ -26,26 +26,6 @@ MAX_RESPONSE_BYTES = 64 * 1024
 EXCERPT_CHARS = 1024
 USER_AGENT = "hookd/0.1 (+webhook delivery)"
 
-_RESERVED_HEADERS = frozenset(
-    {
-        "content-type",
-        "content-length",
-        "user-agent",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-        "host",
-        "transfer-encoding",
-        "connection",
-    }
-)
-
-
-def is_reserved_header(name: str) -> bool:
-    """Headers hookd sets itself, which a webhook's custom headers may not override."""
-    return name.lower() in _RESERVED_HEADERS
-
-
 #: Exceptions httpcore raises for a request that got no usable answer.
 TRANSPORT_ERRORS = (
     httpcore.TimeoutException,

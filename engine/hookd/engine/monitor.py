@@ -7,7 +7,9 @@ So figures survive restarts and do not depend on which node of a cluster is aske
 
 The backlog on disk (from a covering index) is refreshed in the background while anyone is
 watching, so a snapshot never waits on it; one snapshot serves every watcher that asks for the
-same thing within ``SHARE_S``, so a hundred StreamHealth watchers cost what one does.
+same thing within ``SHARE_S``, so a hundred StreamHealth watchers cost what one does. A snapshot
+of many keys is computed in steps of ``SNAPSHOT_STEP`` keys with a checkpoint between them: it
+runs on the loop that serves gRPC calls and runs the actors, and must never hold it for long.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ MAX_SHARED = 256
 TAIL_MARGIN_S = 5.0
 #: The background backlog refresh stops this long after the last snapshot.
 DEMAND_S = 10.0
+#: Keys (or actors' queue entries) a snapshot handles between two checkpoints.
+SNAPSHOT_STEP = 100
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,21 @@ class LiveState:
     nodes: list[NodeInfo] = field(default_factory=list)
     actor_count: int = 0
     restarts: int = 0
+
+
+class _Steps:
+    """Counts work and yields to the loop every ``SNAPSHOT_STEP`` units of it."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done = 0
+
+    async def spend(self, units: int = 1) -> None:
+        self._done += units
+        if self._done >= SNAPSHOT_STEP:
+            self._done = 0
+            await trio.lowlevel.checkpoint()
 
 
 class HealthMonitor:
@@ -239,15 +258,17 @@ class HealthMonitor:
         backlog = self._backlog
         if backlog is None or time.monotonic() - self._backlog_at > 5 * self._refresh_s:
             backlog = await self._refresh_backlog()
-        snapshot = self._compute(webhook_ids, urls, backlog, self._live_state())
+        snapshot = await self._compute(webhook_ids, urls, backlog, self._live_state())
         if len(self._shared) >= MAX_SHARED:
             self._shared.clear()
         self._shared[key] = snapshot
         return snapshot
 
-    def _compute(
+    async def _compute(
         self, webhook_ids: list[str] | None, urls: list[str] | None, backlog: queries.Backlog, live: LiveState
     ) -> Snapshot:
+        """The figures, taken in steps (``live`` is a copy, so the loop may run others meanwhile)."""
+        steps = _Steps()
         now = self._clock.now()
         self.aggregates.prune(now)
         actors = {stats.url: stats for stats in live.actors}
@@ -256,6 +277,7 @@ class HealthMonitor:
         for stats in live.actors:
             queued.update(stats.queued)
             in_flight.update(stats.in_flight)
+            await steps.spend(1 + len(stats.queued))
 
         if webhook_ids is not None:
             hooks = [hook for hook_id in webhook_ids if (hook := self._registry.get(hook_id)) is not None]
@@ -268,18 +290,20 @@ class HealthMonitor:
                 urls = sorted({hook.url for hook in hooks})
             else:
                 urls = sorted({hook.url for hook in hooks} | set(actors) | set(backlog.destinations))
-        webhook_stats = [
-            self._stats(
-                f"webhooks/{hook.id}",
-                self.aggregates.webhooks.get(hook.id),
-                now,
-                backlog.webhooks.get(hook.id, (0, 0)),
-                queued[hook.id],
-                in_flight[hook.id],
-                actors.get(hook.url),
+        webhook_stats = []
+        for hook in hooks:
+            webhook_stats.append(
+                self._stats(
+                    f"webhooks/{hook.id}",
+                    self.aggregates.webhooks.get(hook.id),
+                    now,
+                    backlog.webhooks.get(hook.id, (0, 0)),
+                    queued[hook.id],
+                    in_flight[hook.id],
+                    actors.get(hook.url),
+                )
             )
-            for hook in hooks
-        ]
+            await steps.spend()
         destination_stats = []
         for url in urls:
             actor = actors.get(url)
@@ -295,6 +319,7 @@ class HealthMonitor:
                     owner=live.owner_of(url),
                 )
             )
+            await steps.spend()
         waiting_total = (
             sum(count for count, _ in backlog.destinations.values()),
             sum(retries for _, retries in backlog.destinations.values()),

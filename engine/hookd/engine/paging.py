@@ -16,6 +16,9 @@ from hookd.engine.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: Longest page token accepted. ``encode_token`` makes at most about 80 characters; anything much
+#: longer was not made by hookd, and is refused before it is decoded.
+MAX_TOKEN_CHARS = 256
 
 
 def page_size(requested: int) -> int:
@@ -39,11 +42,14 @@ def decode_token(token: str, filters: object) -> int | None:
     """The key to continue after, or None for the first page."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidArgument("page_token", f"malformed page token (longer than {MAX_TOKEN_CHARS} characters)")
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         key = raw["k"]
         fingerprint = raw["f"]
-    except (ValueError, KeyError, TypeError) as error:
+    # RecursionError: deeply nested JSON, which only a forged token holds.
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise InvalidArgument("page_token", "malformed page token") from error
     # A key outside SQLite's 64-bit integers cannot come from encode_token: the token was forged.
     if type(key) is not int or not -(2**63) <= key < 2**63:

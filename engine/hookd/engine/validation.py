@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hookd.engine.destinations import MAX_URL_LENGTH
 from hookd.engine.errors import InvalidArgument
-from hookd.engine.http_delivery import is_reserved_header
 from hookd.engine.model import Auth, InactivePolicy, Status
 
 MAX_DESCRIPTION = 500
@@ -22,7 +23,42 @@ MAX_CREDENTIAL = 4096
 MAX_HEADERS = 20
 #: Longest ListWebhooks free-text query; SQLite refuses LIKE patterns over 50,000 bytes anyway.
 MAX_QUERY = 500
+#: Most entries in each StreamHealth filter list. The snapshot has one entry per key named, sent
+#: every interval, so a list must stay small; asking for more is asking for everything (no filter).
+MAX_HEALTH_FILTER = 1000
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+
+#: Headers a webhook's custom headers may not set: those hookd sets itself, and those that
+#: change how the request is framed or routed (hop-by-hop, RFC 9110 7.6.1; Expect, Upgrade and
+#: the proxy headers), which would let a webhook desynchronise or hijack hookd's connection.
+RESERVED_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "user-agent",
+        "host",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "http2-settings",
+    }
+)
+#: Whole families: Standard Webhooks' namespace (webhook-id, -timestamp, -signature,
+#: -version...) is hookd's alone, and proxy-* headers are for proxies.
+RESERVED_HEADER_PREFIXES = ("webhook-", "proxy-")
+
+
+def is_reserved_header(name: str) -> bool:
+    """Whether a webhook's custom headers may not set ``name`` (see RESERVED_HEADERS)."""
+    lowered = name.lower()
+    return lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_HEADER_PREFIXES)
+
 
 #: Fields UpdateWebhook may change.
 UPDATABLE = (
@@ -155,3 +191,14 @@ def check_idempotency_key(key: str, field_name: str) -> None:
 
 def check_query(query: str, field_name: str) -> None:
     _printable(query, field_name, MAX_QUERY)
+
+
+def health_filter(values: Sequence[str], field_name: str) -> list[str]:
+    """A StreamHealth filter list (webhook names or destination URLs): at most
+    ``MAX_HEALTH_FILTER`` entries of at most a URL's length, each kept once, in the order given."""
+    if len(values) > MAX_HEALTH_FILTER:
+        raise InvalidArgument(field_name, f"at most {MAX_HEALTH_FILTER} entries")
+    for index, value in enumerate(values):
+        if len(value) > MAX_URL_LENGTH:
+            raise InvalidArgument(f"{field_name}[{index}]", f"is longer than {MAX_URL_LENGTH} characters")
+    return list(dict.fromkeys(values))

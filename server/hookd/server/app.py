@@ -21,12 +21,14 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from hookd.engine import Engine, StoreStatus
-from hookd.server.auth import TokenAuthInterceptor
+from hookd.server.auth import FailureLog, TokenAuthInterceptor, TokenCheck
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
-from hookd.server.metrics import serve_metrics
+from hookd.server.metrics import MetricsGuard, serve_metrics
 from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer, add_to_server
+from hookd.server.startup import CannotServe, check_address, listen, startup_failure, tls_credentials
+from hookd.server.watchers import Watchers
 from hookd.v1 import hookd_pb2
 
 log = logging.getLogger("hookd.server")
@@ -45,7 +47,7 @@ class _TrioSide:
 
 
 def _start_trio(
-    loop: asyncio.AbstractEventLoop, config: ServerConfig
+    loop: asyncio.AbstractEventLoop, config: ServerConfig, guard: MetricsGuard | None
 ) -> tuple[_TrioSide, asyncio.Future[Any], asyncio.Future[None]]:
     side = _TrioSide()
     ready: asyncio.Future[None] = loop.create_future()
@@ -60,7 +62,13 @@ def _start_trio(
                 await nursery.start(engine.run)
                 if config.metrics_listen:
                     host, _, port = config.metrics_listen.rpartition(":")
-                    bound = await nursery.start(serve_metrics, engine, host or "127.0.0.1", int(port))
+                    try:
+                        bound = await nursery.start(serve_metrics, engine, host or "127.0.0.1", int(port), guard)
+                    except OSError as error:
+                        reason = f"{error.strerror or error}"
+                        raise CannotServe(
+                            f"cannot listen on {config.metrics_listen} (--metrics-listen): {reason}"
+                        ) from error
                     if config.port_file is not None:
                         config.port_file.with_name(config.port_file.name + ".metrics").write_text(str(bound))
                 side.engine = engine
@@ -107,33 +115,18 @@ async def _report_store(engine: Engine, health: Any, loop: asyncio.AbstractEvent
     engine.add_store_listener(changed)
 
 
-def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
-    if config.tls_cert is None and config.tls_key is None:
-        return None
-    if config.tls_cert is None or config.tls_key is None:
-        raise SystemExit("--tls-cert and --tls-key go together")
-    return grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
-
-
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or SIGINT / SIGTERM arrives."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    side, finished, ready = _start_trio(loop, config)
-    try:
-        await ready
-    except RuntimeError:
-        (await finished).unwrap()
-        raise
-    assert side.engine is not None and side.bridge is not None
-
+    check, failures = TokenCheck(config.auth_tokens), FailureLog()
     interceptors = []
     if config.auth_tokens:
         interceptors.append(
             TokenAuthInterceptor(
-                config.auth_tokens, open_health=config.open_health, open_reflection=config.open_reflection
+                check, failures, open_health=config.open_health, open_reflection=config.open_reflection
             )
         )
     server = grpc.aio.server(
@@ -144,7 +137,26 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
             ("grpc.so_reuseport", 0),
         ],
     )
-    add_to_server(WebhookServicer(side.engine, side.bridge), server)
+    # Listen first: a port in use or a bad TLS file stops the start before the engine runs.
+    credentials = tls_credentials(config.tls_cert, config.tls_key)
+    port = listen(server, config.listen, credentials)
+    if config.metrics_listen:
+        check_address(config.metrics_listen, "--metrics-listen")
+
+    side, finished, ready = _start_trio(loop, config, MetricsGuard(check, failures) if config.auth_tokens else None)
+    try:
+        await ready
+    except RuntimeError:
+        result = await finished
+        failure = startup_failure(result.error) if isinstance(result, outcome.Error) else None
+        if failure is not None:
+            raise failure from None
+        result.unwrap()
+        raise
+    assert side.engine is not None and side.bridge is not None
+
+    watchers = Watchers(config.max_watchers, config.watcher_send_timeout_s)
+    add_to_server(WebhookServicer(side.engine, side.bridge, watchers), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -152,13 +164,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         server,
         pool=DocumentedPool(),  # type: ignore[arg-type]
     )
-    credentials = _credentials(config)
-    if credentials is None:
-        port = server.add_insecure_port(config.listen)
-    else:
-        port = server.add_secure_port(config.listen, credentials)
-    if port == 0:
-        raise SystemExit(f"could not listen on {config.listen}")
+    watchers.local_port = port
     await server.start()
     await _report_store(side.engine, health_servicer, loop)
     host = config.listen.rsplit(":", 1)[0]

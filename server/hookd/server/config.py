@@ -12,6 +12,7 @@ from hookd.engine.breaker import BreakerPolicy
 from hookd.engine.config import EngineConfig, default_node_id
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.retry import RetryPolicy
+from hookd.server.watchers import DEFAULT_MAX_WATCHERS, DEFAULT_SEND_TIMEOUT_S
 
 #: Largest gRPC message accepted: a full PublishEvents batch fits, anything bigger is refused.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -30,6 +31,8 @@ class ServerConfig:
     metrics_listen: str = ""
     log_level: str = "info"
     shutdown_grace_s: float = 5.0
+    max_watchers: int = DEFAULT_MAX_WATCHERS
+    watcher_send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
 
 
 def _env(name: str, default: str) -> str:
@@ -214,6 +217,19 @@ def parser() -> argparse.ArgumentParser:
         "written to <port-file>.metrics [HOOKD_METRICS_LISTEN]",
     )
     s.add_argument(
+        "--max-watchers",
+        type=int,
+        default=int(_env("HOOKD_MAX_WATCHERS", str(DEFAULT_MAX_WATCHERS))),
+        help="StreamHealth calls open at once; one more is RESOURCE_EXHAUSTED [HOOKD_MAX_WATCHERS]",
+    )
+    s.add_argument(
+        "--watcher-send-timeout",
+        type=float,
+        default=float(_env("HOOKD_WATCHER_SEND_TIMEOUT", f"{DEFAULT_SEND_TIMEOUT_S:g}")),
+        help="seconds a StreamHealth watcher may take to accept a snapshot before it is dropped "
+        "[HOOKD_WATCHER_SEND_TIMEOUT]",
+    )
+    s.add_argument(
         "--log-level",
         default=_env("HOOKD_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -261,4 +277,6 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
         open_reflection=not args.protect_reflection,
         metrics_listen=args.metrics_listen,
         log_level=args.log_level,
+        max_watchers=args.max_watchers,
+        watcher_send_timeout_s=args.watcher_send_timeout,
     )

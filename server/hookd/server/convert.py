@@ -305,12 +305,12 @@ def node_to_proto(node: NodeInfo) -> pb.NodeStatus:
     )
 
 
-def snapshot_to_proto(snapshot: Snapshot) -> pb.HealthSnapshot:
+def snapshot_head_to_proto(snapshot: Snapshot) -> pb.HealthSnapshot:
+    """The snapshot's service-wide figures as protobuf. Its webhooks and destinations, which may
+    be thousands, are added by the caller with ``stats_to_proto``, in steps."""
     return pb.HealthSnapshot(
         time=timestamp(snapshot.time),
         service=stats_to_proto(snapshot.service),
-        webhooks=[stats_to_proto(s) for s in snapshot.webhooks],
-        destinations=[stats_to_proto(s) for s in snapshot.destinations],
         actors=snapshot.actors,
         actor_restarts=snapshot.actor_restarts,
         store=pb.StoreStatus(

@@ -7,12 +7,17 @@ hookd's own; the counters let PromQL compute any other window.
 
 The endpoint is served by a trio task (h11 parses HTTP), not by prometheus_client's threaded
 server, so it lives in the engine's nursery like everything else.
+
+The figures name every destination URL, so when the API asks for bearer tokens, /metrics asks
+for one of the same tokens (401 otherwise); Prometheus sends it with ``authorization:
+{credentials: ...}`` in its scrape config.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import h11
 import trio
@@ -21,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from hookd.engine import Engine, Snapshot, Stats
+from hookd.server.auth import FailureLog, TokenCheck
 
 log = logging.getLogger("hookd.metrics")
 
@@ -105,13 +111,38 @@ class _SnapshotCollector(Collector):
         yield from (last_success, last_failure, breaker)
 
 
+@dataclass(frozen=True)
+class MetricsGuard:
+    """The API's tokens, asked of scrapers too, and the log of refused attempts."""
+
+    check: TokenCheck
+    failures: FailureLog
+
+    def refused(self, request: h11.Request, peer: str) -> bool:
+        """Whether to answer 401; a refusal is logged."""
+        authorization = next((value for name, value in request.headers if name == b"authorization"), None)
+        reason = self.check.refusal(authorization)
+        if reason is not None:
+            self.failures.refused("GET /metrics", peer, reason)
+        return reason is not None
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    """The scraper's address, written as grpc writes its peers."""
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "unknown"
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
 def render(snapshot: Snapshot, totals: dict[tuple[str, str], int]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snapshot, totals))
     return generate_latest(registry)
 
 
-async def _answer(stream: trio.SocketStream, engine: Engine) -> None:
+async def _answer(stream: trio.SocketStream, engine: Engine, guard: MetricsGuard | None) -> None:
     connection = h11.Connection(h11.SERVER)
     with trio.move_on_after(10):
         while True:
@@ -125,25 +156,35 @@ async def _answer(stream: trio.SocketStream, engine: Engine) -> None:
             if isinstance(event, h11.Request):
                 break
             return
-        if event.method == b"GET" and event.target.split(b"?")[0] == b"/metrics":
+        headers = [("connection", "close")]
+        if event.method != b"GET" or event.target.split(b"?")[0] != b"/metrics":
+            status, body, content_type = 404, b"not found; try /metrics\n", "text/plain"
+        elif guard is not None and guard.refused(event, _peer(stream)):
+            status, body, content_type = 401, b"a bearer token is required\n", "text/plain"
+            headers.append(("www-authenticate", 'Bearer realm="hookd"'))
+        else:
             snapshot = await engine.health_snapshot()
             status, body, content_type = 200, render(snapshot, engine.attempt_totals()), CONTENT_TYPE
-        else:
-            status, body, content_type = 404, b"not found; try /metrics\n", "text/plain"
-        headers = [("content-type", content_type), ("content-length", str(len(body))), ("connection", "close")]
+        headers += [("content-type", content_type), ("content-length", str(len(body)))]
         await stream.send_all(connection.send(h11.Response(status_code=status, headers=headers)) or b"")
         await stream.send_all(connection.send(h11.Data(data=body)) or b"")
         await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
 
 
 async def serve_metrics(
-    engine: Engine, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    engine: Engine,
+    host: str,
+    port: int,
+    guard: MetricsGuard | None = None,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``/metrics`` until cancelled; reports the bound port to ``nursery.start``."""
+    """Serve ``/metrics`` until cancelled (behind ``guard``'s tokens if given); reports the bound
+    port to ``nursery.start``."""
 
     async def handler(stream: trio.SocketStream) -> None:
         try:
-            await _answer(stream, engine)
+            await _answer(stream, engine, guard)
         except (trio.BrokenResourceError, h11.RemoteProtocolError):
             pass
         except Exception:  # one bad scrape must not take the engine down with it

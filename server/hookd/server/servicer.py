@@ -6,7 +6,6 @@ No business logic lives here; each method is a translation and a bridge call.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -14,10 +13,11 @@ import grpc
 from hookd.engine import Engine, EventInput, Snapshot, catalogue
 from hookd.engine.errors import InvalidArgument
 from hookd.engine.model import WebhookFilter
-from hookd.engine.validation import UPDATABLE
+from hookd.engine.validation import UPDATABLE, health_filter
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
 from hookd.server.errors import grpc_errors, lenient_decoder, refuse_undecodable, status_of
+from hookd.server.watchers import Watchers
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 
@@ -26,6 +26,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 DEFAULT_HEALTH_INTERVAL_S = 1.0
 #: Shorter intervals are raised to this floor.
 MIN_HEALTH_INTERVAL_S = 0.1
+#: Webhooks and destinations encoded between two turns of the loop, so that a snapshot of ten
+#: thousand keys does not hold up every other call while it is turned into protobuf.
+ENCODE_STEP = 200
 
 
 def _event_input(message: pb.EventInput, prefix: str) -> EventInput:
@@ -45,10 +48,11 @@ def _publish_answer(result: Any) -> pb.PublishEventResponse:
 
 
 class WebhookServicer(pb_grpc.WebhookServiceServicer):
-    def __init__(self, engine: Engine, bridge: TrioBridge) -> None:
+    def __init__(self, engine: Engine, bridge: TrioBridge, watchers: Watchers) -> None:
         self._engine = engine
         self._bridge = bridge
-        self._last_encoded: tuple[Snapshot, pb.HealthSnapshot] | None = None
+        self._watchers = watchers
+        self._last_encoded: tuple[Snapshot, asyncio.Future[pb.HealthSnapshot]] | None = None
 
     @grpc_errors
     async def CreateWebhook(self, request: pb.CreateWebhookRequest, context: Context) -> pb.Webhook:
@@ -160,32 +164,51 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         delivery = await self._bridge.call(self._engine.retry_delivery, hook_id, delivery_id)
         return convert.delivery_to_proto(delivery)
 
-    async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context) -> AsyncIterator[pb.HealthSnapshot]:
-        """A snapshot at once, then one per interval, until the client cancels (which ends the loop)."""
+    # A coroutine writing with context.write rather than the generator the stubs expect: a
+    # generator's writes are grpc's, and could not be bounded in time.
+    async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context) -> None:  # type: ignore[override]
+        """A snapshot at once, then one per interval, until the client cancels (which cancels this
+        task) or stops taking them (``Watchers.send`` drops it)."""
         await refuse_undecodable(request, context)
         try:
             hook_ids, urls, interval = self._health_request(request)
-            while True:  # cancellation (a BaseException) ends it; errors end it with their status
-                snapshot = await self._bridge.call(self._engine.health_snapshot, hook_ids, urls)
-                yield self._encoded(snapshot)
-                await asyncio.sleep(interval)
+            with self._watchers.admit():
+                while True:
+                    snapshot = await self._bridge.call(self._engine.health_snapshot, hook_ids, urls)
+                    if not await self._watchers.send(context, await self._encoded(snapshot)):
+                        return
+                    await asyncio.sleep(interval)
+        except grpc.aio.InternalError:
+            raise  # a write failed: the client cancelled or went away, and grpc ends the call quietly
         except Exception as error:
             await context.abort(*status_of(error, "StreamHealth"))
 
-    def _encoded(self, snapshot: Snapshot) -> pb.HealthSnapshot:
-        """The proto of a snapshot, encoded once however many watchers share it."""
+    async def _encoded(self, snapshot: Snapshot) -> pb.HealthSnapshot:
+        """The proto of a snapshot, encoded once however many watchers share it. Shielded: one
+        watcher leaving does not cancel the encoding the others wait for."""
         if self._last_encoded is None or self._last_encoded[0] is not snapshot:
-            self._last_encoded = (snapshot, convert.snapshot_to_proto(snapshot))
-        return self._last_encoded[1]
+            self._last_encoded = (snapshot, asyncio.ensure_future(self._encode(snapshot)))
+        return await asyncio.shield(self._last_encoded[1])
+
+    async def _encode(self, snapshot: Snapshot) -> pb.HealthSnapshot:
+        message = convert.snapshot_head_to_proto(snapshot)
+        message.watchers = self._watchers.count
+        for repeated, items in ((message.webhooks, snapshot.webhooks), (message.destinations, snapshot.destinations)):
+            for start in range(0, len(items), ENCODE_STEP):
+                repeated.extend([convert.stats_to_proto(stats) for stats in items[start : start + ENCODE_STEP]])
+                await asyncio.sleep(0)
+        return message
 
     def _health_request(self, request: pb.StreamHealthRequest) -> tuple[list[str] | None, list[str] | None, float]:
-        hook_ids = [convert.webhook_id(name, "webhooks") for name in request.webhooks] or None
+        names = health_filter(request.webhooks, "webhooks")
+        urls = health_filter(request.destinations, "destinations")
+        hook_ids = [convert.webhook_id(name, "webhooks") for name in names] or None
         interval = DEFAULT_HEALTH_INTERVAL_S
         if request.HasField("interval"):
             interval = convert.seconds(request.interval, "interval")
             if interval <= 0:
                 raise InvalidArgument("interval", "must be positive")
-        return hook_ids, list(request.destinations) or None, max(interval, MIN_HEALTH_INTERVAL_S)
+        return hook_ids, urls or None, max(interval, MIN_HEALTH_INTERVAL_S)
 
 
 def add_to_server(servicer: WebhookServicer, server: grpc.aio.Server) -> None:

@@ -39,7 +39,7 @@ class Unavailable(HookdError):
 
 
 class ResourceExhausted(HookdError):
-    """The request was too large."""
+    """A limit was reached: the request was too large, or the server holds too many watchers."""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[HookdError]] = {

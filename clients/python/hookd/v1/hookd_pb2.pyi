@@ -9,7 +9,8 @@ Resource names follow Google's API design guide (https://google.aip.dev/122):
   webhooks/{webhook}/deliveries/{delivery}/attempts/{attempt}
   events/{event}
 Lists are paged with `page_size` / `page_token` (https://google.aip.dev/158) and
-updates take an `update_mask` (https://google.aip.dev/134).
+updates take an `update_mask` (https://google.aip.dev/134). Page tokens are opaque and at
+most 256 characters; one hookd did not make is INVALID_ARGUMENT on `page_token`.
 """
 
 from collections import abc as _abc
@@ -381,8 +382,11 @@ class HeaderAuth(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Header name to value; values are masked in answers. Names may not override the headers
-        hookd sets itself (content-type, user-agent, webhook-*).
+        """Header name to value, at most 20; values are masked in answers. Names may not be headers
+        hookd sets itself (content-type, content-length, user-agent, host, any `webhook-*`) nor
+        ones that change how the request is framed or routed (connection, keep-alive,
+        transfer-encoding, te, trailer, upgrade, expect, content-encoding, content-range,
+        proxy-*, http2-settings): INVALID_ARGUMENT naming the header.
         """
 
     def __init__(
@@ -1297,11 +1301,15 @@ class StreamHealthRequest(_message.Message):
     INTERVAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def webhooks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these webhooks, `webhooks/{webhook}`; empty means all."""
+        """Only these webhooks, `webhooks/{webhook}`; empty means all. At most 1,000 entries
+        (INVALID_ARGUMENT beyond); a webhook named twice is reported once.
+        """
 
     @_builtins.property
     def destinations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these destination URLs; empty means all."""
+        """Only these destination URLs; empty means all. At most 1,000 entries of at most 2,048
+        characters each (INVALID_ARGUMENT beyond); a URL named twice is reported once.
+        """
 
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
@@ -1568,10 +1576,13 @@ class HealthSnapshot(_message.Message):
     ACTOR_RESTARTS_FIELD_NUMBER: _builtins.int
     STORE_FIELD_NUMBER: _builtins.int
     NODES_FIELD_NUMBER: _builtins.int
+    WATCHERS_FIELD_NUMBER: _builtins.int
     actors: _builtins.int
     """Destination actors running now: one per URL with work; idle ones retire."""
     actor_restarts: _builtins.int
     """Actor restarts after crashes since the server started (in a cluster: over all live nodes)."""
+    watchers: _builtins.int
+    """StreamHealth calls open now, this one included; the server takes at most `--max-watchers`."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the snapshot was taken."""
@@ -1607,10 +1618,11 @@ class HealthSnapshot(_message.Message):
         actor_restarts: _builtins.int = ...,
         store: Global___StoreStatus | None = ...,
         nodes: _abc.Iterable[Global___NodeStatus] | None = ...,
+        watchers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service", "store", b"store", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "nodes", b"nodes", "service", b"service", "store", b"store", "time", b"time", "webhooks", b"webhooks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor_restarts", b"actor_restarts", "actors", b"actors", "destinations", b"destinations", "nodes", b"nodes", "service", b"service", "store", b"store", "time", b"time", "watchers", b"watchers", "webhooks", b"webhooks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -231,6 +231,8 @@ class WebhookServiceServicer:
 
     def StreamHealth(self, request, context):
         """Streams delivery health: a full snapshot at once, then one every interval until cancelled.
+        A watcher that has not taken a snapshot within the server's `--watcher-send-timeout` is
+        dropped, and beyond `--max-watchers` open calls a new one is RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -9,7 +9,8 @@ Resource names follow Google's API design guide (https://google.aip.dev/122):
   webhooks/{webhook}/deliveries/{delivery}/attempts/{attempt}
   events/{event}
 Lists are paged with `page_size` / `page_token` (https://google.aip.dev/158) and
-updates take an `update_mask` (https://google.aip.dev/134).
+updates take an `update_mask` (https://google.aip.dev/134). Page tokens are opaque and at
+most 256 characters; one hookd did not make is INVALID_ARGUMENT on `page_token`.
 """
 
 from collections import abc as _abc
@@ -78,7 +79,10 @@ class WebhookServiceStub:
     FAILED_PRECONDITION.
     """
     StreamHealth: _grpc.UnaryStreamMultiCallable[_hookd_pb2.StreamHealthRequest, _hookd_pb2.HealthSnapshot]
-    """Streams delivery health: a full snapshot at once, then one every interval until cancelled."""
+    """Streams delivery health: a full snapshot at once, then one every interval until cancelled.
+    A watcher that has not taken a snapshot within the server's `--watcher-send-timeout` is
+    dropped, and beyond `--max-watchers` open calls a new one is RESOURCE_EXHAUSTED.
+    """
 
 @_typing.type_check_only
 class WebhookServiceAsyncStub(WebhookServiceStub):
@@ -121,7 +125,10 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     FAILED_PRECONDITION.
     """
     StreamHealth: _aio.UnaryStreamMultiCallable[_hookd_pb2.StreamHealthRequest, _hookd_pb2.HealthSnapshot]  # type: ignore[assignment]
-    """Streams delivery health: a full snapshot at once, then one every interval until cancelled."""
+    """Streams delivery health: a full snapshot at once, then one every interval until cancelled.
+    A watcher that has not taken a snapshot within the server's `--watcher-send-timeout` is
+    dropped, and beyond `--max-watchers` open calls a new one is RESOURCE_EXHAUSTED.
+    """
 
 class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registers webhooks, accepts store events and delivers them to every matching webhook."""
@@ -257,6 +264,9 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _hookd_pb2.StreamHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_hookd_pb2.HealthSnapshot], _abc.AsyncIterator[_hookd_pb2.HealthSnapshot]]:
-        """Streams delivery health: a full snapshot at once, then one every interval until cancelled."""
+        """Streams delivery health: a full snapshot at once, then one every interval until cancelled.
+        A watcher that has not taken a snapshot within the server's `--watcher-send-timeout` is
+        dropped, and beyond `--max-watchers` open calls a new one is RESOURCE_EXHAUSTED.
+        """
 
 def add_WebhookServiceServicer_to_server(servicer: WebhookServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
