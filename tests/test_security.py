@@ -287,6 +287,7 @@ def test_tokens_and_secrets_never_reach_the_log_or_reads(tmp_path: Path) -> None
         # Failing paths too: a refused credential update, a failing destination, a wrong token.
         receiver.behaviour = lambda request, count: Reply(status=401 if count <= 3 else 200)
         client.publish_event("order", "created", data={"id": 1})
+        receiver.wait_for(3)  # the three deliveries take the three 401s; the ping and retries get 200
         client.test_webhook(hooks[1].name)
         receiver.wait_for(7)
         bad = pb.Webhook(name=hooks[2].name)

@@ -189,6 +189,13 @@ def test_list_filters_and_search(client: HookdClient) -> None:
     assert names(query="payment") == [c.name]
     assert names(query="%") == []
     assert client.list_webhooks(query="erp").total_size == 2
+    # Filters name catalogue entries: a typo (or a NUL, which PostgreSQL cannot even compare) is
+    # an error that lists the choices, not an empty page.
+    for field, value in (("resource", "orders"), ("resource", "order\x00"), ("event", "creatd")):
+        with pytest.raises(InvalidArgument, match=f"^INVALID_ARGUMENT: {field}: unknown"):
+            names(**{field: value})
+    with pytest.raises(InvalidArgument, match="event: unknown event 'refunded' for resource 'order'"):
+        names(resource="order", event="refunded")
 
 
 def test_paging_is_stable_under_concurrent_inserts(client: HookdClient) -> None:

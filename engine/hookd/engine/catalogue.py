@@ -37,3 +37,18 @@ def check_event_type(resource: str, event: str, *, field_prefix: str = "") -> st
             f"unknown event {event[:100]!r} for resource {resource!r}; valid events: {', '.join(CATALOGUE[resource])}",
         )
     return f"{resource}.{event}"
+
+
+def check_filter(resource: str, event: str) -> None:
+    """ListWebhooks' resource and event filters name catalogue entries (or are empty): a typo is
+    an error that lists the choices, not an empty page."""
+    if resource:
+        if event:
+            check_event_type(resource, event)
+        elif resource not in CATALOGUE:
+            raise InvalidArgument(
+                "resource", f"unknown resource {resource[:100]!r}; valid resources: {', '.join(CATALOGUE)}"
+            )
+    elif event and not any(event in events for events in CATALOGUE.values()):
+        known = sorted({name for events in CATALOGUE.values() for name in events})
+        raise InvalidArgument("event", f"unknown event {event[:100]!r}; valid events: {', '.join(known)}")

@@ -369,6 +369,7 @@ class Engine:
         self._dispatcher.cancel_webhook(old.url, old.id)
 
     async def list_webhooks(self, filters: WebhookFilter, size: int, token: str) -> Page:
+        catalogue.check_filter(filters.resource, filters.event)
         check_query(filters.query, "query")
         limit = page_size(size)
         fingerprint = [filters.resource, filters.event, filters.status and filters.status.value, filters.query]
