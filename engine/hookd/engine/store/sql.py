@@ -97,6 +97,13 @@ def same_sql(sql: str) -> str:
     return sql
 
 
+def row_lock(tx: Tx, mode: str) -> str:
+    """`` FOR SHARE`` or `` FOR UPDATE`` (``mode``) on PostgreSQL, where other nodes'
+    transactions run beside this one; nothing on SQLite, whose single writer runs one
+    transaction at a time."""
+    return f" FOR {mode}" if tx.backend == "postgresql" else ""
+
+
 @dataclass
 class Tx:
     """A connection inside one transaction (or one read), as every operation sees it.
