@@ -73,6 +73,10 @@ class MaintenanceReport:
     commits: int = 0
     complete: bool = True
 
+    @property
+    def did_something(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self) if f.name not in ("commits", "complete"))
+
     def summary(self) -> str:
         return " ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
 
@@ -119,7 +123,7 @@ class Maintenance:
             except Exception:  # a bug here must not stop deliveries; the next run tries again
                 log.exception("maintenance run failed")
                 continue
-            if report.commits > 4 or not report.complete:
+            if report.did_something or not report.complete:
                 log.info("maintenance run %s", report.summary())
 
     async def run_once(self, now: float | None = None) -> MaintenanceReport:
