@@ -111,9 +111,13 @@ class Maintenance:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        leading = False
         while True:
             await trio.sleep(self.interval)
-            if not self._leads():
+            if self._leads() != leading:
+                leading = not leading
+                log.info("housekeeping %s", "runs on this node" if leading else "left to another node")
+            if not leading:
                 continue
             try:
                 report = await self.run_once()
