@@ -68,6 +68,7 @@ def test_recover_sends_failures_again_at_the_current_url_but_never_pings(
     assert client.recover_deliveries().recovered_count == 3  # webhooks/-: b's three, not the ping
     wait_until(lambda: all_in(client, b.name, pb.Delivery.SUCCEEDED, 3))
 
+    wait_until(lambda: states(client, a.name).count(pb.Delivery.SUCCEEDED) == 3)
     recovered = [d for d in client.iter_deliveries(a.name) if d.event_type == "order.created"]
     assert all(d.state == pb.Delivery.SUCCEEDED and d.attempt_count == 2 for d in recovered)
     assert {r.headers["webhook-id"] for r in failing.received("/a2")} == {d.message_id for d in recovered}
@@ -92,6 +93,7 @@ def test_recover_filters_by_time_state_and_webhook(server: HookdProcess, failing
     assert client.recover_deliveries(hook.name, states=[pb.Delivery.SUCCEEDED]).recovered_count == 0
     assert client.recover_deliveries(hook.name, end_time=middle).recovered_count == 2
     wait_until(lambda: len(failing.received()) == 7)  # failed again, for good
+    wait_until(lambda: all_in(client, hook.name, pb.Delivery.FAILED, 5))
     failing.behaviour = always(Reply())
     assert client.recover_deliveries(hook.name, start_time=middle).recovered_count == 3
     wait_until(lambda: states(client, hook.name).count(pb.Delivery.SUCCEEDED) == 3)

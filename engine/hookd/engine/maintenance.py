@@ -65,7 +65,7 @@ class MaintenanceReport:
 
     webhooks_disabled: int = 0
     stagings_dropped: int = 0
-    health_rows_folded: int = 0
+    health_keys_folded: int = 0
     deliveries_removed: int = 0
     events_removed: int = 0
     pages_reclaimed: int = 0
@@ -143,7 +143,7 @@ class Maintenance:
         report.stagings_dropped = await self._commit(
             report, partial(delivery_ops.drop_staged, older_than=at - STAGING_ABANDONED_S)
         )
-        report.health_rows_folded = await self._commit(report, partial(health_ops.compact, now=at))
+        await self._compact(report, at, deadline)
         if config.retention_s > 0:
             await self._retention(report, at - config.retention_s, at, deadline)
         if self._shared:
@@ -172,6 +172,15 @@ class Maintenance:
             )
             report.webhooks_disabled += len(batch)
             if len(batch) < DISABLE_BATCH:
+                return
+        report.complete = False
+
+    async def _compact(self, report: MaintenanceReport, now: float, deadline: float) -> None:
+        """Fold old health minutes into hours, a batch of keys per commit."""
+        while trio.current_time() < deadline:
+            folded = await self._commit(report, partial(health_ops.compact, now=now))
+            report.health_keys_folded += folded
+            if not folded:
                 return
         report.complete = False
 

@@ -21,7 +21,7 @@ from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult, 
 from hookd.engine.model import DeliveryState, InactivePolicy, Status
 from hookd.engine.store import health_ops
 from hookd.engine.store.cluster_ops import Fence, check_fence
-from hookd.engine.store.sql import Tx, UniqueViolation, marks, row_lock
+from hookd.engine.store.sql import Tx, UniqueViolation, marks
 
 #: How long an idempotency key is remembered.
 IDEMPOTENCY_WINDOW_S = 24 * 3600.0
@@ -267,7 +267,7 @@ def existing_events(tx: Tx, event_ids: Sequence[str]) -> set[str]:
     unique = sorted(set(event_ids))
     if not unique:
         return set()
-    rows = tx.all(f"SELECT id FROM events WHERE id IN ({marks(len(unique))}){row_lock(tx, 'SHARE')}", unique)
+    rows = tx.all(f"SELECT id FROM events WHERE id IN ({marks(len(unique))}){tx.dialect.for_share}", unique)
     return {row[0] for row in rows}
 
 
@@ -374,7 +374,7 @@ def recover_batch(tx: Tx, selection: RecoveryFilter, after_id: int, limit: int, 
     urls = dict(
         tx.all(
             f"SELECT id, url FROM webhooks WHERE id IN ({marks(len(hook_ids))}) AND status = 'ACTIVE'"
-            f"{row_lock(tx, 'SHARE')}",
+            f"{tx.dialect.for_share}",
             hook_ids,
         )
     )

@@ -19,7 +19,7 @@ PostgreSQL's autovacuum makes the space of removed rows reusable by new ones.
 from __future__ import annotations
 
 from hookd.engine.store.shared_schema import SETTLED_STATES
-from hookd.engine.store.sql import Tx, marks, row_lock
+from hookd.engine.store.sql import Tx, marks
 
 #: Free pages kept for new rows rather than given back: at least this many...
 RESERVE_PAGES = 256
@@ -68,7 +68,7 @@ def prune_events(
     """
     candidates = tx.all(
         "SELECT id, create_time FROM events WHERE create_time < ? AND (create_time, id) > (?, ?) "
-        f"ORDER BY create_time, id LIMIT ?{row_lock(tx, 'UPDATE')}",
+        f"ORDER BY create_time, id LIMIT ?{tx.dialect.for_update}",
         [older_than, after[0], after[1], limit],
     )
     if not candidates:

@@ -80,6 +80,8 @@ class Dialect:
     #: "" where one writer has the database to itself (SQLite), " FOR UPDATE" where writers
     #: of several nodes may meet (PostgreSQL).
     for_update: str = ""
+    #: The same for rows only read, which must not change or go before the transaction ends.
+    for_share: str = ""
 
 
 def marks(count: int) -> str:
@@ -95,13 +97,6 @@ def percent_placeholders(sql: str) -> str:
 
 def same_sql(sql: str) -> str:
     return sql
-
-
-def row_lock(tx: Tx, mode: str) -> str:
-    """`` FOR SHARE`` or `` FOR UPDATE`` (``mode``) on PostgreSQL, where other nodes'
-    transactions run beside this one; nothing on SQLite, whose single writer runs one
-    transaction at a time."""
-    return f" FOR {mode}" if tx.backend == "postgresql" else ""
 
 
 @dataclass
