@@ -244,3 +244,37 @@ def test_short_retention_under_steady_load_keeps_the_file_flat_and_loses_nothing
         fast.close()
         later.close()
         server.stop()
+
+
+async def test_pruning_commits_in_small_batches_that_let_publishes_through(tmp_path: Path) -> None:
+    receiver = Receiver()
+    engine = local_engine(tmp_path, maintenance_batch=20, retention_s=60, auto_disable_after_s=0)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+            await engine.publish([EventInput("order", "created", {"n": n}, {}) for n in range(200)], batch=True)
+
+            async def all_succeeded() -> bool:
+                page = await engine.list_deliveries(None, "", DeliveryState.SUCCEEDED, 1000, "")
+                return len(page.items) == 200
+
+            await until(all_succeeded)
+            done = trio.Event()
+            reports = []
+
+            async def prune() -> None:
+                reports.append(await engine.run_maintenance(now=engine.now() + 120))
+                done.set()
+
+            nursery.start_soon(prune)
+            # Acknowledged while the pruning, begun first, still has most of its batches to go.
+            await engine.publish([EventInput("customer", "created", {}, {})], batch=False)
+            assert not done.is_set()
+            await done.wait()
+            (report,) = reports
+            assert report.deliveries_removed == 200 and report.events_removed >= 200
+            assert report.commits >= 200 // 20 * 2
+            nursery.cancel_scope.cancel()
+    finally:
+        receiver.close()
