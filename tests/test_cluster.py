@@ -7,6 +7,7 @@ to the lease. The suite's throwaway PostgreSQL server must start: nothing here s
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from hookd.v1 import hookd_pb2 as pb
 from tests.support.cluster import Cluster, snapshot
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import Receiver, Reply, always, wait_until
+from tests.support.server import HookdProcess
 
 LEASE_S = 2.0
 
@@ -303,3 +305,43 @@ def test_every_node_reports_the_same_health(tmp_path: Path, database: str, clust
     finally:
         good.close()
         bad.close()
+
+
+def test_one_node_runs_the_housekeeping_and_another_takes_it_over(
+    tmp_path: Path, database: str, cluster_root: list[Cluster]
+) -> None:
+    cluster = Cluster(tmp_path, database, 2, "--retention", "1s").start()
+    cluster_root.append(cluster)
+    receiver = Receiver()
+    try:
+        cluster.wait_settled(2)
+        client = cluster.nodes[0].client()
+        client.create_webhook("order", "created", receiver.url())
+
+        def leaders() -> list[HookdProcess]:
+            """The running nodes whose last word on housekeeping is that it runs there."""
+            found = []
+            for node in cluster.running():
+                said = re.findall(r"housekeeping (runs on this node|left to another node)", node.log())
+                if said and said[-1] == "runs on this node":
+                    found.append(node)
+            return found
+
+        def prune_all() -> None:
+            client_of_any = cluster.running()[0].client()
+            client_of_any.publish_events([event_input("order", "created", {"n": n}) for n in range(20)])
+            wait_until(lambda: not list(client_of_any.iter_deliveries()))
+
+        (leader,) = wait_until(leaders)
+        prune_all()
+        wait_until(lambda: "deliveries_removed=20" in leader.log())  # the run logs after its commits
+        assert leaders() == [leader]
+        other = next(node for node in cluster.nodes if node is not leader)
+        assert "deliveries_removed=" not in other.log()
+        leader.stop()  # hands its slots over at once, slot 0 with them
+        cluster.wait_settled(1)
+        assert wait_until(leaders) == [other]
+        prune_all()
+        wait_until(lambda: "deliveries_removed=20" in other.log())
+    finally:
+        receiver.close()

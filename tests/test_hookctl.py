@@ -204,8 +204,9 @@ def test_create_with_each_auth_kind(hookd: HookdProcess, client: HookdClient, re
         hookd,
         *("webhooks", "create", "--resource", "payment", "--event", "completed", "--url", receiver.url("/basic")),
         *("--basic", "erp:hunter2:secret", "--inactive", "--discard", "--description", "to the books"),
-        *("--rate-limit", "2.5", "--timeout", "1.5"),
+        *("--rate-limit", "2.5", "--timeout", "1.5", "--ordered"),
     )
+    assert basic["ordering"] == "ORDERED" and bearer["ordering"] == "UNORDERED"
     assert basic["auth"]["basic"]["username"] == "erp" and "hunter2" not in basic["auth"]["basic"]["password"]
     assert (basic["status"], basic["inactivePolicy"]) == ("INACTIVE", "DISCARD")
     assert (basic["description"], basic["rateLimit"], basic["timeout"]) == ("to the books", 2.5, "1.500s")
@@ -251,6 +252,9 @@ def test_get_and_edit_change_only_the_given_fields(hookd: HookdProcess, client: 
 
     edited = data(hookd, "webhooks", "edit", hook.name, "--inactive", "--discard", "--basic", "u:p4ssword")
     assert (edited["status"], edited["inactivePolicy"], edited["description"]) == ("INACTIVE", "DISCARD", "after")
+    assert edited["ordering"] == "UNORDERED"
+    assert data(hookd, "webhooks", "edit", hook.name, "--ordered")["ordering"] == "ORDERED"
+    assert re.search(r"Ordering\s+ordered", ok(hookd, "webhooks", "get", hook.name))
     assert client.get_webhook(hook.name).auth.basic.username == "u"
 
     odd = "[/oops] :thumbs_up: [b]verbatim[/b]"  # rich markup and emoji codes are not interpreted
@@ -409,6 +413,29 @@ def test_deliveries_list_show_and_retry(hookd: HookdProcess, client: HookdClient
         assert line.startswith("error: FAILED_PRECONDITION: delivery is HELD"), line
         missing = single_error_line(fails(hookd, "deliveries", "show", f"{hook.name}/deliveries/999"))
         assert missing.startswith("error: NOT_FOUND: ")
+    finally:
+        failing.close()
+
+
+def test_deliveries_recover(hookd: HookdProcess, client: HookdClient) -> None:
+    failing = Receiver(always(Reply(status=500)))
+    try:
+        hook = client.create_webhook("order", "created", failing.url())
+        other = client.create_webhook("order", "created", failing.url("/other"))
+        client.publish_event("order", "created", data={"id": 1})
+        wait_until(lambda: len(client.list_deliveries(state=pb.Delivery.FAILED).deliveries) == 2)
+        failing.behaviour = always(Reply())
+        assert data(hookd, "deliveries", "recover", "--webhook", hook.name, "--until", "1h") == {"recoveredCount": "0"}
+        shown = ok(hookd, "deliveries", "recover", "--webhook", hook.name, "--since", "1h", "--state", "failed")
+        assert shown.strip() == "Recovered 1 delivery: each is sent once more, now."
+        wait_until(lambda: client.list_deliveries(hook.name, state=pb.Delivery.SUCCEEDED).deliveries)
+        assert data(hookd, "deliveries", "recover", "--since", "2000-01-01T00:00:00Z") == {"recoveredCount": "1"}
+        wait_until(lambda: client.list_deliveries(other.name, state=pb.Delivery.SUCCEEDED).deliveries)
+        assert "Nothing to recover" in ok(hookd, "deliveries", "recover")
+        assert "expected a time" in fails(hookd, "deliveries", "recover", "--since", "yesterday", code=2)
+        assert "'pending' is not one of" in fails(hookd, "deliveries", "recover", "--state", "pending", code=2)
+        line = single_error_line(fails(hookd, "deliveries", "recover", "--webhook", "wh_missing"))
+        assert line == "error: NOT_FOUND: webhooks/wh_missing not found"
     finally:
         failing.close()
 

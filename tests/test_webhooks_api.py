@@ -67,6 +67,37 @@ def test_update_rejects_unknown_and_output_only_paths(client: HookdClient) -> No
         client.update_webhook(pb.Webhook(name="webhooks/wh_missing", description="x"), ["description"])
 
 
+def test_ordering_is_stored_returned_and_updatable(hookd: HookdProcess, client: HookdClient) -> None:
+    plain = client.create_webhook("order", "created", URL)
+    assert plain.ordering == pb.Webhook.UNORDERED
+    assert plain.disabled_reason == "" and not plain.HasField("disable_time")
+    ordered = client.create_webhook("order", "updated", URL, ordering=pb.Webhook.ORDERED)
+    assert ordered.ordering == pb.Webhook.ORDERED
+    assert client.get_webhook(ordered.name).ordering == pb.Webhook.ORDERED
+    changed = client.update_webhook(pb.Webhook(name=plain.name, ordering=pb.Webhook.ORDERED), ["ordering"])
+    assert changed.ordering == pb.Webhook.ORDERED
+    # Unspecified through a mask: the default again.
+    assert client.update_webhook(pb.Webhook(name=plain.name), ["ordering"]).ordering == pb.Webhook.UNORDERED
+    with pytest.raises(InvalidArgument, match="webhook.ordering"):
+        client.create_webhook("order", "fulfilled", URL, ordering=7)  # type: ignore[arg-type]
+    for path in ("disabled_reason", "disable_time"):  # output only
+        with pytest.raises(InvalidArgument, match="update_mask"):
+            client.update_webhook(pb.Webhook(name=plain.name), [path])
+    hookd.restart()
+    again = hookd.client()
+    assert {hook.name: hook.ordering for hook in again.list_webhooks().webhooks} == {
+        plain.name: pb.Webhook.UNORDERED,
+        ordered.name: pb.Webhook.ORDERED,
+    }
+
+
+def test_operational_events_are_subscribed_to_never_published(client: HookdClient) -> None:
+    hook = client.create_webhook("webhook", "disabled", URL)
+    assert hook.resource == "webhook" and hook.event == "disabled"
+    with pytest.raises(InvalidArgument, match="event.resource: webhook events are published by hookd itself"):
+        client.publish_event("webhook", "disabled", data={"name": "webhooks/wh_fake"})
+
+
 def test_delete_removes_at_once(client: HookdClient) -> None:
     hook = client.create_webhook("customer", "deleted", URL)
     assert client.delete_webhook(hook.name).cancelled_deliveries == 0
@@ -166,8 +197,9 @@ def test_custom_headers_may_not_set_framing_or_webhook_headers(client: HookdClie
 
 def test_list_event_types_is_the_catalogue(client: HookdClient) -> None:
     types = {t.type for t in client.list_event_types().event_types}
-    assert len(types) == 17
+    assert len(types) == 18
     assert {"order.created", "product.inventory_updated", "payment.refunded", "shipping.tracking_updated"} <= types
+    assert "webhook.disabled" in types  # hookd's own operational event, for ops systems to subscribe to
 
 
 def test_list_filters_and_search(client: HookdClient) -> None:

@@ -1,4 +1,9 @@
-"""The store's event catalogue: which (resource, event) pairs exist."""
+"""The store's event catalogue: which (resource, event) pairs exist.
+
+Most types are the store platform's, published by callers. ``webhook`` types are hookd's own
+operational events (``webhook.disabled``): webhooks subscribe to them like any other, so an ops
+system hears of them, but only hookd publishes them.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,13 @@ CATALOGUE: dict[str, tuple[str, ...]] = {
     "customer": ("created", "updated", "deleted"),
     "payment": ("completed", "failed", "refunded"),
     "shipping": ("label_created", "tracking_updated", "delivered"),
+    "webhook": ("disabled",),
 }
+
+#: Resources whose events hookd publishes itself; PublishEvent refuses them.
+OPERATIONAL = frozenset({"webhook"})
+#: A webhook hookd disabled because every attempt failed for ``--auto-disable-after``.
+WEBHOOK_DISABLED = ("webhook", "disabled")
 
 #: Type of the synthetic event TestWebhook sends; no webhook subscribes to it.
 PING_TYPE = "webhook.ping"
@@ -52,3 +63,12 @@ def check_filter(resource: str, event: str) -> None:
     elif event and not any(event in events for events in CATALOGUE.values()):
         known = sorted({name for events in CATALOGUE.values() for name in events})
         raise InvalidArgument("event", f"unknown event {event[:100]!r}; valid events: {', '.join(known)}")
+
+
+def check_publishable(resource: str, *, field_prefix: str = "") -> None:
+    """Callers publish the store's events, never hookd's own."""
+    if resource in OPERATIONAL:
+        raise InvalidArgument(
+            f"{field_prefix}resource",
+            f"{resource} events are published by hookd itself; webhooks may subscribe to them",
+        )

@@ -46,6 +46,8 @@ log = logging.getLogger("hookd.cluster")
 
 #: The share of the lease a node trusts its own renewal for (clocks drift a little).
 TRUST = 0.9
+#: The node holding this slot's lease runs the cluster's housekeeping.
+LEADER_SLOT = 0
 
 
 @lru_cache(maxsize=65536)
@@ -117,6 +119,16 @@ class Membership:
     def fence(self, url: str) -> Fence | None:
         slot = slot_of(url)
         return Fence(slot, self._slots.held.get(slot, -1), self.node_id)
+
+    def leads(self) -> bool:
+        """Whether this node runs the cluster's housekeeping (maintenance.py): it holds slot 0's
+        lease, trusted by its own clock, and is not handing the slot over."""
+        return (
+            LEADER_SLOT in self._slots.held
+            and LEADER_SLOT not in self._slots.leaving
+            and not self._leaving
+            and trio.current_time() < self._valid_until
+        )
 
     # -- the membership loop -----------------------------------------------------------------------
 

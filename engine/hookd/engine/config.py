@@ -53,3 +53,11 @@ class EngineConfig:
     node_id: str = field(default_factory=default_node_id)
     #: Seconds a node's leases last without renewal: how soon a dead node's destinations move.
     lease_s: float = 10.0
+    #: Settled deliveries, their attempts and unneeded events are removed once this old; 0 keeps
+    #: everything.
+    retention_s: float = 30 * 86400.0
+    #: An active webhook whose every attempt failed for this long is disabled; 0 never.
+    auto_disable_after_s: float = 5 * 86400.0
+    #: Rows per commit for retention and RecoverDeliveries: short commits, so other work
+    #: commits in between.
+    maintenance_batch: int = 1000

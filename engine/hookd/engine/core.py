@@ -8,7 +8,6 @@ gives up while its change commits cannot leave memory and disk disagreeing.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import random
 from collections.abc import Callable
@@ -24,15 +23,18 @@ from hookd.engine.clock import Clock
 from hookd.engine.cluster import ClusterSync, Membership
 from hookd.engine.config import EngineConfig
 from hookd.engine.dispatcher import Dispatcher
-from hookd.engine.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from hookd.engine.envelopes import envelope
+from hookd.engine.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
 from hookd.engine.jobs import Job, PreparedEvent, PublishResult
+from hookd.engine.maintenance import Maintenance, MaintenanceReport
 from hookd.engine.model import (
     AttemptRecord,
     DeliveryRecord,
     DeliveryState,
     EventRecord,
     InactivePolicy,
+    Ordering,
     Status,
     Webhook,
     WebhookFilter,
@@ -43,6 +45,8 @@ from hookd.engine.paging import decode_token, encode_token, page_size
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
+from hookd.engine.store.delivery_ops import RecoveredBatch, RecoveryFilter
+from hookd.engine.store.webhook_ops import Disabled
 from hookd.engine.store.writer import Readers, StoreStatus, Writer, WriterStatistics
 from hookd.engine.validation import (
     DEFAULT_TIMEOUT_S,
@@ -84,17 +88,6 @@ class Page:
     total: int = 0
 
 
-def rfc3339(epoch: float) -> str:
-    stamp = datetime.datetime.fromtimestamp(epoch, tz=datetime.UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def envelope(event_id: str, event_type: str, epoch: float, data_json: str, related_json: str) -> str:
-    """The JSON body every destination receives for an event, around data already serialised."""
-    head = to_json({"id": event_id, "type": event_type, "timestamp": rfc3339(epoch)})
-    return f'{head[:-1]},"data":{data_json},"related":{related_json}}}'
-
-
 class Engine:
     """The engine's public face: the server calls these methods and nothing deeper."""
 
@@ -109,6 +102,10 @@ class Engine:
         self._monitor: HealthMonitor
         self._membership: Membership | None = None
         self._sync: ClusterSync
+        self._maintenance: Maintenance
+        self._nursery: trio.Nursery
+        # Background recoveries go one after another.
+        self._recovery_lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the store, resume pending deliveries, and run until cancelled.
@@ -145,13 +142,23 @@ class Engine:
                 store_status=lambda: self._writer.status,
             )
             await self._monitor.load()
+            self._maintenance = Maintenance(
+                config,
+                self.clock,
+                self._writer,
+                leads=self._membership.leads if self._membership is not None else lambda: True,
+                shared=backend.shared,
+                disabled=self._disabled,
+            )
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 await nursery.start(self._writer.run)
                 await nursery.start(self._dispatcher.run)
                 if self._membership is not None:
                     await nursery.start(self._membership.run)
                     await nursery.start(self._sync.run)
                 await nursery.start(self._monitor.run)
+                await nursery.start(self._maintenance.run)
                 log.info(
                     "engine started database=%s webhooks=%d node=%s",
                     backend.description,
@@ -297,6 +304,7 @@ class Engine:
             timeout_s=data.timeout_s if data.timeout_s is not None else DEFAULT_TIMEOUT_S,
             create_time=now,
             update_time=now,
+            ordering=data.ordering or Ordering.UNORDERED,
         )
         await self._writer.execute(partial(webhook_ops.insert_webhook, webhook=webhook), on_commit=self.registry.put)
         log.info("webhook created name=webhooks/%s type=%s.%s", webhook.id, webhook.resource, webhook.event)
@@ -323,6 +331,8 @@ class Engine:
                 changes["status"] = data.status or Status.ACTIVE
             elif path == "inactive_policy":
                 changes["inactive_policy"] = data.inactive_policy or InactivePolicy.QUEUE
+            elif path == "ordering":
+                changes["ordering"] = data.ordering or Ordering.UNORDERED
             else:
                 changes[path] = getattr(data, path)
         new = replace(current, **changes)
@@ -362,6 +372,17 @@ class Engine:
         )
         log.info("webhook deleted name=webhooks/%s cancelled=%d", webhook_id, cancelled)
         return int(cancelled)
+
+    def _disabled(self, disabled: list[Disabled]) -> None:
+        """Webhooks maintenance switched off (committed): apply, say so, send the announcements."""
+        for item in disabled:
+            self._updated((item.old, item.new))
+            log.warning("webhook disabled name=webhooks/%s reason=%s", item.new.id, item.new.disabled_reason)
+            self._offer(item.published)
+
+    async def run_maintenance(self, now: float | None = None) -> MaintenanceReport:
+        """One maintenance run now, judging ages as of ``now`` (epoch seconds; default: now)."""
+        return await self._maintenance.run_once(now)
 
     def _deleted(self, outcome: tuple[Webhook, int]) -> None:
         old = outcome[0]
@@ -449,6 +470,7 @@ class Engine:
 
     def _prepare(self, item: EventInput, prefix: str, now: float) -> PreparedEvent:
         event_type = catalogue.check_event_type(item.resource, item.event, field_prefix=f"{prefix}.")
+        catalogue.check_publishable(item.resource, field_prefix=f"{prefix}.")
         check_idempotency_key(item.idempotency_key, f"{prefix}.idempotency_key")
         data_json, related_json = event_payload(item.data, item.related, self.config.max_event_bytes, prefix)
         event_id = new_event_id()
@@ -587,3 +609,70 @@ class Engine:
             on_commit=self._dispatcher.poke,
         )
         return await self.get_delivery(webhook_id, delivery_id)
+
+    async def recover_deliveries(
+        self, webhook_id: str | None, start: float | None, end: float | None, states: list[DeliveryState]
+    ) -> int:
+        """Send finished deliveries again (see ``delivery_ops.recover_batch``); return how many.
+
+        The first batch commits before this returns; the rest, if any, is counted now and queued
+        in the background, one short commit per batch.
+        """
+        states = states or [DeliveryState.FAILED]
+        for state in states:
+            if not state.finished:
+                raise InvalidArgument("states", f"{state.value} is not a finished state; recover only finished ones")
+        if start is not None and end is not None and start >= end:
+            raise InvalidArgument("end_time", "must be after start_time")
+        if webhook_id is not None:
+            webhook = await self.get_webhook(webhook_id)
+            if webhook.status is not Status.ACTIVE:
+                raise FailedPrecondition(f"webhooks/{webhook_id} is inactive; activate it before recovering")
+        up_to = await self._readers.run(delivery_ops.newest_delivery_id)
+        selection = RecoveryFilter(webhook_id, start, end, tuple(dict.fromkeys(states)), up_to)
+        first = await self._recover_batch(selection, 0)
+        if first.done:
+            return first.recovered
+        rest = await self._readers.run(
+            partial(delivery_ops.count_recoverable, selection=selection, after_id=first.last_id)
+        )
+        self._nursery.start_soon(self._recover_rest, selection, first.last_id)
+        log.info("recovery queued name=webhooks/%s now=%d background=%d", webhook_id or "-", first.recovered, rest)
+        return first.recovered + rest
+
+    async def _recover_batch(self, selection: RecoveryFilter, after_id: int) -> RecoveredBatch:
+        def poke(batch: RecoveredBatch) -> None:
+            for url in batch.urls:
+                self._dispatcher.poke(url)
+
+        return await self._writer.execute(
+            partial(
+                delivery_ops.recover_batch,
+                selection=selection,
+                after_id=after_id,
+                limit=self.config.maintenance_batch,
+                now=self.clock.now(),
+            ),
+            on_commit=poke,
+        )
+
+    async def _recover_rest(self, selection: RecoveryFilter, after_id: int) -> None:
+        """The background part: a batch per commit, each followed by a pause as long as it took,
+        so publishes and attempt outcomes keep their share of the writer."""
+        recovered = 0
+        async with self._recovery_lock:
+            try:
+                while True:
+                    started = trio.current_time()
+                    batch = await self._recover_batch(selection, after_id)
+                    recovered += batch.recovered
+                    after_id = batch.last_id
+                    if batch.done:
+                        break
+                    await trio.sleep(trio.current_time() - started)
+            except Unavailable as error:
+                log.warning(
+                    "recovery interrupted recovered=%d reason=%s; call again to go on", recovered, error.message
+                )
+                return
+        log.info("recovery finished name=webhooks/%s recovered=%d", selection.webhook_id or "-", recovered)

@@ -20,6 +20,13 @@ class InactivePolicy(enum.Enum):
     DISCARD = "DISCARD"
 
 
+class Ordering(enum.Enum):
+    """Whether a webhook's deliveries may overlap (UNORDERED) or go one at a time in publish order."""
+
+    UNORDERED = "UNORDERED"
+    ORDERED = "ORDERED"
+
+
 class DeliveryState(enum.Enum):
     """Where a delivery stands. Values are stored in SQLite."""
 
@@ -29,6 +36,11 @@ class DeliveryState(enum.Enum):
     FAILED = "FAILED"
     DISCARDED = "DISCARDED"
     CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        """Settled for good unless someone sends it again (RetryDelivery, RecoverDeliveries)."""
+        return self not in (DeliveryState.PENDING, DeliveryState.HELD)
 
 
 class Outcome(enum.Enum):
@@ -108,6 +120,10 @@ class Webhook:
     update_time: float
     previous_secret: str = ""
     previous_secret_expires: float = 0.0
+    ordering: Ordering = Ordering.UNORDERED
+    #: Why hookd switched the webhook off by itself (auto-disable), and when; empty and 0 otherwise.
+    disabled_reason: str = ""
+    disable_time: float = 0.0
 
     def signing_secrets(self, now: float) -> list[str]:
         """Secrets that sign a request sent at ``now``: the current one, and the previous one in its grace period."""

@@ -10,7 +10,7 @@ from typing import Any
 
 from hookd.engine.destinations import MAX_URL_LENGTH
 from hookd.engine.errors import InvalidArgument
-from hookd.engine.model import Auth, InactivePolicy, Status
+from hookd.engine.model import Auth, InactivePolicy, Ordering, Status
 
 MAX_DESCRIPTION = 500
 MAX_IDEMPOTENCY_KEY = 255
@@ -71,6 +71,7 @@ UPDATABLE = (
     "description",
     "rate_limit",
     "timeout",
+    "ordering",
 )
 
 
@@ -87,6 +88,7 @@ class WebhookInput:
     description: str = ""
     rate_limit: float = 0.0
     timeout_s: float | None = None
+    ordering: Ordering | None = None
 
 
 def _printable(value: str, field_name: str, limit: int) -> None:

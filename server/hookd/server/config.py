@@ -43,6 +43,31 @@ def _flag(value: str) -> bool:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds, as seconds; argparse's ``type``."""
+    value = text.strip().lower()
+    scale = _UNITS.get(value[-1:], 0.0)
+    number = value[:-1] if scale else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: use 30d, 12h, 90m, 45s or seconds") from None
+    if not (0 <= seconds < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or a positive, finite duration")
+    return seconds
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds in the largest unit that says them exactly (``30d``), as ``duration`` reads them."""
+    for unit, size in _UNITS.items():
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hookd",
@@ -172,6 +197,22 @@ def parser() -> argparse.ArgumentParser:
         "destinations move to the others after this [HOOKD_LEASE]",
     )
     s.add_argument(
+        "--retention",
+        type=duration,
+        metavar="DURATION",
+        default=_env("HOOKD_RETENTION", duration_text(EngineConfig.retention_s)),
+        help="settled deliveries, their attempts and events no pending or held delivery needs are removed "
+        "once this old: 30d, 12h, 90m, 45s or seconds; 0 keeps everything [HOOKD_RETENTION]",
+    )
+    s.add_argument(
+        "--auto-disable-after",
+        type=duration,
+        metavar="DURATION",
+        default=_env("HOOKD_AUTO_DISABLE_AFTER", duration_text(EngineConfig.auto_disable_after_s)),
+        help="an active webhook whose every attempt failed for this long becomes inactive (and "
+        "webhook.disabled is published); same syntax; 0 never [HOOKD_AUTO_DISABLE_AFTER]",
+    )
+    s.add_argument(
         "--max-webhooks-per-type",
         type=int,
         default=int(_env("HOOKD_MAX_WEBHOOKS_PER_TYPE", str(EngineConfig.max_webhooks_per_type))),
@@ -265,6 +306,8 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
         max_deliveries_per_call=args.max_deliveries_per_call,
         node_id=args.node_id or default_node_id(),
         lease_s=args.lease,
+        retention_s=args.retention,
+        auto_disable_after_s=args.auto_disable_after,
     )
     return ServerConfig(
         listen=args.listen,

@@ -20,6 +20,7 @@ from hookd.engine.model import (
     DeliveryState,
     EventRecord,
     InactivePolicy,
+    Ordering,
     Status,
     Webhook,
     message_id,
@@ -75,6 +76,13 @@ def duration(seconds: float) -> duration_pb2.Duration:
     value = duration_pb2.Duration()
     value.FromNanoseconds(int(seconds * 1e9))
     return value
+
+
+def epoch(value: timestamp_pb2.Timestamp, field_name: str) -> float:
+    """A Timestamp as epoch seconds; one outside 0001-9999 (what RFC 3339 can write) is refused."""
+    if not (-62_135_596_800 <= value.seconds <= 253_402_300_799) or not (0 <= value.nanos < 1_000_000_000):
+        raise InvalidArgument(field_name, "is not a valid timestamp")
+    return value.seconds + value.nanos / 1e9
 
 
 def seconds(value: duration_pb2.Duration, field_name: str) -> float:
@@ -142,6 +150,8 @@ def webhook_input(message: pb.Webhook) -> WebhookInput:
     status = webhook_status(message.status, "webhook.status")
     if message.inactive_policy not in (pb.Webhook.INACTIVE_POLICY_UNSPECIFIED, pb.Webhook.QUEUE, pb.Webhook.DISCARD):
         raise InvalidArgument("webhook.inactive_policy", "must be QUEUE or DISCARD")
+    if message.ordering not in (pb.Webhook.ORDERING_UNSPECIFIED, pb.Webhook.UNORDERED, pb.Webhook.ORDERED):
+        raise InvalidArgument("webhook.ordering", "must be UNORDERED or ORDERED")
     return WebhookInput(
         resource=message.resource,
         event=message.event,
@@ -154,13 +164,14 @@ def webhook_input(message: pb.Webhook) -> WebhookInput:
         description=message.description,
         rate_limit=rate,
         timeout_s=timeout,
+        ordering=Ordering(pb.Webhook.Ordering.Name(message.ordering)) if message.ordering else None,
     )
 
 
 def populated_paths(message: pb.Webhook) -> list[str]:
     """The implied update mask when none is given: every updatable field set to a non-default value."""
     paths = []
-    for name in ("resource", "event", "url", "description", "rate_limit", "status", "inactive_policy"):
+    for name in ("resource", "event", "url", "description", "rate_limit", "status", "inactive_policy", "ordering"):
         if getattr(message, name):
             paths.append(name)
     if message.HasField("auth"):
@@ -185,9 +196,13 @@ def webhook_to_proto(webhook: Webhook, *, reveal_secret: bool = False, now: floa
         timeout=duration(webhook.timeout_s),
         create_time=timestamp(webhook.create_time),
         update_time=timestamp(webhook.update_time),
+        ordering=pb.Webhook.Ordering.Value(webhook.ordering.value),
+        disabled_reason=webhook.disabled_reason,
     )
     if webhook.previous_secret and webhook.previous_secret_expires > now:
         message.previous_secret_expire_time.CopyFrom(timestamp(webhook.previous_secret_expires))
+    if webhook.disable_time:
+        message.disable_time.CopyFrom(timestamp(webhook.disable_time))
     return message
 
 
@@ -217,6 +232,13 @@ def delivery_state(value: int) -> DeliveryState | None:
         return DeliveryState(pb.Delivery.State.Name(pb.Delivery.State.ValueType(value)))
     except ValueError as error:
         raise InvalidArgument("state", f"unknown delivery state {value}") from error
+
+
+def recover_state(value: int) -> DeliveryState:
+    """One of RecoverDeliveries' states: a known one (the engine checks that it is finished)."""
+    if value not in pb.Delivery.State.values() or value == pb.Delivery.STATE_UNSPECIFIED:
+        raise InvalidArgument("states", f"unknown delivery state {value}")
+    return DeliveryState(pb.Delivery.State.Name(pb.Delivery.State.ValueType(value)))
 
 
 def delivery_to_proto(delivery: DeliveryRecord) -> pb.Delivery:

@@ -164,6 +164,17 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         delivery = await self._bridge.call(self._engine.retry_delivery, hook_id, delivery_id)
         return convert.delivery_to_proto(delivery)
 
+    @grpc_errors
+    async def RecoverDeliveries(
+        self, request: pb.RecoverDeliveriesRequest, context: Context
+    ) -> pb.RecoverDeliveriesResponse:
+        hook_id = convert.deliveries_parent(request.parent)
+        start = convert.epoch(request.start_time, "start_time") if request.HasField("start_time") else None
+        end = convert.epoch(request.end_time, "end_time") if request.HasField("end_time") else None
+        states = [convert.recover_state(value) for value in request.states]
+        count = await self._bridge.call(self._engine.recover_deliveries, hook_id, start, end, states)
+        return pb.RecoverDeliveriesResponse(recovered_count=count)
+
     # A coroutine writing with context.write rather than the generator the stubs expect: a
     # generator's writes are grpc's, and could not be bounded in time.
     async def StreamHealth(self, request: pb.StreamHealthRequest, context: Context) -> None:  # type: ignore[override]

@@ -209,6 +209,11 @@ def webhook_options(*, create: bool) -> Callable[[F], F]:
         click.option("--description", help="Free text for people."),
         click.option("--rate-limit", type=click.FloatRange(min=0), help="Most requests per second; 0: default."),
         click.option("--timeout", type=float, metavar="SECONDS", help="Time allowed per request (0.1 to 30)."),
+        click.option(
+            "--ordered/--unordered",
+            default=None,
+            help="Send one delivery at a time in publish order, or side by side [create: unordered].",
+        ),
     ]
     if not create:
         options.append(click.option("--no-auth", is_flag=True, help="Remove the authentication."))
@@ -238,6 +243,7 @@ def create(app: App, /, **options: Any) -> None:
         description=webhook.description,
         rate_limit=webhook.rate_limit,
         timeout_s=options["timeout"],
+        ordering=webhook.ordering,
     )
     app.show(hook, render.webhook_detail(hook), render.SECRET_NOTE)
 
@@ -429,6 +435,35 @@ def retry(app: App, delivery: str) -> None:
     name = delivery if "/deliveries/" in delivery else app.client.find_delivery(delivery).name
     item = app.client.retry_delivery(name)
     app.show(item, render.delivery_detail(item))
+
+
+@deliveries.command()
+@click.option("--webhook", default="webhooks/-", help="Only this webhook's deliveries [every active webhook].")
+@click.option(
+    "--since",
+    metavar="TIME",
+    help="Only deliveries made at or after TIME: 2026-01-31T08:00:00Z, or an age (2h: two hours ago).",
+)
+@click.option("--until", metavar="TIME", help="Only deliveries made before TIME (same forms).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(sorted(inputs.FINISHED_STATES), case_sensitive=False),
+    help="Only deliveries in this state; repeatable [failed].",
+)
+@json_option
+@pass_app
+def recover(app: App, webhook: str, since: str | None, until: str | None, states: tuple[str, ...]) -> None:
+    """Send finished deliveries again (after an outage, say): each match once more, now, to its
+    webhook's current URL. Test pings are never sent again."""
+    answer = app.client.recover_deliveries(
+        webhook,
+        start_time=inputs.point_in_time(since, "--since") if since else None,
+        end_time=inputs.point_in_time(until, "--until") if until else None,
+        states=[inputs.FINISHED_STATES[state.lower()] for state in states],
+    )
+    app.show(answer, render.recovered(answer))
 
 
 # -- health --------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ class HookdClient:
         description: str = "",
         rate_limit: float = 0.0,
         timeout_s: float | None = None,
+        ordering: pb.Webhook.Ordering.ValueType = pb.Webhook.ORDERING_UNSPECIFIED,
     ) -> pb.Webhook:
         webhook = pb.Webhook(
             resource=resource,
@@ -111,6 +112,7 @@ class HookdClient:
             inactive_policy=inactive_policy,
             description=description,
             rate_limit=rate_limit,
+            ordering=ordering,
         )
         if auth is not None:
             webhook.auth.CopyFrom(auth)
@@ -258,6 +260,26 @@ class HookdClient:
     @_named_errors
     def retry_delivery(self, delivery: str) -> pb.Delivery:
         return self._call(self.stub.RetryDelivery, pb.RetryDeliveryRequest(name=delivery))  # type: ignore[no-any-return]
+
+    @_named_errors
+    def recover_deliveries(
+        self,
+        parent: str = "webhooks/-",
+        *,
+        start_time: float | None = None,
+        end_time: float | None = None,
+        states: Sequence[pb.Delivery.State.ValueType] = (),
+    ) -> pb.RecoverDeliveriesResponse:
+        """Send finished deliveries again (FAILED ones unless ``states`` says otherwise), made
+        between ``start_time`` and ``end_time`` (epoch seconds), of one webhook or of all."""
+        request = pb.RecoverDeliveriesRequest(
+            parent=parent if parent == "webhooks/-" else webhook_name(parent), states=list(states)
+        )
+        if start_time is not None:
+            request.start_time.FromNanoseconds(int(start_time * 1e9))
+        if end_time is not None:
+            request.end_time.FromNanoseconds(int(end_time * 1e9))
+        return self._call(self.stub.RecoverDeliveries, request)  # type: ignore[no-any-return]
 
     def stream_health(
         self,

@@ -8,7 +8,10 @@ before anything is sent.
 from __future__ import annotations
 
 import json
+import re
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import click
@@ -19,6 +22,26 @@ WEBHOOK_STATUSES = {"active": pb.Webhook.ACTIVE, "inactive": pb.Webhook.INACTIVE
 DELIVERY_STATES = {
     name.lower(): value for name, value in pb.Delivery.State.items() if value != pb.Delivery.STATE_UNSPECIFIED
 }
+#: States a delivery can be recovered from (RecoverDeliveries): the finished ones.
+FINISHED_STATES = {
+    name: value for name, value in DELIVERY_STATES.items() if value not in (pb.Delivery.PENDING, pb.Delivery.HELD)
+}
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
+_AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def point_in_time(value: str, option: str, now: float | None = None) -> float:
+    """Epoch seconds from an RFC 3339 time (``2026-01-31T08:00:00Z``; without a zone, local
+    time) or an age (``2h``: two hours ago; ``d``, ``h``, ``m``, ``s``)."""
+    age = _AGE.match(value.strip().lower())
+    if age:
+        return (time.time() if now is None else now) - float(age.group(1)) * _AGE_UNITS[age.group(2)]
+    try:
+        return datetime.fromisoformat(value.strip()).timestamp()
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a time like 2026-01-31T08:00:00Z or an age like 2h, got {value!r}", param_hint=f"'{option}'"
+        ) from None
 
 
 def header(value: str) -> tuple[str, str]:
@@ -84,6 +107,7 @@ class WebhookOptions:
     description: str | None = None
     rate_limit: float | None = None
     timeout: float | None = None
+    ordered: bool | None = None
 
     def changes(self) -> tuple[pb.Webhook, list[str]]:
         """The message and the update mask naming exactly the options that were given."""
@@ -114,4 +138,7 @@ class WebhookOptions:
         if self.timeout is not None:
             webhook.timeout.FromNanoseconds(round(self.timeout * 1e9))
             paths.append("timeout")
+        if self.ordered is not None:
+            webhook.ordering = pb.Webhook.ORDERED if self.ordered else pb.Webhook.UNORDERED
+            paths.append("ordering")
         return webhook, paths

@@ -81,8 +81,10 @@ def optional(value: str) -> Text:
     return Text(value) if value else NONE
 
 
-def webhook_status(status: pb.Webhook.Status.ValueType) -> Text:
-    """Green ``Active``, dim ``Inactive``: the dashboard's two states at a glance."""
+def webhook_status(status: pb.Webhook.Status.ValueType, disabled_reason: str = "") -> Text:
+    """Green ``Active``, dim ``Inactive``, red ``Disabled`` when hookd switched it off itself."""
+    if status == pb.Webhook.INACTIVE and disabled_reason:
+        return Text("Disabled", style="red")
     if status == pb.Webhook.INACTIVE:
         return Text("Inactive", style="dim")
     if status == pb.Webhook.ACTIVE:
@@ -147,19 +149,25 @@ def webhooks_table(webhooks: Sequence[pb.Webhook], *, total: int | None = None) 
     table.add_column("Status", no_wrap=True)
     table.add_column("Name", overflow="fold")
     for hook in webhooks:
-        table.add_row(hook.resource, hook.event, hook.url, webhook_status(hook.status), hook.name)
+        table.add_row(hook.resource, hook.event, hook.url, webhook_status(hook.status, hook.disabled_reason), hook.name)
     return table
 
 
 def webhook_detail(hook: pb.Webhook) -> Table:
     policy = pb.Webhook.InactivePolicy.Name(hook.inactive_policy).lower() if hook.inactive_policy else "-"
+    ordering = pb.Webhook.Ordering.Name(hook.ordering).lower() if hook.ordering else "-"
     rows: list[tuple[str, RenderableType]] = [
         ("Name", hook.name),
         ("Resource", hook.resource),
         ("Event", hook.event),
         ("URL", hook.url),
-        ("Status", webhook_status(hook.status)),
+        ("Status", webhook_status(hook.status, hook.disabled_reason)),
+    ]
+    if hook.disabled_reason:
+        rows.append(("Disabled", Text.assemble(when(hook.disable_time), " ", (hook.disabled_reason, "red"))))
+    rows += [
         ("While inactive", policy),
+        ("Ordering", ordering),
         ("Auth", auth_summary(hook.auth)),
         ("Signing secret", hook.signing_secret),
         ("Description", optional(hook.description)),
@@ -268,6 +276,14 @@ def delivery_detail(delivery: pb.Delivery, attempts: Sequence[pb.Attempt] | None
             optional(attempt.error),
         )
     return Group(fields, Text(), table)
+
+
+def recovered(answer: pb.RecoverDeliveriesResponse) -> Text:
+    count = answer.recovered_count
+    if not count:
+        return Text("Nothing to recover: no finished delivery of an active webhook matches.", style="dim")
+    noun = "delivery" if count == 1 else "deliveries"
+    return Text(f"Recovered {count} {noun}: each is sent once more, now.")
 
 
 # -- health --------------------------------------------------------------------------------------

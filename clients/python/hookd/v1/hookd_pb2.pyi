@@ -181,6 +181,29 @@ class Webhook(_message.Message):
     DISCARD: Webhook.InactivePolicy.ValueType  # 2
     """Deliveries are recorded as discarded and never sent."""
 
+    class _Ordering:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OrderingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Webhook._Ordering.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ORDERING_UNSPECIFIED: Webhook._Ordering.ValueType  # 0
+        """Not set. On create this means UNORDERED."""
+        UNORDERED: Webhook._Ordering.ValueType  # 1
+        """Deliveries are sent side by side, up to the destination's requests in flight."""
+        ORDERED: Webhook._Ordering.ValueType  # 2
+        """Deliveries are sent one at a time, in publish order."""
+
+    class Ordering(_Ordering, metaclass=_OrderingEnumTypeWrapper):
+        """Whether deliveries may overlap, or go one at a time in publish order."""
+
+    ORDERING_UNSPECIFIED: Webhook.Ordering.ValueType  # 0
+    """Not set. On create this means UNORDERED."""
+    UNORDERED: Webhook.Ordering.ValueType  # 1
+    """Deliveries are sent side by side, up to the destination's requests in flight."""
+    ORDERED: Webhook.Ordering.ValueType  # 2
+    """Deliveries are sent one at a time, in publish order."""
+
     NAME_FIELD_NUMBER: _builtins.int
     RESOURCE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
@@ -195,6 +218,9 @@ class Webhook(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PREVIOUS_SECRET_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    ORDERING_FIELD_NUMBER: _builtins.int
+    DISABLED_REASON_FIELD_NUMBER: _builtins.int
+    DISABLE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `webhooks/{webhook}`. Output only."""
     resource: _builtins.str
@@ -216,6 +242,15 @@ class Webhook(_message.Message):
     rate_limit: _builtins.float
     """Most requests per second sent to this URL, from 0.1 to 100,000; 0 means the server's default.
     URLs shared by several webhooks use the lowest rate among them.
+    """
+    ordering: Global___Webhook.Ordering.ValueType
+    """Whether deliveries may overlap (UNORDERED, the default) or go one at a time in publish
+    order (ORDERED).
+    """
+    disabled_reason: _builtins.str
+    """Why hookd made the webhook INACTIVE by itself, when every attempt failed for the server's
+    `--auto-disable-after` (5 days by default); empty otherwise, and cleared when it is
+    activated again. Output only.
     """
     @_builtins.property
     def auth(self) -> Global___DestinationAuth:
@@ -241,6 +276,10 @@ class Webhook(_message.Message):
         Output only.
         """
 
+    @_builtins.property
+    def disable_time(self) -> _timestamp_pb2.Timestamp:
+        """When hookd disabled it; unset unless `disabled_reason` is set. Output only."""
+
     def __init__(
         self,
         *,
@@ -258,10 +297,13 @@ class Webhook(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         previous_secret_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        ordering: Global___Webhook.Ordering.ValueType = ...,
+        disabled_reason: _builtins.str = ...,
+        disable_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "create_time", b"create_time", "previous_secret_expire_time", b"previous_secret_expire_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "create_time", b"create_time", "disable_time", b"disable_time", "previous_secret_expire_time", b"previous_secret_expire_time", "timeout", b"timeout", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "create_time", b"create_time", "description", b"description", "event", b"event", "inactive_policy", b"inactive_policy", "name", b"name", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit", b"rate_limit", "resource", b"resource", "signing_secret", b"signing_secret", "status", b"status", "timeout", b"timeout", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "create_time", b"create_time", "description", b"description", "disable_time", b"disable_time", "disabled_reason", b"disabled_reason", "event", b"event", "inactive_policy", b"inactive_policy", "name", b"name", "ordering", b"ordering", "previous_secret_expire_time", b"previous_secret_expire_time", "rate_limit", b"rate_limit", "resource", b"resource", "signing_secret", b"signing_secret", "status", b"status", "timeout", b"timeout", "update_time", b"update_time", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -463,7 +505,7 @@ class UpdateWebhookRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: resource, event, url, auth, status, inactive_policy, description,
-        rate_limit, timeout. Empty means every field set to a non-default value; `*` means all of them.
+        rate_limit, timeout, ordering. Empty means every field set to a non-default value; `*` means all of them.
         """
 
     def __init__(
@@ -1289,6 +1331,70 @@ class RetryDeliveryRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryDeliveryRequest: _TypeAlias = RetryDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class RecoverDeliveriesRequest(_message.Message):
+    """Request for RecoverDeliveries. Every filter that is set must match."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    STATES_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """`webhooks/{webhook}` (which must be ACTIVE), or `webhooks/-` for every active webhook."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only deliveries made at or after this time."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only deliveries made before this time."""
+
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[Global___Delivery.State.ValueType]:
+        """Only deliveries in these states; empty means FAILED. Finished states only: SUCCEEDED,
+        FAILED, DISCARDED, CANCELLED.
+        """
+
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        states: _abc.Iterable[Global___Delivery.State.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "parent", b"parent", "start_time", b"start_time", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverDeliveriesRequest: _TypeAlias = RecoverDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class RecoverDeliveriesResponse(_message.Message):
+    """Answer of RecoverDeliveries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECOVERED_COUNT_FIELD_NUMBER: _builtins.int
+    recovered_count: _builtins.int
+    """How many deliveries matched and are queued again, or will be by the background part."""
+    def __init__(
+        self,
+        *,
+        recovered_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recovered_count", b"recovered_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoverDeliveriesResponse: _TypeAlias = RecoverDeliveriesResponse  # noqa: Y015
 
 @_typing.final
 class StreamHealthRequest(_message.Message):

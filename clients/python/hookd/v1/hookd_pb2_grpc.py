@@ -110,6 +110,11 @@ class WebhookServiceStub:
                 request_serializer=hookd_dot_v1_dot_hookd__pb2.RetryDeliveryRequest.SerializeToString,
                 response_deserializer=hookd_dot_v1_dot_hookd__pb2.Delivery.FromString,
                 _registered_method=True)
+        self.RecoverDeliveries = channel.unary_unary(
+                '/hookd.v1.WebhookService/RecoverDeliveries',
+                request_serializer=hookd_dot_v1_dot_hookd__pb2.RecoverDeliveriesRequest.SerializeToString,
+                response_deserializer=hookd_dot_v1_dot_hookd__pb2.RecoverDeliveriesResponse.FromString,
+                _registered_method=True)
         self.StreamHealth = channel.unary_stream(
                 '/hookd.v1.WebhookService/StreamHealth',
                 request_serializer=hookd_dot_v1_dot_hookd__pb2.StreamHealthRequest.SerializeToString,
@@ -223,7 +228,20 @@ class WebhookServiceServicer:
     def RetryDelivery(self, request, context):
         """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
         the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
-        FAILED_PRECONDITION.
+        FAILED_PRECONDITION, and so is one whose event retention removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecoverDeliveries(self, request, context):
+        """Sends many finished deliveries again (after an outage, say): every delivery of an active
+        webhook that matches the filters becomes PENDING, due now, at its webhook's current URL, for
+        one more attempt each, as RetryDelivery does. Test pings are never sent again. The first
+        1,000 are queued before the call returns; a larger set is queued by the server in the
+        background, in batches, without holding up other work. A restart interrupts the background
+        part; calling again is safe: it matches only what is still in the given states (with the
+        default FAILED, what has not been recovered yet, or has failed again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,6 +333,11 @@ def add_WebhookServiceServicer_to_server(servicer, server):
                     servicer.RetryDelivery,
                     request_deserializer=hookd_dot_v1_dot_hookd__pb2.RetryDeliveryRequest.FromString,
                     response_serializer=hookd_dot_v1_dot_hookd__pb2.Delivery.SerializeToString,
+            ),
+            'RecoverDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecoverDeliveries,
+                    request_deserializer=hookd_dot_v1_dot_hookd__pb2.RecoverDeliveriesRequest.FromString,
+                    response_serializer=hookd_dot_v1_dot_hookd__pb2.RecoverDeliveriesResponse.SerializeToString,
             ),
             'StreamHealth': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamHealth,
@@ -728,6 +751,33 @@ class WebhookService:
             '/hookd.v1.WebhookService/RetryDelivery',
             hookd_dot_v1_dot_hookd__pb2.RetryDeliveryRequest.SerializeToString,
             hookd_dot_v1_dot_hookd__pb2.Delivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecoverDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hookd.v1.WebhookService/RecoverDeliveries',
+            hookd_dot_v1_dot_hookd__pb2.RecoverDeliveriesRequest.SerializeToString,
+            hookd_dot_v1_dot_hookd__pb2.RecoverDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -76,7 +76,16 @@ class WebhookServiceStub:
     RetryDelivery: _grpc.UnaryUnaryMultiCallable[_hookd_pb2.RetryDeliveryRequest, _hookd_pb2.Delivery]
     """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
     the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
-    FAILED_PRECONDITION.
+    FAILED_PRECONDITION, and so is one whose event retention removed.
+    """
+    RecoverDeliveries: _grpc.UnaryUnaryMultiCallable[_hookd_pb2.RecoverDeliveriesRequest, _hookd_pb2.RecoverDeliveriesResponse]
+    """Sends many finished deliveries again (after an outage, say): every delivery of an active
+    webhook that matches the filters becomes PENDING, due now, at its webhook's current URL, for
+    one more attempt each, as RetryDelivery does. Test pings are never sent again. The first
+    1,000 are queued before the call returns; a larger set is queued by the server in the
+    background, in batches, without holding up other work. A restart interrupts the background
+    part; calling again is safe: it matches only what is still in the given states (with the
+    default FAILED, what has not been recovered yet, or has failed again).
     """
     StreamHealth: _grpc.UnaryStreamMultiCallable[_hookd_pb2.StreamHealthRequest, _hookd_pb2.HealthSnapshot]
     """Streams delivery health: a full snapshot at once, then one every interval until cancelled.
@@ -122,7 +131,16 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     RetryDelivery: _aio.UnaryUnaryMultiCallable[_hookd_pb2.RetryDeliveryRequest, _hookd_pb2.Delivery]  # type: ignore[assignment]
     """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
     the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
-    FAILED_PRECONDITION.
+    FAILED_PRECONDITION, and so is one whose event retention removed.
+    """
+    RecoverDeliveries: _aio.UnaryUnaryMultiCallable[_hookd_pb2.RecoverDeliveriesRequest, _hookd_pb2.RecoverDeliveriesResponse]  # type: ignore[assignment]
+    """Sends many finished deliveries again (after an outage, say): every delivery of an active
+    webhook that matches the filters becomes PENDING, due now, at its webhook's current URL, for
+    one more attempt each, as RetryDelivery does. Test pings are never sent again. The first
+    1,000 are queued before the call returns; a larger set is queued by the server in the
+    background, in batches, without holding up other work. A restart interrupts the background
+    part; calling again is safe: it matches only what is still in the given states (with the
+    default FAILED, what has not been recovered yet, or has failed again).
     """
     StreamHealth: _aio.UnaryStreamMultiCallable[_hookd_pb2.StreamHealthRequest, _hookd_pb2.HealthSnapshot]  # type: ignore[assignment]
     """Streams delivery health: a full snapshot at once, then one every interval until cancelled.
@@ -255,7 +273,22 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_hookd_pb2.Delivery, _abc.Awaitable[_hookd_pb2.Delivery]]:
         """Sends a finished delivery (succeeded, failed or discarded) again now, as a new attempt with
         the same message id. A delivery still waiting, or whose webhook is deleted or inactive, is
-        FAILED_PRECONDITION.
+        FAILED_PRECONDITION, and so is one whose event retention removed.
+        """
+
+    @_abc_1.abstractmethod
+    def RecoverDeliveries(
+        self,
+        request: _hookd_pb2.RecoverDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hookd_pb2.RecoverDeliveriesResponse, _abc.Awaitable[_hookd_pb2.RecoverDeliveriesResponse]]:
+        """Sends many finished deliveries again (after an outage, say): every delivery of an active
+        webhook that matches the filters becomes PENDING, due now, at its webhook's current URL, for
+        one more attempt each, as RetryDelivery does. Test pings are never sent again. The first
+        1,000 are queued before the call returns; a larger set is queued by the server in the
+        background, in batches, without holding up other work. A restart interrupts the background
+        part; calling again is safe: it matches only what is still in the given states (with the
+        default FAILED, what has not been recovered yet, or has failed again).
         """
 
     @_abc_1.abstractmethod

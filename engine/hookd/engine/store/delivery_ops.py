@@ -260,15 +260,33 @@ def record_failure(
     )
 
 
+def existing_events(tx: Tx, event_ids: Sequence[str]) -> set[str]:
+    """The events among ``event_ids`` still stored, locked against retention until this
+    transaction ends (on PostgreSQL; see retention_ops), so a delivery made due again never
+    loses the event it sends."""
+    unique = sorted(set(event_ids))
+    if not unique:
+        return set()
+    rows = tx.all(f"SELECT id FROM events WHERE id IN ({marks(len(unique))}){tx.dialect.for_share}", unique)
+    return {row[0] for row in rows}
+
+
 def retry_delivery(tx: Tx, webhook_id: str, delivery_id: int, now: float) -> str:
     """Make a finished delivery PENDING again, due now; return its destination URL."""
-    row = tx.one("SELECT state, event_type FROM deliveries WHERE id = ? AND webhook_id = ?", [delivery_id, webhook_id])
+    row = tx.one(
+        "SELECT state, event_type, event_id FROM deliveries WHERE id = ? AND webhook_id = ?", [delivery_id, webhook_id]
+    )
     if row is None:
         raise NotFound(f"webhooks/{webhook_id}/deliveries/{delivery_id} not found")
     if row[0] in (DeliveryState.PENDING.value, DeliveryState.HELD.value):
         raise FailedPrecondition(f"delivery is {row[0]}; only a finished delivery can be retried")
     if row[1] == PING_TYPE:
         raise FailedPrecondition("a test ping is not retried; send a new one with TestWebhook")
+    if not existing_events(tx, [row[2]]):
+        raise FailedPrecondition(
+            f"its event events/{row[2]} was removed after the retention period (--retention); "
+            "there is nothing left to send"
+        )
     hook = tx.one("SELECT url, status FROM webhooks WHERE id = ?", [webhook_id])
     if hook is None:
         raise FailedPrecondition(f"webhooks/{webhook_id} was deleted; its deliveries cannot be retried")
@@ -280,6 +298,109 @@ def retry_delivery(tx: Tx, webhook_id: str, delivery_id: int, now: float) -> str
     )
     tx.notify(DELIVERIES_CHANNEL, hook[0])
     return str(hook[0])
+
+
+# -- bulk recovery -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryFilter:
+    """Which finished deliveries RecoverDeliveries sends again: of one webhook (or all), made
+    in [start, end), in one of ``states``; never test pings, and only up to ``up_to_id``, the
+    newest delivery when the call came, so the work has an end."""
+
+    webhook_id: str | None
+    start: float | None
+    end: float | None
+    states: tuple[DeliveryState, ...]
+    up_to_id: int
+
+    def where(self, after_id: int) -> tuple[str, list[object]]:
+        clauses = [f"d.state IN ({marks(len(self.states))})", "d.id > ?", "d.id <= ?", "d.event_type != ?"]
+        params: list[object] = [*(state.value for state in self.states), after_id, self.up_to_id, PING_TYPE]
+        if self.webhook_id is not None:
+            clauses.append("d.webhook_id = ?")
+            params.append(self.webhook_id)
+        if self.start is not None:
+            clauses.append("d.create_time >= ?")
+            params.append(self.start)
+        if self.end is not None:
+            clauses.append("d.create_time < ?")
+            params.append(self.end)
+        return " AND ".join(clauses), params
+
+
+@dataclass(frozen=True)
+class RecoveredBatch:
+    """One batch of a recovery: how far it looked, how many it made due, where they go."""
+
+    last_id: int
+    recovered: int
+    urls: list[str]
+    done: bool
+
+
+def newest_delivery_id(tx: Tx) -> int:
+    return int(tx.scalar("SELECT COALESCE(MAX(id), 0) FROM deliveries"))
+
+
+def count_recoverable(tx: Tx, selection: RecoveryFilter, after_id: int) -> int:
+    """How many deliveries past ``after_id`` a recovery would send again now."""
+    clause, params = selection.where(after_id)
+    return int(
+        tx.scalar(
+            "SELECT COUNT(*) FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id AND w.status = 'ACTIVE' "
+            f"WHERE {clause} AND EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
+            params,
+        )
+    )
+
+
+def recover_batch(tx: Tx, selection: RecoveryFilter, after_id: int, limit: int, now: float) -> RecoveredBatch:
+    """Make up to ``limit`` matching deliveries past ``after_id`` PENDING again, due now, at their
+    webhook's current URL (one more attempt each, as RetryDelivery does); those of inactive or
+    deleted webhooks, or whose event is gone, are left as they are."""
+    clause, params = selection.where(after_id)
+    rows = tx.all(
+        f"SELECT d.id, d.webhook_id, d.event_id FROM deliveries d WHERE {clause} ORDER BY d.id LIMIT ?",
+        [
+            *params,
+            limit,
+        ],
+    )
+    if not rows:
+        return RecoveredBatch(selection.up_to_id, 0, [], done=True)
+    hook_ids = sorted({row[1] for row in rows})
+    urls = dict(
+        tx.all(
+            f"SELECT id, url FROM webhooks WHERE id IN ({marks(len(hook_ids))}) AND status = 'ACTIVE'"
+            f"{tx.dialect.for_share}",
+            hook_ids,
+        )
+    )
+    events = existing_events(tx, [row[2] for row in rows if row[1] in urls])
+    by_hook: dict[str, list[int]] = {}
+    for delivery_id, webhook_id, event_id in rows:
+        if webhook_id in urls and event_id in events:
+            by_hook.setdefault(webhook_id, []).append(int(delivery_id))
+    recovered = 0
+    for webhook_id, ids in by_hook.items():
+        # The state is checked again on the row: one that changed meanwhile is left alone.
+        recovered += tx.execute(
+            f"UPDATE deliveries SET state = ?, next_attempt_at = ?, destination = ?, update_time = ? "
+            f"WHERE id IN ({marks(len(ids))}) AND state IN ({marks(len(selection.states))})",
+            [
+                DeliveryState.PENDING.value,
+                now,
+                urls[webhook_id],
+                now,
+                *ids,
+                *(state.value for state in selection.states),
+            ],
+        ).rowcount
+        tx.notify(DELIVERIES_CHANNEL, urls[webhook_id])
+    touched = sorted({urls[webhook_id] for webhook_id in by_hook})
+    return RecoveredBatch(int(rows[-1][0]), recovered, touched, done=len(rows) < limit)
 
 
 def insert_test_ping(tx: Tx, event: PreparedEvent, webhook_id: str, url: str) -> Job:

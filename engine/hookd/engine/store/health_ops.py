@@ -87,40 +87,85 @@ def _merge_into(tx: Tx, table: str, unit: str, additions: dict[RowKey, Cells], e
     )
 
 
-_UPSERT_LAST = (
-    "INSERT INTO health_last (kind, key, last_success, last_failure, last_error, updated_at) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, key) DO UPDATE SET "
-    "last_success = CASE WHEN excluded.last_success > health_last.last_success "
-    "THEN excluded.last_success ELSE health_last.last_success END, "
-    "last_error = CASE WHEN excluded.last_failure > 0 AND excluded.last_failure >= health_last.last_failure "
-    "THEN excluded.last_error ELSE health_last.last_error END, "
-    "last_failure = CASE WHEN excluded.last_failure > health_last.last_failure "
-    "THEN excluded.last_failure ELSE health_last.last_failure END, "
-    "updated_at = excluded.updated_at"
-)
+def _upsert_last(streaks: bool) -> str:
+    """The upsert of the last-seen facts. ``failing_since``: since when every attempt failed (0
+    after a success); a batch that saw a success knows it for itself, one that saw only
+    failures keeps a streak already running. Without ``streaks`` (the backfill of schema
+    version 4, older than the column) it is left out."""
+    streak_column, streak_value, streak_update = "", "", ""
+    if streaks:
+        streak_column, streak_value = ", failing_since", ", ?"
+        streak_update = (
+            "failing_since = CASE WHEN excluded.last_success > 0 OR health_last.failing_since = 0 "
+            "THEN excluded.failing_since ELSE health_last.failing_since END, "
+        )
+    return (
+        f"INSERT INTO health_last (kind, key, last_success, last_failure, last_error{streak_column}, updated_at) "
+        f"VALUES (?, ?, ?, ?, ?{streak_value}, ?) ON CONFLICT (kind, key) DO UPDATE SET "
+        "last_success = CASE WHEN excluded.last_success > health_last.last_success "
+        "THEN excluded.last_success ELSE health_last.last_success END, "
+        "last_error = CASE WHEN excluded.last_failure > 0 AND excluded.last_failure >= health_last.last_failure "
+        "THEN excluded.last_error ELSE health_last.last_error END, "
+        "last_failure = CASE WHEN excluded.last_failure > health_last.last_failure "
+        f"THEN excluded.last_failure ELSE health_last.last_failure END, {streak_update}"
+        "updated_at = excluded.updated_at"
+    )
 
 
 @dataclass
 class HealthCounts:
-    """The counts one transaction's attempts add up to, written once before it commits."""
+    """The counts one transaction's attempts add up to, written once before it commits.
+
+    ``last`` holds, per key: last success, last failure, its error, and since when every attempt
+    failed (``failing_since``, in the order attempts are added: a success resets it to 0, a
+    failure sets it when it is 0), which auto-disable reads.
+    """
 
     cells: dict[RowKey, Cells] = field(default_factory=dict)
     last: dict[tuple[str, str], list[Any]] = field(default_factory=dict)
+    #: Whether ``failing_since`` is written (not by the schema version 4 backfill).
+    streaks: bool = True
 
     def add(self, webhook_id: str, url: str, start: float, duration_ms: float, outcome: Outcome, error: str) -> None:
         minute, cell = int(start // 60), (outcome.value, latency_slot(duration_ms))
         for kind, key in ((WEBHOOK, webhook_id), (DESTINATION, url)):
             self.cells.setdefault((kind, key, minute), Counter())[cell] += 1
-            last = self.last.setdefault((kind, key), [0.0, 0.0, ""])
+            last = self.last.setdefault((kind, key), [0.0, 0.0, "", 0.0])
             if outcome is Outcome.SUCCESS:
                 last[0] = max(last[0], start)
-            elif start >= last[1]:
-                last[1], last[2] = start, error
+                last[3] = 0.0
+            else:
+                if start >= last[1]:
+                    last[1], last[2] = start, error
+                if not last[3]:
+                    last[3] = start
 
     def flush(self, tx: Tx) -> None:
         now = time.time()
         _merge_into(tx, "health_minutes", "minute", self.cells, extra=(now,))
-        tx.executemany(_UPSERT_LAST, [(kind, key, *values, now) for (kind, key), values in self.last.items()])
+        width = 4 if self.streaks else 3
+        tx.executemany(
+            _upsert_last(self.streaks),
+            [(kind, key, *values[:width], now) for (kind, key), values in self.last.items()],
+        )
+
+
+def failing_webhooks(tx: Tx, since_before: float, limit: int) -> list[tuple[str, float, str]]:
+    """Active webhooks whose every attempt failed since before ``since_before``: (id, failing
+    since, last error), oldest first."""
+    rows = tx.all(
+        "SELECT w.id, h.failing_since, h.last_error FROM webhooks w "
+        "JOIN health_last h ON h.kind = ? AND h.key = w.id "
+        "WHERE w.status = 'ACTIVE' AND h.failing_since > 0 AND h.failing_since < ? "
+        "ORDER BY h.failing_since LIMIT ?",
+        [WEBHOOK, since_before, limit],
+    )
+    return [(row[0], float(row[1]), row[2]) for row in rows]
+
+
+def reset_failing(tx: Tx, webhook_id: str) -> None:
+    """Start the webhook's failure streak afresh (it was activated again, or given a new URL)."""
+    tx.execute("UPDATE health_last SET failing_since = 0 WHERE kind = ? AND key = ?", [WEBHOOK, webhook_id])
 
 
 def counts(tx: Tx) -> HealthCounts:

@@ -70,6 +70,7 @@ DIALECT = Dialect(
     classify=_classify,
     executemany=_executemany,
     for_update=" FOR UPDATE",
+    for_share=" FOR SHARE",
 )
 
 

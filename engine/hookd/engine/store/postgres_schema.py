@@ -1,7 +1,8 @@
 """The PostgreSQL schema, versioned like the SQLite one and kept in step with it.
 
 Version 1 is the SQLite schema as of its version 4 (same tables, columns and indexes, so every
-operation's SQL runs on both) plus the cluster's tables: ``nodes`` and ``slots``. The version
+operation's SQL runs on both) plus the cluster's tables: ``nodes`` and ``slots``; version 2 is
+SQLite's version 5 (``shared_schema.py``). The version
 lives in ``schema_version``; migrations run under an advisory lock, so nodes starting together
 migrate once, and a database newer than this code is refused.
 """
@@ -13,6 +14,7 @@ from typing import Any
 
 import psycopg
 
+from hookd.engine.store import shared_schema
 from hookd.engine.store.cluster_ops import SLOT_COUNT
 
 #: Arbitrary constant naming hookd's migration lock.
@@ -164,7 +166,10 @@ def _statements(statements: list[str]) -> Callable[[psycopg.Connection[Any]], No
     return apply
 
 
-MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_statements(_V1)]
+#: SQLite's version 5, word for word: ordering, auto-disable and retention.
+_V2 = shared_schema.operations("DOUBLE PRECISION")
+
+MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_statements(_V1), _statements(_V2)]
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:

@@ -12,6 +12,7 @@ from hookd.engine.model import (
     DeliveryState,
     EventRecord,
     InactivePolicy,
+    Ordering,
     Outcome,
     Status,
     Webhook,
@@ -58,6 +59,9 @@ WEBHOOK_COLUMNS = (
     "timeout_s",
     "create_time",
     "update_time",
+    "ordering",
+    "disabled_reason",
+    "disable_time",
 )
 
 
@@ -78,6 +82,9 @@ def webhook_to_row(webhook: Webhook) -> dict[str, Any]:
         "timeout_s": webhook.timeout_s,
         "create_time": webhook.create_time,
         "update_time": webhook.update_time,
+        "ordering": webhook.ordering.value,
+        "disabled_reason": webhook.disabled_reason,
+        "disable_time": webhook.disable_time,
     }
 
 
@@ -98,6 +105,9 @@ def webhook_from_row(row: dict[str, Any]) -> Webhook:
         timeout_s=row["timeout_s"],
         create_time=row["create_time"],
         update_time=row["update_time"],
+        ordering=Ordering(row["ordering"]),
+        disabled_reason=row["disabled_reason"],
+        disable_time=row["disable_time"],
     )
 
 

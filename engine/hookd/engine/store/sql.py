@@ -80,6 +80,8 @@ class Dialect:
     #: "" where one writer has the database to itself (SQLite), " FOR UPDATE" where writers
     #: of several nodes may meet (PostgreSQL).
     for_update: str = ""
+    #: The same for rows only read, which must not change or go before the transaction ends.
+    for_share: str = ""
 
 
 def marks(count: int) -> str:

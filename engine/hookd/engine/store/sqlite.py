@@ -102,6 +102,12 @@ def _connect(path: Path, synchronous: str, *, query_only: bool = False) -> sqlit
     # over under a limiter, never concurrently.
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
+    if not query_only:
+        # Pages that retention frees can be given back to the file system (retention_ops.py).
+        # Only a database without tables takes this, and switching to WAL below already writes
+        # its first page: so it comes first. A database created before stays as it was (NONE):
+        # its freed pages are reused by new rows, but the file never shrinks.
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")

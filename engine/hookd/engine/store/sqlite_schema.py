@@ -13,6 +13,7 @@ from collections.abc import Callable
 import sqlite_utils
 
 from hookd.engine.model import Outcome
+from hookd.engine.store import shared_schema
 from hookd.engine.store.health_ops import HealthCounts
 from hookd.engine.store.sql import Dialect, Tx
 
@@ -157,7 +158,7 @@ def _v4(db: sqlite_utils.Database, dialect: Dialect) -> None:
 
 def _backfill_health(db: sqlite_utils.Database, dialect: Dialect) -> None:
     """The last day's stored attempts as health counts, once, when the tables are created."""
-    counts = HealthCounts()
+    counts = HealthCounts(streaks=False)  # failing_since comes with version 5
     for webhook_id, url, start, duration_ms, outcome, error in db.execute(
         "SELECT webhook_id, url, start_time, duration_ms, outcome, error FROM attempts WHERE start_time > ? "
         "ORDER BY id",
@@ -168,7 +169,13 @@ def _backfill_health(db: sqlite_utils.Database, dialect: Dialect) -> None:
         counts.flush(Tx(db.conn, dialect))
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database, dialect: Dialect) -> None:
+    # Ordering, auto-disable and retention (store/shared_schema.py; PostgreSQL's version 2).
+    for statement in shared_schema.operations("REAL"):
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5]
 
 
 class SchemaTooNew(RuntimeError):

@@ -7,11 +7,15 @@ the database never shows a webhook and its deliveries disagreeing. Every change 
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from hookd.engine import catalogue
+from hookd.engine.envelopes import operational_event, rfc3339
 from hookd.engine.errors import AlreadyExists, NotFound
+from hookd.engine.jobs import PublishResult
 from hookd.engine.model import DeliveryState, InactivePolicy, Status, Webhook
+from hookd.engine.store import delivery_ops, health_ops
 from hookd.engine.store.rows import WEBHOOK_COLUMNS, webhook_from_row, webhook_to_row
 from hookd.engine.store.sql import Tx, UniqueViolation
 
@@ -73,9 +77,18 @@ def insert_webhook(tx: Tx, webhook: Webhook) -> Webhook:
 
 
 def update_webhook(tx: Tx, webhook_id: str, changes: dict[str, Any], now: float) -> tuple[Webhook, Webhook]:
-    """Apply ``changes`` to the stored version; return (old, new) for the engine to react to."""
+    """Apply ``changes`` to the stored version; return (old, new) for the engine to react to.
+
+    Activating a webhook again, or giving it a new URL, starts its failure streak afresh (so
+    auto-disable judges the new state of things) and clears why hookd had disabled it.
+    """
     old = load_webhook(tx, webhook_id)
     new = replace(old, **changes)
+    reactivated = new.status is Status.ACTIVE and old.status is Status.INACTIVE
+    if reactivated or new.url != old.url:
+        health_ops.reset_failing(tx, webhook_id)
+    if reactivated:
+        new = replace(new, disabled_reason="", disable_time=0.0)
     _store(tx, new, insert=False)
     if new.url != old.url:
         tx.execute(
@@ -130,3 +143,37 @@ def rotate_secret(tx: Tx, webhook_id: str, secret: str, previous_expires: float,
     )
     _store(tx, new, insert=False)
     return new
+
+
+# -- auto-disable ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Disabled:
+    """A webhook hookd switched off, and the ``webhook.disabled`` event that says so."""
+
+    old: Webhook
+    new: Webhook
+    published: list[PublishResult]
+
+
+def disable_failing(tx: Tx, since_before: float, now: float, limit: int) -> list[Disabled]:
+    """Make INACTIVE every active webhook whose attempts have all failed since before
+    ``since_before``, as a deactivation by hand would (its QUEUE or DISCARD policy applies from
+    now on), with the reason and time; publish ``webhook.disabled`` for each in the same
+    transaction, so the change and its announcement commit together."""
+    disabled: list[Disabled] = []
+    for webhook_id, failing_since, last_error in health_ops.failing_webhooks(tx, since_before, limit):
+        reason = f"every attempt failed since {rfc3339(failing_since)}; last error: {last_error or 'unknown'}"
+        changes = {"status": Status.INACTIVE, "disabled_reason": reason, "disable_time": now, "update_time": now}
+        old, new = update_webhook(tx, webhook_id, changes, now)
+        data = {
+            "name": f"webhooks/{new.id}",
+            "url": new.url,
+            "reason": reason,
+            "failing_since": rfc3339(failing_since),
+            "disable_time": rfc3339(now),
+        }
+        event = operational_event(*catalogue.WEBHOOK_DISABLED, data, now)
+        disabled.append(Disabled(old, new, delivery_ops.publish(tx, [event])))
+    return disabled
