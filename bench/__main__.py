@@ -18,7 +18,18 @@ from bench import cluster, retention, scenarios
 from bench.harness import receiver
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-ORDER = ("throughput", "isolation", "latency", "ingestion", "scale", "health", "restart", "retention", "cluster")
+ORDER = (
+    "throughput",
+    "isolation",
+    "latency",
+    "ingestion",
+    "scale",
+    "health",
+    "restart",
+    "retention",
+    "ordered",
+    "cluster",
+)
 #: Scenarios that live in a module of their own.
 MODULES = {"cluster": cluster.cluster, "retention": retention.retention}
 

@@ -444,6 +444,26 @@ def _startup_s(server: HookdProcess) -> float:
     return min(times)
 
 
+def ordered(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
+    """An ORDERED webhook sends one delivery at a time, in publish order; the same traffic to an
+    unordered one goes 16 at a time. Both in the same run, to the same fast receiver."""
+    events = profile.throughput_events // 3
+    rates = {}
+    for name, ordering in (("unordered", pb.Webhook.UNORDERED), ("ordered", pb.Webhook.ORDERED)):
+        with hookd() as server:
+            client = server.client()
+            client.create_webhook("order", "created", receiver.url(f"ok-{name}"), ordering=ordering)
+            _publish(client, "order", "created", 200)
+            _drain(server, 200, timeout=120)
+            rates[name] = _engine_rate(server, client, events, 200)
+    return {
+        "events": events,
+        "ordered_per_s": round(rates["ordered"], 1),
+        "unordered_per_s": round(rates["unordered"], 1),
+        "ordered_ratio": round(rates["ordered"] / rates["unordered"], 3),
+    }
+
+
 def restart(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
     """Start-up time with a day of history: the health figures come back from stored counts."""
     results: dict[str, Any] = {}

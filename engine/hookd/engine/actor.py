@@ -34,7 +34,7 @@ from hookd.engine.config import EngineConfig
 from hookd.engine.connections import ConnectionSet
 from hookd.engine.http_delivery import USER_AGENT, post
 from hookd.engine.jobs import AttemptResult, Job, internal_failure
-from hookd.engine.model import Outcome, Status, Webhook, message_id
+from hookd.engine.model import Ordering, Outcome, Status, Webhook, message_id
 from hookd.engine.ownership import Ownership
 from hookd.engine.ratelimit import TokenBucket
 from hookd.engine.registry import WebhookRegistry
@@ -158,13 +158,16 @@ class DestinationActor:
         """A new delivery: take it into memory if that keeps the order, else leave it on disk.
 
         A test ping goes to the front: it waits for a free request slot and a token, like every
-        request, but not behind the backlog."""
+        request, but not behind the backlog. An ordered webhook's delivery is always loaded from
+        disk, where its place in line is known."""
         if job.single_attempt and job.delivery_id not in self.known:
             self.queue.appendleft(job)
             self.known.add(job.delivery_id)
             self._wake.set()
             return
-        if self.backlog or len(self.queue) >= self._ctx.config.queue_size:
+        hook = self._ctx.registry.get(job.webhook_id)
+        ordered = hook is not None and hook.ordering is Ordering.ORDERED
+        if ordered or self.backlog or len(self.queue) >= self._ctx.config.queue_size:
             self.poke()
             return
         if job.delivery_id not in self.known:
@@ -242,15 +245,18 @@ class DestinationActor:
                     await self._refill()
                 self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
                 while len(self.in_flight) < config.max_in_flight:
-                    job = self._next_job()
-                    if job is None or not (job.single_attempt or self.breaker.allow()):
+                    found = self._next_job()
+                    if found is None or not (found[1].single_attempt or self.breaker.allow()):
                         break
-                    self.queue.popleft()
+                    index, job = found
+                    del self.queue[index]
                     await self.limiter.acquire()
                     scope = trio.CancelScope()
                     entry = _InFlight(job, scope, self._ctx.ownership.fence(self.url))
                     self.in_flight[job.delivery_id] = entry
-                    nursery.start_soon(self._attempt, client, entry)
+                    # Started one by one, in queue order: the attempt has taken its start time
+                    # and is on its way before the next one begins.
+                    await nursery.start(self._attempt, client, entry)
                 if self.queue or self.in_flight or self.backlog:
                     idle_since = trio.current_time()
                 elif trio.current_time() - idle_since >= config.actor_idle_s:
@@ -273,15 +279,31 @@ class DestinationActor:
         self._on_retire(self)
         nursery.cancel_scope.cancel()
 
-    def _next_job(self) -> Job | None:
-        """The first queued job still meant for this URL; stale ones are dropped (disk has them)."""
-        while self.queue:
-            job = self.queue[0]
-            if _sendable(self._ctx.registry.get(job.webhook_id), job, self.url):
-                return job
-            self.queue.popleft()
-            self.known.discard(job.delivery_id)
+    def _next_job(self) -> tuple[int, Job] | None:
+        """The first queued job that may go now, and its place in the queue; stale ones are
+        dropped (disk has them). An ordered webhook's job waits while another of its jobs is in
+        flight."""
+        busy: set[str] | None = None
+        index = 0
+        while index < len(self.queue):
+            job = self.queue[index]
+            hook = self._ctx.registry.get(job.webhook_id)
+            if hook is None or not _sendable(hook, job, self.url):
+                del self.queue[index]
+                self.known.discard(job.delivery_id)
+                continue
+            if hook.ordering is Ordering.ORDERED and not job.single_attempt:
+                if busy is None:
+                    busy = {entry.job.webhook_id for entry in self.in_flight.values()}
+                if job.webhook_id in busy:
+                    index += 1
+                    continue
+            return index, job
         return None
+
+    def _ordered(self) -> list[str]:
+        """This URL's ordered webhooks: of each, only the oldest pending delivery may be loaded."""
+        return [hook.id for hook in self._ctx.registry.webhooks_at(self.url) if hook.ordering is Ordering.ORDERED]
 
     async def _refill(self) -> None:
         config = self._ctx.config
@@ -293,7 +315,9 @@ class DestinationActor:
         # back in its stale, still-pending form. Those settled meanwhile are therefore skipped.
         self._settled_during_refill = set()
         try:
-            jobs, next_due = await self._ctx.readers.run(partial(_load_window, url=self.url, now=now, limit=limit))
+            jobs, next_due = await self._ctx.readers.run(
+                partial(_load_window, url=self.url, now=now, limit=limit, ordered=self._ordered())
+            )
             settled = self._settled_during_refill
         finally:
             self._settled_during_refill = None
@@ -308,10 +332,17 @@ class DestinationActor:
             if next_due is not None:
                 self._ctx.schedule(self.url, next_due)
 
-    async def _attempt(self, client: ConnectionSet, entry: _InFlight) -> None:
+    async def _attempt(
+        self,
+        client: ConnectionSet,
+        entry: _InFlight,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         ctx = self._ctx
         job = entry.job
         result: AttemptResult | None = None
+        task_status.started()
         try:
             with entry.scope:
                 hook = ctx.registry.get(job.webhook_id)
@@ -383,6 +414,9 @@ class DestinationActor:
                 delivery_ops.record_failure, job=job, attempt=result, now=now, retry_at=retry_at, fence=entry.fence
             )
 
+        hook = ctx.registry.get(job.webhook_id)
+        ordered = hook is not None and hook.ordering is Ordering.ORDERED and not job.single_attempt
+
         def settled(committed: bool) -> None:
             self._settle(job.delivery_id)
             ctx.settled(job.delivery_id)
@@ -390,6 +424,8 @@ class DestinationActor:
                 self.poke()  # the outcome is lost, the delivery still due on disk: load it again
             elif retry_at is not None:
                 ctx.schedule(self.url, retry_at)
+            if committed and ordered and retry_at is None:
+                self.poke()  # the next in line may go
 
         await ctx.writer.submit(write, after=settled, cost=RECORD_COST)
 
@@ -400,8 +436,8 @@ def _sendable(hook: Webhook | None, job: Job, url: str) -> bool:
     return hook is not None and hook.url == url and (hook.status is Status.ACTIVE or job.single_attempt)
 
 
-def _load_window(tx: Tx, url: str, now: float, limit: int) -> tuple[list[Job], float | None]:
+def _load_window(tx: Tx, url: str, now: float, limit: int, ordered: list[str]) -> tuple[list[Job], float | None]:
     """Due jobs, and when the next not-yet-due one falls due (one trip to the worker thread)."""
-    jobs = queries.due_jobs(tx, url, now, limit)
-    following = queries.next_due(tx, url, now) if len(jobs) < limit else None
+    jobs = queries.due_jobs(tx, url, now, limit, ordered)
+    following = queries.next_due(tx, url, now, ordered) if len(jobs) < limit else None
     return jobs, following

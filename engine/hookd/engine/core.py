@@ -582,12 +582,35 @@ class Engine:
             )
         )
         more = len(rows) > limit
-        rows = rows[:limit]
+        rows = await self._mark_waiting(rows[:limit])
         return Page(rows, encode_token(rows[-1].id, fingerprint) if more else "")
 
     async def get_delivery(self, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
         """``webhook_id`` None finds the delivery under whichever webhook it belongs to."""
-        return await self._readers.run(partial(queries.get_delivery, webhook_id=webhook_id, delivery_id=delivery_id))
+        record = await self._readers.run(partial(queries.get_delivery, webhook_id=webhook_id, delivery_id=delivery_id))
+        return (await self._mark_waiting([record]))[0]
+
+    async def _mark_waiting(self, records: list[DeliveryRecord]) -> list[DeliveryRecord]:
+        """Of ordered webhooks' pending deliveries, say which earlier one each waits behind."""
+        ordered = {
+            record.webhook_id
+            for record in records
+            if record.state is DeliveryState.PENDING
+            and record.event_type != catalogue.PING_TYPE
+            and (hook := self.registry.get(record.webhook_id)) is not None
+            and hook.ordering is Ordering.ORDERED
+        }
+        if not ordered:
+            return records
+        heads = await self._readers.run(partial(queries.ordered_heads, webhook_ids=sorted(ordered)))
+        marked = []
+        for record in records:
+            head = heads.get(record.webhook_id)
+            waiting = record.state is DeliveryState.PENDING and record.event_type != catalogue.PING_TYPE
+            if waiting and head is not None and head[0] != record.id and head[1] > 0:
+                record = replace(record, waiting_for=head[0])
+            marked.append(record)
+        return marked
 
     async def list_attempts(self, webhook_id: str | None, delivery_id: int, size: int, token: str) -> Page:
         await self.get_delivery(webhook_id, delivery_id)

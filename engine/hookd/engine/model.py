@@ -168,6 +168,8 @@ class DeliveryRecord:
     last_error: str
     create_time: float
     update_time: float
+    #: For an ordered webhook's pending delivery: the delivery it waits behind (0: none).
+    waiting_for: int = 0
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from hookd.engine.health import (
     WindowFigures,
     no_figures,
 )
+from hookd.engine.model import Ordering
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.store import health_ops, queries
 from hookd.engine.store.health_ops import HealthRows
@@ -68,6 +69,8 @@ class Stats:
     last_error: str = ""
     #: The node that runs this destination's actor (cluster mode; empty on a single node).
     owner: str = ""
+    #: An ordered webhook's delivery the others wait behind while it is retried (0: none).
+    held_behind: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,8 @@ class HealthMonitor:
     async def _refresh_backlog(self) -> queries.Backlog:
         async with self._backlog_lock:
             if self._backlog is None or time.monotonic() - self._backlog_at >= self._refresh_s:
-                self._backlog = await self._readers.run(queries.backlog)
+                ordered = [hook.id for hook in self._registry.all() if hook.ordering is Ordering.ORDERED]
+                self._backlog = await self._readers.run(partial(queries.backlog, ordered=ordered))
                 self._backlog_at = time.monotonic()
             return self._backlog
 
@@ -223,6 +227,7 @@ class HealthMonitor:
         *,
         with_breaker: bool = True,
         owner: str = "",
+        held_behind: int = 0,
     ) -> Stats:
         """One key's figures: ``waiting`` is (backlog, retries scheduled); the breaker is the
         destination actor's (a destination without an actor is closed)."""
@@ -239,6 +244,7 @@ class HealthMonitor:
             last_failure=series.last_failure if series else 0.0,
             last_error=series.last_error if series else "",
             owner=owner,
+            held_behind=held_behind,
         )
 
     async def snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
@@ -301,6 +307,7 @@ class HealthMonitor:
                     queued[hook.id],
                     in_flight[hook.id],
                     actors.get(hook.url),
+                    held_behind=backlog.held_behind.get(hook.id, 0),
                 )
             )
             await steps.spend()

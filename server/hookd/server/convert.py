@@ -255,6 +255,8 @@ def delivery_to_proto(delivery: DeliveryRecord) -> pb.Delivery:
     )
     if delivery.state is DeliveryState.PENDING:
         message.next_attempt_time.CopyFrom(timestamp(delivery.next_attempt_at))
+    if delivery.waiting_for:
+        message.waiting_for = f"webhooks/{delivery.webhook_id}/deliveries/{delivery.waiting_for}"
     return message
 
 
@@ -312,6 +314,8 @@ def stats_to_proto(stats: Stats) -> pb.HealthStats:
     if stats.last_failure:
         message.last_failure_time.CopyFrom(timestamp(stats.last_failure))
     message.owner = stats.owner
+    if stats.held_behind:
+        message.held_behind = f"{stats.key}/deliveries/{stats.held_behind}"
     return message
 
 

@@ -1062,6 +1062,7 @@ class Delivery(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    WAITING_FOR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `webhooks/{webhook}/deliveries/{delivery}`."""
     event: _builtins.str
@@ -1076,6 +1077,10 @@ class Delivery(_message.Message):
     """The last attempt's error, if any."""
     message_id: _builtins.str
     """The `webhook-id` header: the same on every attempt, for receivers to dedupe."""
+    waiting_for: _builtins.str
+    """For a pending delivery of an ORDERED webhook: the earlier delivery it waits behind, while
+    that one is being retried (`webhooks/{webhook}/deliveries/{delivery}`); empty otherwise.
+    """
     @_builtins.property
     def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
         """When the next attempt is due, while PENDING."""
@@ -1101,10 +1106,11 @@ class Delivery(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         message_id: _builtins.str = ...,
+        waiting_for: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "next_attempt_time", b"next_attempt_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "create_time", b"create_time", "event", b"event", "event_type", b"event_type", "last_error", b"last_error", "message_id", b"message_id", "name", b"name", "next_attempt_time", b"next_attempt_time", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_count", b"attempt_count", "create_time", b"create_time", "event", b"event", "event_type", b"event_type", "last_error", b"last_error", "message_id", b"message_id", "name", b"name", "next_attempt_time", b"next_attempt_time", "state", b"state", "update_time", b"update_time", "waiting_for", b"waiting_for"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1528,6 +1534,7 @@ class HealthStats(_message.Message):
     LAST_FAILURE_TIME_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    HELD_BEHIND_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """`webhooks/{webhook}`, the destination URL, or `service`."""
     backlog: _builtins.int
@@ -1544,6 +1551,10 @@ class HealthStats(_message.Message):
     """The last failed attempt's error."""
     owner: _builtins.str
     """Destinations in cluster mode: the id of the node that runs this destination's actor."""
+    held_behind: _builtins.str
+    """ORDERED webhooks only: the delivery the webhook's others wait behind while it is being
+    retried (`webhooks/{webhook}/deliveries/{delivery}`); empty when nothing waits.
+    """
     @_builtins.property
     def windows(self) -> _containers.RepeatedCompositeFieldContainer[Global___WindowStats]:
         """Rolling windows: 5 minutes, 1 hour, 1 day."""
@@ -1575,10 +1586,11 @@ class HealthStats(_message.Message):
         last_failure_time: _timestamp_pb2.Timestamp | None = ...,
         last_error: _builtins.str = ...,
         owner: _builtins.str = ...,
+        held_behind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker_since", b"breaker_since", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "breaker_since", b"breaker_since", "breaker_state", b"breaker_state", "in_flight", b"in_flight", "key", b"key", "last_error", b"last_error", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time", "owner", b"owner", "queued_in_memory", b"queued_in_memory", "retries_scheduled", b"retries_scheduled", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "breaker_since", b"breaker_since", "breaker_state", b"breaker_state", "held_behind", b"held_behind", "in_flight", b"in_flight", "key", b"key", "last_error", b"last_error", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time", "owner", b"owner", "queued_in_memory", b"queued_in_memory", "retries_scheduled", b"retries_scheduled", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

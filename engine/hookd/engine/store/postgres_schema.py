@@ -169,7 +169,10 @@ def _statements(statements: list[str]) -> Callable[[psycopg.Connection[Any]], No
 #: SQLite's version 5, word for word: ordering, auto-disable and retention.
 _V2 = shared_schema.operations("DOUBLE PRECISION")
 
-MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_statements(_V1), _statements(_V2)]
+#: SQLite's version 6: ordered delivery.
+_V3 = list(shared_schema.ORDERING)
+
+MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_statements(_V1), _statements(_V2), _statements(_V3)]
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:

@@ -6,7 +6,8 @@ stored, which is what keeps a staged publish invisible until it is complete.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from hookd.engine.catalogue import PING_TYPE
@@ -26,7 +27,7 @@ from hookd.engine.store.rows import (
     event_from_row,
     webhook_from_row,
 )
-from hookd.engine.store.sql import Tx
+from hookd.engine.store.sql import Tx, marks
 
 
 def _escape_like(text: str) -> str:
@@ -124,27 +125,60 @@ def list_attempts(tx: Tx, delivery_id: int, after_id: int | None, limit: int) ->
     return [attempt_from_row(row) for row in rows]
 
 
-def due_jobs(tx: Tx, destination: str, now: float, limit: int) -> list[Job]:
-    """The oldest due deliveries of one destination, with their envelopes, in send order."""
+def _in_order(ordered: Sequence[str]) -> tuple[str, list[str]]:
+    """The condition (and its parameters) that lets through, of an ordered webhook's deliveries,
+    only its oldest pending one; test pings stand outside any order."""
+    if not ordered:
+        return "", []
+    return (
+        f" AND (d.event_type = '{PING_TYPE}' OR d.webhook_id NOT IN ({marks(len(ordered))}) OR d.id = "
+        "(SELECT MIN(h.id) FROM deliveries h WHERE h.webhook_id = d.webhook_id AND h.state = 'PENDING' "
+        f"AND h.event_type != '{PING_TYPE}'))",
+        list(ordered),
+    )
+
+
+def due_jobs(tx: Tx, destination: str, now: float, limit: int, ordered: Sequence[str] = ()) -> list[Job]:
+    """The oldest due deliveries of one destination, with their envelopes, in send order; of
+    each webhook in ``ordered``, only its oldest pending delivery (if due)."""
+    condition, params = _in_order(ordered)
     rows = tx.all(
         "SELECT d.id, d.webhook_id, d.event_id, e.envelope, d.attempt_count, d.event_type "
         "FROM deliveries d JOIN events e ON e.id = d.event_id "
-        "WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at <= ? "
+        f"WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at <= ?{condition} "
         "ORDER BY d.next_attempt_at, d.id LIMIT ?",
-        [destination, now, limit],
+        [destination, now, *params, limit],
     )
     return [Job(row[0], row[1], row[2], row[3], row[4], single_attempt=row[5] == PING_TYPE) for row in rows]
 
 
-def next_due(tx: Tx, destination: str, after: float) -> float | None:
-    """When the destination's next pending delivery not yet due at ``after`` falls due, if any."""
+def next_due(tx: Tx, destination: str, after: float, ordered: Sequence[str] = ()) -> float | None:
+    """When the destination's next pending delivery not yet due at ``after`` falls due, if any
+    (of an ordered webhook, only its oldest counts: the others wait for it, not for the clock)."""
+    condition, params = _in_order(ordered)
     value = tx.scalar(
         "SELECT MIN(d.next_attempt_at) FROM deliveries d "
-        "WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at > ? "
+        f"WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at > ?{condition} "
         "AND EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
-        [destination, after],
+        [destination, after, *params],
     )
     return None if value is None else float(value)
+
+
+def ordered_heads(tx: Tx, webhook_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Of each ordered webhook, its oldest pending delivery: webhook -> (delivery id, attempts).
+    The deliveries behind a head with attempts wait for it."""
+    heads: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(webhook_ids), 500):
+        chunk = list(webhook_ids[start : start + 500])
+        for webhook_id, delivery_id, attempts in tx.all(
+            "SELECT d.webhook_id, d.id, d.attempt_count FROM deliveries d WHERE d.id IN ("
+            f"SELECT MIN(h.id) FROM deliveries h WHERE h.state = 'PENDING' AND h.event_type != '{PING_TYPE}' "
+            f"AND h.webhook_id IN ({marks(len(chunk))}) GROUP BY h.webhook_id)",
+            chunk,
+        ):
+            heads[webhook_id] = (int(delivery_id), int(attempts))
+    return heads
 
 
 def destinations_with_work(tx: Tx) -> list[tuple[str, float]]:
@@ -162,9 +196,11 @@ class Backlog:
 
     webhooks: dict[str, tuple[int, int]]
     destinations: dict[str, tuple[int, int]]
+    #: Ordered webhooks whose deliveries wait behind one being retried: webhook -> that delivery.
+    held_behind: dict[str, int] = field(default_factory=dict)
 
 
-def backlog(tx: Tx) -> Backlog:
+def backlog(tx: Tx, ordered: Sequence[str] = ()) -> Backlog:
     """Counted from the ``deliveries_waiting`` index alone, without touching the table."""
     webhooks: dict[str, list[int]] = {}
     destinations: dict[str, list[int]] = {}
@@ -176,7 +212,10 @@ def backlog(tx: Tx) -> Backlog:
             totals = group.setdefault(key, [0, 0])
             totals[0] += count
             totals[1] += retries or 0
+    waiting = [webhook_id for webhook_id in ordered if webhooks.get(webhook_id, [0])[0] > 1]
+    heads = ordered_heads(tx, waiting)
     return Backlog(
         {key: (v[0], v[1]) for key, v in webhooks.items()},
         {key: (v[0], v[1]) for key, v in destinations.items()},
+        {webhook_id: head for webhook_id, (head, attempts) in heads.items() if attempts > 0},
     )

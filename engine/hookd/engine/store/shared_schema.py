@@ -27,3 +27,8 @@ OPERATIONS = (
 def operations(real: str) -> list[str]:
     """The statements with the backend's name for a double-precision float."""
     return [statement.format(real=real) for statement in OPERATIONS]
+
+
+#: An ordered webhook sends only its oldest pending delivery: found from this index at once,
+#: however many deliveries the webhook has had.
+ORDERING = ("CREATE INDEX deliveries_pending_webhook ON deliveries(webhook_id, id) WHERE state = 'PENDING'",)

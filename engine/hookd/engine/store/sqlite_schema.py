@@ -175,7 +175,13 @@ def _v5(db: sqlite_utils.Database, dialect: Dialect) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database, dialect: Dialect) -> None:
+    # Ordered delivery (store/shared_schema.py; PostgreSQL's version 3).
+    for statement in shared_schema.ORDERING:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 
 
 class SchemaTooNew(RuntimeError):
