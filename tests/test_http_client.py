@@ -80,7 +80,7 @@ class Peer:
 
     async def _receive(self) -> bytes:
         try:
-            return await self.stream.receive_some(65536)
+            return bytes(await self.stream.receive_some(65536))
         except trio.BrokenResourceError:
             return b""
 
@@ -149,8 +149,10 @@ def answer(*responses: bytes) -> Handler:
     return handler
 
 
-async def send(client: ConnectionSet, url: str, timeout_s: float = 10.0, **headers: str) -> AttemptResult:
-    return await post(client, url, {"content-type": "application/json", **headers}, BODY, timeout_s, 0.0)
+async def send(
+    client: ConnectionSet, url: str, timeout_s: float = 10.0, headers: dict[str, str] | None = None
+) -> AttemptResult:
+    return await post(client, url, {"content-type": "application/json", **(headers or {})}, BODY, timeout_s, 0.0)
 
 
 # -- keep-alive and framing ---------------------------------------------------------------------------
@@ -158,7 +160,7 @@ async def send(client: ConnectionSet, url: str, timeout_s: float = 10.0, **heade
 
 async def test_keep_alive_connection_is_reused_and_the_request_is_as_sent() -> None:
     async with serve(answer(OK)) as server, ConnectionSet(LOCAL) as client:
-        results = [await send(client, server.url("/hook?x=1"), **{"x-key": "secret"}) for _ in range(3)]
+        results = [await send(client, server.url("/hook?x=1"), headers={"x-key": "secret"}) for _ in range(3)]
     assert [(r.outcome, r.status_code, r.response_excerpt) for r in results] == [(Outcome.SUCCESS, 200, "ok")] * 3
     assert server.connections == 1 and len(server.requests) == 3
     request = server.requests[0]
@@ -412,7 +414,7 @@ async def test_an_unforeseen_error_is_an_invalid_response_not_a_crash(
 
 async def test_a_header_http_cannot_carry_is_a_client_error_and_nothing_is_sent() -> None:
     async with serve(answer(OK)) as server, ConnectionSet(LOCAL) as client:
-        result = await send(client, server.url(), **{"x-token": "secret\r\nx-injected: 1"})
+        result = await send(client, server.url(), headers={"x-token": "secret\r\nx-injected: 1"})
     assert (result.outcome, result.error) == (Outcome.CLIENT_ERROR, "the request could not be encoded as HTTP")
     assert server.connections == 0
 
@@ -458,9 +460,9 @@ async def test_tls_with_an_idna_name_sends_its_ascii_form_as_sni_and_host(ca: tr
     name = "bücher.example"
     ascii_name = name.encode("idna").decode()
     policy = PinnedNames(allow_http=True, allow_hosts=frozenset({ascii_name}), pinned=ascii_name)
-    async with serve(answer(OK), server_context(ca, ascii_name)) as server:
-        async with ConnectionSet(policy, client_context(ca)) as client:
-            results = [await send(client, server.url(host=name, scheme="https")) for _ in range(2)]
+    tls = server_context(ca, ascii_name)
+    async with serve(answer(OK), tls) as server, ConnectionSet(policy, client_context(ca)) as client:
+        results = [await send(client, server.url(host=name, scheme="https")) for _ in range(2)]
     assert [r.outcome for r in results] == [Outcome.SUCCESS] * 2
     assert server.server_names == [ascii_name] and server.connections == 1
     assert server.requests[0].header(b"host") == f"{ascii_name}:{server.port}".encode()
@@ -473,9 +475,9 @@ async def test_tls_with_an_idna_name_sends_its_ascii_form_as_sni_and_host(ca: tr
 )
 async def test_tls_that_does_not_verify(ca: trustme.CA, names: tuple[str, ...], trusted: bool) -> None:
     other = trustme.CA()
-    async with serve(answer(OK), server_context(ca if trusted else other, *names)) as server:
-        async with ConnectionSet(LOCAL, client_context(ca)) as client:
-            result = await send(client, server.url(scheme="https"))
+    tls = server_context(ca if trusted else other, *names)
+    async with serve(answer(OK), tls) as server, ConnectionSet(LOCAL, client_context(ca)) as client:
+        result = await send(client, server.url(scheme="https"))
     assert result.outcome is Outcome.TLS and "CERTIFICATE_VERIFY_FAILED" in result.error, result
     assert server.requests == []
 
