@@ -22,7 +22,7 @@ import ssl
 import trio
 
 from hookd.engine.destinations import DestinationPolicy, DestinationUnresolvable
-from hookd.engine.http11 import ConnectionLost, ResponseParser, Target
+from hookd.engine.http11 import ConnectionLost, ResponseParser, Target, target_of
 
 #: An idle connection older than this is closed instead of reused.
 KEEPALIVE_S = 30.0
@@ -121,6 +121,7 @@ class ConnectionSet:
         self._policy = policy
         self._ssl_context = ssl_context or policy.tls_context()
         self._idle: list[Connection] = []
+        self._target: tuple[str, Target] | None = None
 
     def __repr__(self) -> str:
         return f"<ConnectionSet idle={len(self._idle)}>"
@@ -132,6 +133,13 @@ class ConnectionSet:
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+    def target(self, url: str) -> Target:
+        """``url`` parsed, once for as long as it stays the one requested (an actor's URL changes
+        only when its webhooks' does). Raises RequestNotEncodable."""
+        if self._target is None or self._target[0] != url:
+            self._target = (url, target_of(url))
+        return self._target[1]
 
     async def exchange(self, target: Target, request: bytes, response: ResponseParser) -> None:
         """Send ``request`` to ``target`` and read the answer into ``response``.

@@ -15,7 +15,6 @@ A destination's bytes can only ever raise ``MalformedResponse`` (the answer is n
 
 from __future__ import annotations
 
-import functools
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -82,9 +81,9 @@ class Target:
         return (self.tls, self.host, self.port)
 
 
-@functools.lru_cache(maxsize=4096)
 def target_of(url: str) -> Target:
-    """Parse a destination URL once (an actor sends every request to the same one).
+    """Where ``url``'s requests go, in the forms sent (``ConnectionSet.target`` keeps its
+    destination's, so an actor parses its URL once).
 
     Raises RequestNotEncodable for a URL without an http(s) scheme, a host, a valid port or an
     IDNA form (webhooks' URLs are checked when saved: only a bug gets here).

@@ -25,7 +25,6 @@ from hookd.engine.http11 import (
     RequestNotEncodable,
     ResponseParser,
     encode_request,
-    target_of,
 )
 from hookd.engine.jobs import AttemptResult
 from hookd.engine.model import Outcome
@@ -169,7 +168,7 @@ async def post(
     failure: Exception | None = None
     with trio.move_on_after(timeout_s):
         try:
-            target = target_of(url)
+            target = client.target(url)
             await client.exchange(target, encode_request(target, headers, body), response)
         except DELIVERY_ERRORS as error:
             failure = error
