@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from bench.harness import BENCH_FLAGS, ReceiverProcess, count_state, wait_for
+from bench.harness import BENCH_FLAGS, ReceiverProcess, count_state, cpu_seconds, wait_for
 from hookd.client import HookdClient
 from hookd.client.client import event_input
 from tests.support.postgres import PostgresServer
@@ -28,12 +28,6 @@ DESTINATIONS = 200
 #: Events per PublishEvents call: 10 x 200 destinations = 2,000 deliveries, one commit.
 EVENTS_PER_CALL = 10
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def postgres_cpu_seconds(postmaster: int) -> float:

@@ -22,6 +22,7 @@ from bench import baselines
 from bench.harness import (
     ReceiverProcess,
     count_state,
+    cpu_seconds,
     hookd,
     percentile,
     rss_mb,
@@ -109,13 +110,16 @@ def throughput(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
         warm = 500
         _publish(client, "order", "created", warm)
         _drain(server, warm, timeout=120)
+        cpu_before = cpu_seconds(server_pid(server))
         rate = _engine_rate(server, client, profile.throughput_events, warm)
+        cpu_ms = (cpu_seconds(server_pid(server)) - cpu_before) * 1000.0 / profile.throughput_events
     second = baselines.bare_httpx(receiver.url("ok"), body, profile.throughput_events, CONCURRENCY)
     baseline = (baseline + second) / 2
     return {
         "deliveries_per_s": round(rate, 1),
         "baseline_httpx_per_s": round(baseline, 1),
         "ratio": round(rate / baseline, 3),
+        "cpu_ms_per_delivery": round(cpu_ms, 3),
         "receiver_capacity_per_s": round(capacity, 1),
         "concurrency": CONCURRENCY,
         "events": profile.throughput_events,

@@ -616,7 +616,7 @@ def test_oversized_events_are_refused(target: Target) -> None:
 
 
 def test_unicode_urls_are_sent_encoded_and_header_credentials_must_be_ascii(target: Target) -> None:
-    """httpcore sends ASCII only: a unicode path goes out percent-encoded (it used to crash the
+    """A request goes out in ASCII only: a unicode path goes out percent-encoded (it used to crash the
     destination's actor), and credentials sent as header values as they are must be ASCII."""
     with HookdClient(target.server.address) as client:
         client.create_webhook("shipping", "label_created", target.receiver.url("/étiquette/ü"))

@@ -22,6 +22,8 @@ from hookd.v1 import hookd_pb2 as pb
 from tests.support.raw_receiver import (
     HUGE_BODY_BYTES,
     RawReceiver,
+    answer_with,
+    closes_when_reused,
     huge_body,
     never_answer,
     not_http,
@@ -91,6 +93,10 @@ def the_delivery(client: HookdClient, webhook: str, event: str = "") -> pb.Deliv
 
 def attempts_of(client: HookdClient, webhook: str, event: str = "") -> list[pb.Attempt]:
     return list(client.list_attempts(the_delivery(client, webhook, event).name, page_size=100).attempts)
+
+
+def is_succeeded(client: HookdClient, webhook: str, event: str) -> bool:
+    return the_delivery(client, webhook, event).state == pb.Delivery.SUCCEEDED
 
 
 def has_failed(client: HookdClient, webhook: str) -> bool:
@@ -247,3 +253,77 @@ def test_destination_ca_file_is_trusted_and_nothing_else(client: HookdClient, ca
     finally:
         trusted.close()
         untrusted.close()
+
+
+#: Answers that once raised out of the HTTP client (the Retry-After ones crashed the actor) or
+#: stretch the parser, each with the outcome and status it is recorded as.
+HOSTILE_ANSWERS = {
+    "retry-after-superscript": (b"HTTP/1.1 429 Slow\r\nretry-after: \xb2\r\n", pb.RATE_LIMITED, 429),
+    "retry-after-superscripts-503": (b"HTTP/1.1 503 Busy\r\nretry-after: \xb9\xb3\r\n", pb.SERVER_ERROR, 503),
+    "retry-after-zone-overflow": (
+        b"HTTP/1.1 429 Slow\r\nretry-after: Wed, 21 Oct 2015 07:28:00 +99999999999999999999\r\n",
+        pb.RATE_LIMITED,
+        429,
+    ),
+    "retry-after-400-digits": (b"HTTP/1.1 429 Slow\r\nretry-after: " + b"9" * 400 + b"\r\n", pb.RATE_LIMITED, 429),
+    "huge-header": (b"HTTP/1.1 200 OK\r\nx-huge: " + b"a" * 100_000 + b"\r\n", pb.INVALID_RESPONSE, 0),
+    "non-latin-1-bytes": (b"HTTP/1.1 200 \xe2\x9c\x93\r\nx-name: \xf0\x9f\x98\x80\xff\r\n", pb.SUCCESS, 200),
+    "bad-status-line": (b"HTTP/1.1 2OO OK\r\n", pb.INVALID_RESPONSE, 0),
+    "nul-in-header": (b"HTTP/1.1 200 OK\r\nx-a: \x00\r\n", pb.INVALID_RESPONSE, 0),
+    "negative-content-length": (b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n", pb.INVALID_RESPONSE, 0),
+    "huge-content-length": (b"HTTP/1.1 200 OK\r\ncontent-length: " + b"9" * 30 + b"\r\n", pb.INVALID_RESPONSE, 0),
+    "short-content-length-body": (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", pb.CONNECTION, 200),
+    "unknown-transfer-encoding": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n", pb.INVALID_RESPONSE, 0),
+    "bad-chunk": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nnothex\r\n", pb.INVALID_RESPONSE, 200),
+    "switching-protocols": (b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n", pb.INVALID_RESPONSE, 0),
+    "status-999": (b"HTTP/1.1 999 What\r\ncontent-length: 0\r\n", pb.INVALID_RESPONSE, 999),
+    "redirect-to-nowhere": (b"HTTP/1.1 302 Found\r\nlocation: \xff\xfe\r\ncontent-length: 0\r\n", pb.CLIENT_ERROR, 302),
+}
+
+
+@pytest.mark.parametrize(("head", "outcome", "status"), list(HOSTILE_ANSWERS.values()), ids=list(HOSTILE_ANSWERS))
+def test_hostile_answers_are_recorded_as_outcomes(client: HookdClient, head: bytes, outcome: int, status: int) -> None:
+    """Every answer a destination can give becomes a recorded attempt: TestWebhook answers with it
+    (it used to fail with INTERNAL when the answer crashed the client)."""
+    response = head if b"\r\n\r\n" in head else head + b"\r\n"
+    receiver = RawReceiver(answer_with(response))
+    try:
+        hook = client.create_webhook("payment", "refunded", receiver.url())
+        attempt = client.test_webhook(hook.name).attempt
+        assert (attempt.outcome, attempt.status_code) == (outcome, status), attempt
+        assert attempt.outcome == pb.SUCCESS or attempt.error
+        assert receiver.count() == 1
+        client.delete_webhook(hook.name)
+    finally:
+        receiver.close()
+
+
+def test_a_hostile_retry_after_leaves_the_actor_delivering(client: HookdClient) -> None:
+    """The same answer to published events: each attempt is recorded, retries follow the policy
+    and the delivery ends FAILED after --max-attempts (it used to stay PENDING with no attempt)."""
+    receiver = RawReceiver(answer_with(b"HTTP/1.1 429 Slow\r\nretry-after: \xb2\r\ncontent-length: 0\r\n\r\n"))
+    try:
+        hook = client.create_webhook("payment", "failed", receiver.url())
+        client.publish_event("payment", "failed", data={"id": 1})
+        wait_until(partial(has_failed, client, hook.name), timeout=30)
+        assert [a.outcome for a in attempts_of(client, hook.name)] == [pb.RATE_LIMITED] * MAX_ATTEMPTS
+        assert receiver.count() == MAX_ATTEMPTS
+    finally:
+        receiver.close()
+
+
+def test_a_keep_alive_connection_closed_as_it_is_reused_costs_no_attempt(client: HookdClient) -> None:
+    """The destination closes its idle connection just as the next delivery is sent on it: hookd
+    sends that request again on a fresh connection, and the delivery succeeds at its first attempt
+    (it used to record a CONNECTION failure, which counts toward the breaker)."""
+    receiver = RawReceiver(closes_when_reused)
+    try:
+        hook = client.create_webhook("payment", "completed", receiver.url())
+        for n in range(2):
+            event = client.publish_event("payment", "completed", data={"n": n}).name
+            wait_until(partial(is_succeeded, client, hook.name, event))
+            assert [a.outcome for a in attempts_of(client, hook.name, event)] == [pb.SUCCESS]
+        # The second event went out twice: on the reused connection the receiver closed, then on a new one.
+        assert receiver.count() == 3 and receiver.connections() == 2
+    finally:
+        receiver.close()

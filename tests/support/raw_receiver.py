@@ -4,11 +4,13 @@
 instead: reset mid-response, never answer, drip the body a byte a second, send a body of
 100 MB, answer something that is not HTTP. Each reads the request first (so it counts what
 hookd sent), then runs its ``Misbehaviour`` on the connection, in a thread of its own.
+Misbehaviours may read more requests from the connection (``RawReceiver.next_request``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import struct
@@ -56,6 +58,7 @@ class RawReceiver:
         self.bytes_sent = 0
         #: Connections the misbehaviour is holding open right now.
         self.open_connections = 0
+        self._connections = 0
         self._tls = tls
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -81,6 +84,22 @@ class RawReceiver:
         with self._lock:
             self.bytes_sent += n
 
+    def connections(self) -> int:
+        with self._lock:
+            return self._connections
+
+    def next_request(self, conn: socket.socket, stop: threading.Event) -> RawRequest | None:
+        """Wait for another request on ``conn`` (recorded like the first); None when the client
+        closed the connection or the test ended."""
+        while not select.select([conn], [], [], 0.2)[0]:
+            if stop.is_set():
+                return None
+        request = _read_request(conn)
+        if request is not None:
+            with self._lock:
+                self.requests.append(request)
+        return request
+
     def _accept(self) -> None:
         while not self._stop.is_set():
             try:
@@ -99,6 +118,8 @@ class RawReceiver:
             if self._tls is not None:
                 conn = self._tls.wrap_socket(raw, server_side=True)
             conn.settimeout(30)
+            with self._lock:
+                self._connections += 1
             request = _read_request(conn)
             if request is None:
                 return
@@ -178,3 +199,24 @@ def not_http(conn: socket.socket, stop: threading.Event, receiver: RawReceiver) 
 def ok(conn: socket.socket, stop: threading.Event, receiver: RawReceiver) -> None:
     """A plain, correct 200 (for the TLS receivers)."""
     conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+
+
+def answer_with(response: bytes) -> Misbehaviour:
+    """Send ``response`` exactly as given, whatever it holds, then close."""
+
+    def misbehaviour(conn: socket.socket, stop: threading.Event, receiver: RawReceiver) -> None:
+        conn.sendall(response)
+        receiver.add_sent(len(response))
+
+    return misbehaviour
+
+
+KEEP_ALIVE_OK = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+
+
+def closes_when_reused(conn: socket.socket, stop: threading.Event, receiver: RawReceiver) -> None:
+    """A 200 that keeps the connection alive; but when the next request arrives on it, close
+    without answering: what a server whose idle timeout fires just as the request arrives does
+    (its close and the request cross on the wire)."""
+    conn.sendall(KEEP_ALIVE_OK)
+    receiver.next_request(conn, stop)

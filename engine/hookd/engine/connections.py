@@ -1,97 +1,195 @@
-"""Connections to one destination: the SSRF-guarded network backend and a keep-alive set.
+"""Connections to one destination: SSRF-guarded connects, TLS, and a keep-alive stack.
 
-httpx's pool scans every connection on every request (and probes each idle socket with a
+A general pool scans every connection on every request (httpcore probes each idle socket with a
 syscall), which at 16 connections costs more than the request itself. An actor only ever talks
 to one origin and never has more requests open than its in-flight limit, so it keeps a plain
-stack of idle httpcore connections instead: a request takes the most recently used one, checks
-that one alone, and gives it back when the response is done.
+stack of idle connections: a request takes the most recently used one, checks that one alone,
+and gives it back when its response was read to the end and the peer keeps it alive.
+
+Every connection goes to an address the destination policy resolved and checked itself, never
+to a name, so a DNS answer that changes between check and connect reaches nothing new.
+
+A destination may close an idle connection just as it is reused (its keep-alive timeout ran
+out, the close is still on the wire). A request that fails that way, on a reused connection and
+before any byte of the response arrived, is sent once more on a fresh connection, as browsers
+and httpcore do; a fresh connection's failure is the attempt's.
 """
 
 from __future__ import annotations
 
 import ssl
-import typing
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-import httpcore
 import trio
 
-from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.destinations import DestinationPolicy, DestinationUnresolvable
+from hookd.engine.http11 import ConnectionLost, ResponseParser, Target, target_of
 
+#: An idle connection older than this is closed instead of reused.
 KEEPALIVE_S = 30.0
+RECEIVE_BYTES = 65536
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Resolves each host itself, checks every address against the policy, and connects to the
-    checked address, so the name cannot resolve elsewhere between check and connect."""
+class TLSFailure(Exception):
+    """TLS with the destination failed: its certificate or name did not verify, or it sent a TLS
+    alert. The message is the TLS library's, such as ``[SSL: CERTIFICATE_VERIFY_FAILED] ...``."""
 
-    def __init__(self, policy: DestinationPolicy) -> None:
-        self._policy = policy
-        self._inner = httpcore.TrioBackend()
 
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: typing.Iterable[typing.Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self._policy.resolve(host, port)
-        last_error: Exception | None = None
-        for address in addresses:
+def _tls_error(error: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a broken stream (trio raises BrokenResourceError from it)."""
+    cause = error.__cause__
+    return cause if isinstance(cause, ssl.SSLError) else None
+
+
+def _broken(error: trio.BrokenResourceError, *, response_started: bool) -> Exception:
+    """What a broken stream means for the exchange: a TLS failure, or a lost connection."""
+    tls = _tls_error(error)
+    if tls is not None:
+        return TLSFailure(str(tls) or type(tls).__name__)
+    cause = error.__cause__
+    detail = f": {cause}" if cause is not None and str(cause) else ""
+    return ConnectionLost(f"the connection broke{detail}", response_started=response_started)
+
+
+class Connection:
+    """One open connection to one origin."""
+
+    __slots__ = ("_socket", "_stream", "idle_since", "origin")
+
+    def __init__(self, stream: trio.abc.Stream, socket: trio.socket.SocketType, origin: tuple[bool, str, int]) -> None:
+        self._stream = stream
+        self._socket = socket
+        self.origin = origin
+        self.idle_since = 0.0
+
+    def __repr__(self) -> str:
+        tls, host, port = self.origin
+        return f"<Connection {'https' if tls else 'http'}://{host}:{port} fd={self._socket.fileno()}>"
+
+    def is_usable(self, origin: tuple[bool, str, int], now: float) -> bool:
+        """Same origin, not idle too long, and silent: anything readable on an idle connection
+        is the peer's close, or bytes that would be mistaken for the next response."""
+        return origin == self.origin and now - self.idle_since < KEEPALIVE_S and not self._socket.is_readable()
+
+    def close(self) -> None:
+        """Close at once, without a TLS close_notify: a peer that stopped reading cannot block it."""
+        self._socket.close()
+
+    async def exchange(self, request: bytes, response: ResponseParser) -> bool:
+        """Send the request and read the response into ``response``; return whether the
+        connection may carry another request.
+
+        Raises ConnectionLost, TLSFailure (an alert after the handshake) or
+        MalformedResponse.
+        """
+        send_error: trio.BrokenResourceError | None = None
+        try:
+            await self._stream.send_all(request)
+        except trio.BrokenResourceError as error:
+            # A destination may answer early (a 413 before the body is in) and close: read what it said.
+            send_error = error
+        while not response.done:
             try:
-                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
-            except httpcore.ConnectError as error:
-                last_error = error
-        assert last_error is not None
-        raise last_error
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            except trio.BrokenResourceError as error:
+                raise _broken(send_error or error, response_started=response.started) from error
+            if not data:
+                if send_error is not None and not response.started:
+                    raise _broken(send_error, response_started=False) from send_error
+                response.feed_eof()
+                return False
+            response.feed(data)
+        return response.reusable
 
-    async def sleep(self, seconds: float) -> None:
-        await trio.sleep(seconds)
+
+async def _open_tcp(addresses: list[str], port: int) -> trio.SocketStream:
+    """A TCP connection to the first of ``addresses`` that answers. Raises OSError."""
+    failure: OSError | None = None
+    for address in addresses:
+        try:
+            return await trio.open_tcp_stream(address, port)
+        except OSError as error:
+            failure = error
+    if failure is None:
+        raise DestinationUnresolvable("the host name resolved to no address")
+    raise failure
 
 
 class ConnectionSet:
     """Keep-alive HTTP/1.1 connections to one destination, one per request in flight."""
 
     def __init__(self, policy: DestinationPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
-        self._backend = GuardedBackend(policy)
+        self._policy = policy
         self._ssl_context = ssl_context or policy.tls_context()
-        self._idle: list[httpcore.AsyncHTTPConnection] = []
+        self._idle: list[Connection] = []
+        self._target: tuple[str, Target] | None = None
+
+    def __repr__(self) -> str:
+        return f"<ConnectionSet idle={len(self._idle)}>"
 
     async def __aenter__(self) -> ConnectionSet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         idle, self._idle = self._idle, []
-        with trio.CancelScope(shield=True):
-            for connection in idle:
-                await connection.aclose()
+        for connection in idle:
+            connection.close()
 
-    async def _take(self, origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
+    def target(self, url: str) -> Target:
+        """``url`` parsed, once for as long as it stays the one requested (an actor's URL changes
+        only when its webhooks' does). Raises RequestNotEncodable."""
+        if self._target is None or self._target[0] != url:
+            self._target = (url, target_of(url))
+        return self._target[1]
+
+    async def exchange(self, target: Target, request: bytes, response: ResponseParser) -> None:
+        """Send ``request`` to ``target`` and read the answer into ``response``.
+
+        Raises DestinationBlocked, DestinationUnresolvable, OSError (no connection),
+        TLSFailure, ConnectionLost or MalformedResponse.
+        """
+        connection = self._take_idle(target.origin)
+        if connection is not None:
+            try:
+                await self._run(connection, request, response)
+                return
+            except ConnectionLost as lost:
+                if lost.response_started:
+                    raise
+        await self._run(await self._connect(target), request, response)
+
+    def _take_idle(self, origin: tuple[bool, str, int]) -> Connection | None:
+        now = trio.current_time()
         while self._idle:
             connection = self._idle.pop()
-            if connection.can_handle_request(origin) and connection.is_idle() and not connection.has_expired():
+            if connection.is_usable(origin, now):
                 return connection
-            with trio.CancelScope(shield=True):
-                await connection.aclose()
-        return httpcore.AsyncHTTPConnection(
-            origin, ssl_context=self._ssl_context, keepalive_expiry=KEEPALIVE_S, network_backend=self._backend
-        )
+            connection.close()
+        return None
 
-    @asynccontextmanager
-    async def stream(self, url: str, headers: list[tuple[str, str]], body: bytes) -> AsyncIterator[httpcore.Response]:
-        """POST and yield the response; its connection is kept if the exchange ended cleanly."""
-        connection = await self._take(httpcore.URL(url).origin)
+    async def _run(self, connection: Connection, request: bytes, response: ResponseParser) -> None:
         reusable = False
         try:
-            async with connection.stream("POST", url, headers=headers, content=body) as response:
-                yield response
-            reusable = connection.is_idle()
+            reusable = await connection.exchange(request, response)
         finally:
             if reusable:
+                connection.idle_since = trio.current_time()
                 self._idle.append(connection)
             else:
-                with trio.CancelScope(shield=True):
-                    await connection.aclose()
+                connection.close()
+
+    async def _connect(self, target: Target) -> Connection:
+        """A new connection to an address the policy checked, TLS verified when https."""
+        addresses = await self._policy.resolve(target.host, target.port)
+        tcp = await _open_tcp(addresses, target.port)
+        if not target.tls:
+            return Connection(tcp, tcp.socket, target.origin)
+        tls = trio.SSLStream(tcp, self._ssl_context, server_hostname=target.host, https_compatible=True)
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as error:
+            tcp.socket.close()
+            raise _broken(error, response_started=False) from error
+        except BaseException:
+            tcp.socket.close()
+            raise
+        return Connection(tls, tcp.socket, target.origin)

@@ -1,0 +1,492 @@
+"""hookd's HTTP client (``http_delivery.post`` over a ``ConnectionSet``) against trio servers on
+127.0.0.1 in the test itself: keep-alive, framing, the stale-connection retry, timeouts, TLS,
+the SSRF guard, and every failure as one outcome. In-process and fast; the subprocess suites
+cover the same behaviours end to end.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import logging
+import ssl
+import struct
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from hookd.engine import http_delivery
+from hookd.engine.connections import ConnectionSet
+from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.http_delivery import EXCERPT_CHARS, MAX_RESPONSE_BYTES, post
+from hookd.engine.jobs import AttemptResult
+from hookd.engine.model import Outcome
+
+LOCAL = DestinationPolicy(allow_http=True, allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+BODY = b'{"id":"evt_1"}'
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+@dataclass
+class Request:
+    head: bytes
+    body: bytes
+    connection: int
+
+    def header(self, name: bytes) -> bytes:
+        for line in self.head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name:
+                return value.strip()
+        return b""
+
+
+class Peer:
+    """One accepted connection, as the handler sees it."""
+
+    def __init__(self, stream: trio.abc.Stream, number: int, server: Server) -> None:
+        self.stream = stream
+        self.number = number
+        self.server = server
+        self.requests = 0
+        self._buffer = b""
+
+    async def read_request(self) -> Request | None:
+        """The next request on this connection; None when the client closed it."""
+        while b"\r\n\r\n" not in self._buffer:
+            data = await self._receive()
+            if not data:
+                return None
+            self._buffer += data
+        head, _, rest = self._buffer.partition(b"\r\n\r\n")
+        request = Request(head, b"", self.number)
+        length = int(request.header(b"content-length") or 0)
+        while len(rest) < length:
+            data = await self._receive()
+            if not data:
+                return None
+            rest += data
+        request.body, self._buffer = rest[:length], rest[length:]
+        self.requests += 1
+        self.server.requests.append(request)
+        return request
+
+    async def _receive(self) -> bytes:
+        try:
+            return bytes(await self.stream.receive_some(65536))
+        except trio.BrokenResourceError:
+            return b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    def reset(self) -> None:
+        """Close with an RST rather than a FIN."""
+        sock = self.stream.socket if isinstance(self.stream, trio.SocketStream) else None
+        assert sock is not None
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+
+
+Handler = Callable[[Peer], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    port: int = 0
+    connections: int = 0
+    requests: list[Request] = field(default_factory=list)
+    #: Server names the TLS clients asked for (SNI).
+    server_names: list[str | None] = field(default_factory=list)
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}{path}"
+
+
+@asynccontextmanager
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> AsyncIterator[Server]:
+    server = Server()
+    if tls is not None:
+        tls.sni_callback = lambda sock, name, context: server.server_names.append(name)  # type: ignore[assignment,func-returns-value]
+
+    async def accept(stream: trio.SocketStream) -> None:
+        server.connections += 1
+        peer_stream: trio.abc.Stream = stream
+        if tls is not None:
+            peer_stream = trio.SSLStream(stream, tls, server_side=True)
+            try:
+                await peer_stream.do_handshake()
+            except trio.BrokenResourceError:
+                return
+        try:
+            await handler(Peer(peer_stream, server.connections, server))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await trio.aclose_forcefully(peer_stream)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, accept, 0, host="127.0.0.1"))
+        server.port = listeners[0].socket.getsockname()[1]
+        yield server
+        nursery.cancel_scope.cancel()
+
+
+def answer(*responses: bytes) -> Handler:
+    """Answer each request on a connection with the next of ``responses`` (the last repeats)."""
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(responses[min(peer.requests, len(responses)) - 1])
+
+    return handler
+
+
+async def send(
+    client: ConnectionSet, url: str, timeout_s: float = 10.0, headers: dict[str, str] | None = None
+) -> AttemptResult:
+    return await post(client, url, {"content-type": "application/json", **(headers or {})}, BODY, timeout_s, 0.0)
+
+
+# -- keep-alive and framing ---------------------------------------------------------------------------
+
+
+async def test_keep_alive_connection_is_reused_and_the_request_is_as_sent() -> None:
+    async with serve(answer(OK)) as server, ConnectionSet(LOCAL) as client:
+        results = [await send(client, server.url("/hook?x=1"), headers={"x-key": "secret"}) for _ in range(3)]
+    assert [(r.outcome, r.status_code, r.response_excerpt) for r in results] == [(Outcome.SUCCESS, 200, "ok")] * 3
+    assert server.connections == 1 and len(server.requests) == 3
+    request = server.requests[0]
+    assert request.head.startswith(b"POST /hook?x=1 HTTP/1.1\r\n")
+    assert request.header(b"host") == f"127.0.0.1:{server.port}".encode()
+    assert request.header(b"x-key") == b"secret" and request.header(b"content-length") == b"%d" % len(BODY)
+    assert request.body == BODY
+
+
+FRAMINGS = {
+    "content-length": (b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello", 1),
+    "chunked": (b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n", 1),
+    "connection-close": (b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello", 3),
+    "http-1.0": (b"HTTP/1.0 201 Created\r\ncontent-length: 5\r\n\r\nhello", 3),
+}
+
+
+@pytest.mark.parametrize(("response", "connections"), list(FRAMINGS.values()), ids=list(FRAMINGS))
+async def test_framings_and_which_connections_are_kept(response: bytes, connections: int) -> None:
+    async with serve(answer(response)) as server, ConnectionSet(LOCAL) as client:
+        results = [await send(client, server.url()) for _ in range(3)]
+    assert [(r.outcome, r.status_code, r.response_excerpt) for r in results] == [(Outcome.SUCCESS, 201, "hello")] * 3
+    assert server.connections == connections
+
+
+async def test_body_until_close_from_an_http_1_0_peer() -> None:
+    async def old_server(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+
+    async with serve(old_server) as server, ConnectionSet(LOCAL) as client:
+        results = [await send(client, server.url()) for _ in range(2)]
+    assert [(r.outcome, r.response_excerpt) for r in results] == [(Outcome.SUCCESS, "all of it")] * 2
+    assert server.connections == 2
+
+
+async def test_response_body_is_cut_at_the_cap_and_the_connection_dropped() -> None:
+    size = 10 * MAX_RESPONSE_BYTES
+
+    async def huge(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+        for _ in range(size // 65536):
+            await peer.send(b"x" * 65536)
+
+    async with serve(huge) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url())
+        assert (result.outcome, result.response_excerpt) == (Outcome.SUCCESS, "x" * EXCERPT_CHARS)
+        assert repr(client) == "<ConnectionSet idle=0>"
+
+
+# -- connections that end --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("close", ["fin", "rst"])
+async def test_a_reused_connection_closed_by_the_peer_is_retried_once_fresh(close: str) -> None:
+    """The destination closes its idle connection just as hookd sends the next request on it: the
+    request goes again on a new connection, and the attempt succeeds."""
+
+    async def closes_idle_connections(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(OK)
+        await peer.read_request()  # the close crosses this request on the wire
+        if close == "rst":
+            peer.reset()
+
+    async with serve(closes_idle_connections) as server, ConnectionSet(LOCAL) as client:
+        first = await send(client, server.url())
+        second = await send(client, server.url())
+    assert (first.outcome, second.outcome) == (Outcome.SUCCESS, Outcome.SUCCESS)
+    assert [r.connection for r in server.requests] == [1, 1, 2]
+
+
+async def test_a_fresh_connection_is_not_retried() -> None:
+    async def hangs_up(peer: Peer) -> None:
+        await peer.read_request()
+
+    async with serve(hangs_up) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url())
+    assert result.outcome is Outcome.CONNECTION and "closed the connection before answering" in result.error
+    assert len(server.requests) == 1
+
+
+async def test_no_retry_once_the_response_has_begun() -> None:
+    async def cuts_second_answer(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(OK)
+        await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\npart")
+
+    async with serve(cuts_second_answer) as server, ConnectionSet(LOCAL) as client:
+        await send(client, server.url())
+        result = await send(client, server.url())
+    assert (result.outcome, result.status_code) == (Outcome.CONNECTION, 200)
+    assert len(server.requests) == 2
+
+
+async def test_an_idle_connection_the_peer_closed_is_not_reused() -> None:
+    closed = trio.Event()
+
+    async def closes_after_answering(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(OK)
+        await peer.stream.aclose()
+        closed.set()
+
+    async with serve(closes_after_answering) as server, ConnectionSet(LOCAL) as client:
+        await send(client, server.url())
+        await closed.wait()
+        await trio.testing.wait_all_tasks_blocked()
+        result = await send(client, server.url())
+    assert result.outcome is Outcome.SUCCESS
+    assert [r.connection for r in server.requests] == [1, 2]  # checked before use: no wasted send
+
+
+async def test_timeout_bounds_the_whole_exchange_and_drops_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def drips(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            if peer.server.connections > 1:
+                await peer.send(OK)
+                continue
+            await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n")
+            for _ in range(100):
+                await trio.sleep(1)
+                await peer.send(b".")
+
+    async with serve(drips) as server, ConnectionSet(LOCAL) as client:
+        start = trio.current_time()
+        slow = await send(client, server.url(), timeout_s=5)
+        elapsed = trio.current_time() - start
+        fast = await send(client, server.url(), timeout_s=5)
+    assert (slow.outcome, slow.status_code, slow.error) == (Outcome.TIMEOUT, 200, "no complete answer within 5 s")
+    assert 5 <= elapsed < 6  # the mock clock's seconds: every byte came in time, the whole did not
+    assert fast.outcome is Outcome.SUCCESS and server.connections == 2
+
+
+async def test_a_silent_destination_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    async def silent(peer: Peer) -> None:
+        await peer.read_request()
+        await trio.sleep_forever()
+
+    async with serve(silent) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url(), timeout_s=2)
+    assert (result.outcome, result.status_code) == (Outcome.TIMEOUT, 0)
+
+
+async def test_refused_connection() -> None:
+    async with serve(answer(OK)) as server:
+        url = server.url()
+    async with ConnectionSet(LOCAL) as client:
+        result = await send(client, url)
+    assert result.outcome is Outcome.CONNECTION and result.error
+
+
+# -- answers ----------------------------------------------------------------------------------------
+
+
+async def test_redirects_are_recorded_not_followed() -> None:
+    redirect = b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /elsewhere\r\ncontent-length: 0\r\n\r\n"
+    async with serve(answer(redirect)) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url())
+    assert (result.outcome, result.status_code, result.location) == (Outcome.CLIENT_ERROR, 307, "/elsewhere")
+    assert result.error == "HTTP 307 redirect not followed"
+    assert len(server.requests) == 1
+
+
+def rate_limited(retry_after: bytes, status: int = 429) -> bytes:
+    return b"HTTP/1.1 %d Slow Down\r\nretry-after: %s\r\ncontent-length: 0\r\n\r\n" % (status, retry_after)
+
+
+RETRY_AFTER = [
+    (b"120", 120.0),
+    (b" 7 ", 7.0),
+    (b"0", 0.0),
+    (b"Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # in the past: now
+    (b"\xb2", None),  # a superscript two in latin-1: str.isdigit() says yes, float() says no
+    (b"\xb9\xb3", None),  # superscript one, three
+    (b"\xc2\xb2", None),  # the same two in UTF-8
+    (b"Wed, 21 Oct 2015 07:28:00 +99999999999999999999", None),  # a zone offset no int holds
+    (b"Wed, 21 Oct 2015 07:28:00 +9999", None),
+    (b"Mon, 1 Jan 10000 00:00:00 GMT", None),
+    (b"1" * 400, None),
+    (b"-5", None),
+    (b"1e3", None),
+    (b"soon", None),
+    (b"", None),
+]
+
+
+@pytest.mark.parametrize(("value", "seconds"), RETRY_AFTER, ids=[repr(v[:20]) for v, _ in RETRY_AFTER])
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_read_or_ignored_never_raised(value: bytes, seconds: float | None, status: int) -> None:
+    async with serve(answer(rate_limited(value, status))) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url())
+    assert result.status_code == status and result.retry_after_s == seconds
+    assert result.outcome is (Outcome.RATE_LIMITED if status == 429 else Outcome.SERVER_ERROR)
+
+
+async def test_retry_after_in_the_future() -> None:
+    date = email.utils.formatdate(time.time() + 3600, usegmt=True).encode()
+    async with serve(answer(rate_limited(date))) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url())
+    assert result.retry_after_s is not None and 3500 < result.retry_after_s <= 3600
+
+
+HOSTILE = {
+    "status-line": (b"HTTP/1.1 OK\r\n\r\n", Outcome.INVALID_RESPONSE, 0),
+    "huge-header": (b"HTTP/1.1 200 OK\r\nx-a: " + b"a" * 70000 + b"\r\n\r\n", Outcome.INVALID_RESPONSE, 0),
+    "negative-length": (b"HTTP/1.1 200 OK\r\ncontent-length: -5\r\n\r\n", Outcome.INVALID_RESPONSE, 0),
+    "huge-length": (b"HTTP/1.1 200 OK\r\ncontent-length: 1" + b"0" * 40 + b"\r\n\r\n", Outcome.INVALID_RESPONSE, 0),
+    "non-latin-1": (
+        b"HTTP/1.1 429 \xe2\x9c\x8b\r\nretry-after: \xe2\x91\xa1\r\nlocation: \xff\r\ncontent-length: 0\r\n\r\n",
+        Outcome.RATE_LIMITED,
+        429,
+    ),
+    "utf-8-redirect": (
+        b"HTTP/1.1 302 Found\r\nlocation: /caf\xc3\xa9\r\ncontent-length: 0\r\n\r\n",
+        Outcome.CLIENT_ERROR,
+        302,
+    ),
+    "status-999": (b"HTTP/1.1 999 Odd\r\ncontent-length: 0\r\n\r\n", Outcome.INVALID_RESPONSE, 999),
+    "not-http": (b"SSH-2.0-OpenSSH_9.6\r\n", Outcome.INVALID_RESPONSE, 0),
+}
+
+
+@pytest.mark.parametrize(("response", "outcome", "status"), list(HOSTILE.values()), ids=list(HOSTILE))
+async def test_hostile_answers_are_outcomes(response: bytes, outcome: Outcome, status: int) -> None:
+    async with serve(answer(response)) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url())
+    assert (result.outcome, result.status_code) == (outcome, status), result
+    assert result.outcome is Outcome.SUCCESS or result.error
+
+
+async def test_an_unforeseen_error_is_an_invalid_response_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The second line of defence: a bug met while judging an answer still makes an outcome."""
+
+    def broken(value: str) -> float | None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(http_delivery, "_retry_after", broken)
+    async with serve(answer(rate_limited(b"1"))) as server, ConnectionSet(LOCAL) as client:
+        with caplog.at_level(logging.ERROR, logger="hookd.engine"):
+            result = await send(client, server.url())
+    assert (result.outcome, result.error) == (Outcome.INVALID_RESPONSE, "unexpected RuntimeError reading the response")
+    assert "Traceback" in caplog.text or any(record.exc_info for record in caplog.records)
+
+
+async def test_a_header_http_cannot_carry_is_a_client_error_and_nothing_is_sent() -> None:
+    async with serve(answer(OK)) as server, ConnectionSet(LOCAL) as client:
+        result = await send(client, server.url(), headers={"x-token": "secret\r\nx-injected: 1"})
+    assert (result.outcome, result.error) == (Outcome.CLIENT_ERROR, "the request could not be encoded as HTTP")
+    assert server.connections == 0
+
+
+# -- the guard and TLS ------------------------------------------------------------------------------
+
+
+async def test_the_guard_refuses_before_connecting() -> None:
+    async with serve(answer(OK)) as server, ConnectionSet(DestinationPolicy(allow_http=True)) as client:
+        result = await send(client, server.url())
+    assert result.outcome is Outcome.BLOCKED and "not a public address" in result.error
+    assert server.connections == 0
+
+
+@dataclass(frozen=True)
+class PinnedNames(DestinationPolicy):
+    """The guard, with a resolver that knows one extra name (the tests have no DNS of their own)."""
+
+    pinned: str = ""
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        return ["127.0.0.1"] if host == self.pinned else await super().resolve(host, port)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
+def client_context(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+async def test_tls_with_an_idna_name_sends_its_ascii_form_as_sni_and_host(ca: trustme.CA) -> None:
+    name = "bücher.example"
+    ascii_name = name.encode("idna").decode()
+    policy = PinnedNames(allow_http=True, allow_hosts=frozenset({ascii_name}), pinned=ascii_name)
+    tls = server_context(ca, ascii_name)
+    async with serve(answer(OK), tls) as server, ConnectionSet(policy, client_context(ca)) as client:
+        results = [await send(client, server.url(host=name, scheme="https")) for _ in range(2)]
+    assert [r.outcome for r in results] == [Outcome.SUCCESS] * 2
+    assert server.server_names == [ascii_name] and server.connections == 1
+    assert server.requests[0].header(b"host") == f"{ascii_name}:{server.port}".encode()
+
+
+@pytest.mark.parametrize(
+    ("names", "trusted"),
+    [(("127.0.0.1",), False), (("elsewhere.example",), True)],
+    ids=["untrusted-ca", "wrong-name"],
+)
+async def test_tls_that_does_not_verify(ca: trustme.CA, names: tuple[str, ...], trusted: bool) -> None:
+    other = trustme.CA()
+    tls = server_context(ca if trusted else other, *names)
+    async with serve(answer(OK), tls) as server, ConnectionSet(LOCAL, client_context(ca)) as client:
+        result = await send(client, server.url(scheme="https"))
+    assert result.outcome is Outcome.TLS and "CERTIFICATE_VERIFY_FAILED" in result.error, result
+    assert server.requests == []
+
+
+async def test_plain_http_on_an_https_url_is_a_tls_failure(ca: trustme.CA) -> None:
+    async def plain(peer: Peer) -> None:
+        await peer.stream.receive_some(65536)  # a TLS ClientHello, which is not HTTP
+        await peer.send(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+
+    async with serve(plain) as server, ConnectionSet(LOCAL, client_context(ca)) as client:
+        result = await send(client, server.url(scheme="https"))
+    assert result.outcome is Outcome.TLS, result
