@@ -13,6 +13,7 @@ import trio
 from hookd.client.client import event_input
 from hookd.engine import EventInput
 from hookd.engine import actor as actor_module
+from hookd.engine import dispatcher as dispatcher_module
 from hookd.engine.actor import DestinationActor
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.model import DeliveryState, Outcome
@@ -196,3 +197,31 @@ async def test_a_bug_while_sending_is_recorded_not_fatal(
         assert len(receiver.received()) == 1
         assert (await engine.health_snapshot()).actor_restarts == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_the_backstop_sends_what_the_bookkeeping_lost(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The bug this guards against was never caught in the act, so it is planted: the first
+    # delivery offered is counted as loaded but never queued (the only stand-in in this test).
+    monkeypatch.setattr(dispatcher_module, "BACKSTOP_S", 0.3)
+    original = DestinationActor.offer
+    lost: list[int] = []
+
+    def losing_offer(self: DestinationActor, job: Any) -> None:
+        if not lost:
+            lost.append(job.delivery_id)
+            self.known.add(job.delivery_id)
+            self.backlog = False
+            return
+        original(self, job)
+
+    monkeypatch.setattr(DestinationActor, "offer", losing_offer)
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
+        nursery.cancel_scope.cancel()
+    assert lost and any("actor bookkeeping lost deliveries" in r.getMessage() for r in caplog.records)

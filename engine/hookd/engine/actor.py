@@ -204,6 +204,16 @@ class DestinationActor:
         self._stopped = True
         self._scope.cancel()
 
+    def forget_strays(self) -> set[int]:
+        """Deliveries counted as loaded that are neither queued nor in flight: never any, unless
+        the bookkeeping has a bug, which would leave them unsent until a restart. Forgotten, so
+        the next refill loads them again; returned, for the log."""
+        strays = self.known - {job.delivery_id for job in self.queue} - set(self.in_flight)
+        if strays:
+            self.known -= strays
+            self.poke()
+        return strays
+
     def crashed_jobs(self) -> list[tuple[Job, Fence | None]]:
         """The deliveries in flight when the actor crashed (their outcomes never got recorded)."""
         return [(entry.job, entry.fence) for entry in self.in_flight.values()]
@@ -250,10 +260,10 @@ class DestinationActor:
                         break
                     index, job = found
                     del self.queue[index]
-                    await self.limiter.acquire()
-                    scope = trio.CancelScope()
-                    entry = _InFlight(job, scope, self._ctx.ownership.fence(self.url))
+                    # In flight from here: it holds its request slot while it waits for a token.
+                    entry = _InFlight(job, trio.CancelScope(), self._ctx.ownership.fence(self.url))
                     self.in_flight[job.delivery_id] = entry
+                    await self.limiter.acquire()
                     # Started one by one, in queue order: the attempt has taken its start time
                     # and is on its way before the next one begins.
                     await nursery.start(self._attempt, client, entry)

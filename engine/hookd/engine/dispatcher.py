@@ -12,6 +12,7 @@ are dropped here, because their owner hears of the same deliveries from the stor
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -21,12 +22,16 @@ from functools import partial
 import trio
 
 from hookd.engine.actor import ActorContext, ActorStatistics, DestinationActor
+from hookd.engine.errors import Unavailable
 from hookd.engine.jobs import Job
 from hookd.engine.store import delivery_ops, queries
 
 log = logging.getLogger("hookd.engine")
 
 MAX_RESTART_BACKOFF_S = 30.0
+#: How often destinations with work are looked for on disk even without a wake-up: whatever
+#: slipped through (a bug, a notification lost in a cluster) waits this long at most.
+BACKSTOP_S = 30.0
 
 
 class Dispatcher:
@@ -48,6 +53,7 @@ class Dispatcher:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await self.resume(lambda url: True)
+            nursery.start_soon(self._backstop)
             task_status.started()
             await self._timer_loop()
 
@@ -148,6 +154,19 @@ class Dispatcher:
                 delivery_ops.record_crash, job=job, now=now, max_attempts=ctx.config.retry.max_attempts, fence=fence
             )
             await ctx.writer.submit(write, after=partial(_notify_settled, ctx.settled, job.delivery_id))
+
+    async def _backstop(self) -> None:
+        while True:
+            await trio.sleep(BACKSTOP_S)
+            for actor in list(self._actors.values()):
+                strays = actor.forget_strays()
+                if strays:
+                    log.error(
+                        "actor bookkeeping lost deliveries destination=%s deliveries=%s", actor.url, sorted(strays)
+                    )
+            # The store may be down: the writer reports that, and the next round tries again.
+            with contextlib.suppress(Unavailable):
+                await self.resume(lambda url: True)
 
     async def _timer_loop(self) -> None:
         while True:
