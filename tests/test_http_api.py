@@ -25,7 +25,7 @@ from standardwebhooks import Webhook as Verifier
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from hookd.v1.hookd_connect import WebhookServiceClientSync
-from tests.support.receiver import Receiver, Reply, always
+from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
 from tests.test_security import tls_args
 
@@ -142,7 +142,10 @@ def test_token_is_required_and_checked(guarded: HookdProcess) -> None:
     # The stream too: refused before any snapshot.
     [(flags, end)] = stream_messages(guarded, {}, 2)
     assert flags == 0x02 and end["error"]["code"] == "unauthenticated"
-    assert TOKEN not in guarded.log()
+    # Refusals are logged as gRPC's are (method, peer, reason), never with a token.
+    log = wait_until(lambda: "method=/hookd.v1.WebhookService/ListWebhooks" in guarded.log() and guarded.log())
+    assert "authentication failed" in log and "peer=ipv4:127.0.0.1:" in log
+    assert TOKEN not in log and "wrong" not in log
 
 
 def test_stream_health_streams_snapshots(server: HookdProcess) -> None:
@@ -293,4 +296,26 @@ def test_http_listener_takes_the_grpc_tls_certificate(tmp_path: Path) -> None:
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plain http beside it
             urllib.request.urlopen(request.full_url.replace("https:", "http:"), data=b"{}", timeout=10)
     finally:
+        server.stop()
+
+
+def test_http_watchers_count_against_max_watchers(tmp_path: Path) -> None:
+    server = HookdProcess(tmp_path, "--http-listen", "127.0.0.1:0", "--max-watchers", "1").start()
+    payload = json.dumps({"interval": "0.1s"}).encode()
+    first = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    try:
+        first.request(
+            "POST",
+            SERVICE + "StreamHealth",
+            body=struct.pack(">BI", 0, len(payload)) + payload,
+            headers={"content-type": "application/connect+json"},
+        )
+        answer = first.getresponse()
+        flags, length = struct.unpack(">BI", answer.read(5))
+        assert flags == 0 and answer.read(length)
+        [(flags, end)] = stream_messages(server, {}, 1)
+        assert flags == 0x02 and end["error"]["code"] == "resource_exhausted"
+        assert "--max-watchers" in end["error"]["message"]
+    finally:
+        first.close()
         server.stop()
