@@ -22,6 +22,7 @@ from connectrpc.protocol import ProtocolType
 from google.protobuf import duration_pb2
 from standardwebhooks import Webhook as Verifier
 
+from hookd.engine import catalogue
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from hookd.v1.hookd_connect import WebhookServiceClientSync
@@ -239,7 +240,7 @@ def test_grpc_still_serves_beside_http(server: HookdProcess) -> None:
 
     with grpc.insecure_channel(server.address) as channel:
         answer = pb_grpc.WebhookServiceStub(channel).ListEventTypes(pb.ListEventTypesRequest(), timeout=5)
-    assert len(answer.event_types) == 17
+    assert len(answer.event_types) == len(catalogue.event_types())
 
 
 def test_health_has_the_last_hour_by_minute(server: HookdProcess) -> None:
@@ -292,7 +293,7 @@ def test_http_listener_takes_the_grpc_tls_certificate(tmp_path: Path) -> None:
         request = urllib.request.Request(url, data=b"{}", headers={"content-type": "application/json"})
         trusting = ssl.create_default_context(cadata=ca.cert_pem.bytes().decode())
         with urllib.request.urlopen(request, timeout=10, context=trusting) as answer:
-            assert len(json.loads(answer.read())["eventTypes"]) == 17
+            assert len(json.loads(answer.read())["eventTypes"]) == len(catalogue.event_types())
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plain http beside it
             urllib.request.urlopen(request.full_url.replace("https:", "http:"), data=b"{}", timeout=10)
     finally:
