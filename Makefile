@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make run` serves the dashboard here; HOOKD_HTTP_LISTEN=... make run moves it.
+HOOKD_HTTP_LISTEN ?= 127.0.0.1:8080
 
 .PHONY: setup system-packages run cluster test lint proto proto-check bench bench-full clean
 
@@ -18,15 +20,16 @@ setup: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python scripts/gen_proto.py
 
-## Start the service on its embedded SQLite default (var/hookd.db), on 127.0.0.1:50051.
+## Start the service on its embedded SQLite default (var/hookd.db): gRPC on 127.0.0.1:50051, the
+## dashboard and the HTTP API on http://127.0.0.1:8080.
 run: proto
-	$(BIN)/hookd serve $(ARGS)
+	$(BIN)/hookd serve --http-listen $(HOOKD_HTTP_LISTEN) $(ARGS)
 
 ## A throwaway local PostgreSQL and three nodes on 127.0.0.1:50051-50053; Ctrl-C stops them.
 cluster: $(STAMP) system-packages
 	$(BIN)/python scripts/cluster.py $(ARGS)
 
-## Debian packages the tests need (PostgreSQL's binaries), installed when missing.
+## Debian packages the tests need (PostgreSQL's binaries, Chromium), installed when missing.
 system-packages:
 	bash scripts/system-packages.sh
 

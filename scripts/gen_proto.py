@@ -1,4 +1,4 @@
-"""Generate the Python code for proto/ into a directory (default: the client package).
+"""Generate the code for proto/ (messages, gRPC and Connect stubs) into a directory (default: the client package).
 
 Used by ``make proto`` and by the test that proves the committed code is current.
 """
@@ -19,7 +19,7 @@ DEFAULT_OUT = ROOT / "clients" / "python"
 def generate(out: Path) -> None:
     import grpc_tools
 
-    # protoc finds the mypy plugins (protoc-gen-mypy) on PATH, beside this interpreter.
+    # protoc finds its plugins (protoc-gen-mypy, protoc-gen-connectrpc) on PATH, beside this interpreter.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     include = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
@@ -33,6 +33,10 @@ def generate(out: Path) -> None:
             f"--grpc_python_out={out}",
             f"--mypy_out={out}",
             f"--mypy_grpc_out={out}",
+            # Connect, gRPC-Web and gRPC over HTTP for browsers and curl (hookd_connect.py), on the
+            # same google.protobuf messages as the gRPC stubs.
+            f"--connectrpc_out={out}",
+            "--connectrpc_opt=protobuf=google",
             # Served by reflection so that `grpcurl describe` shows the proto's comments.
             "--include_source_info",
             f"--descriptor_set_out={out / 'hookd' / 'v1' / 'descriptors.binpb'}",

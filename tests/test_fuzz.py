@@ -398,7 +398,11 @@ def test_list_event_types(target: Target) -> None:
 @FUZZ
 @given(data=st.data())
 def test_test_webhook(target: Target, data: st.DataObject) -> None:
-    answer(target.stub.TestWebhook, pb.TestWebhookRequest(name=data.draw(names(target))))
+    request = pb.TestWebhookRequest(name=data.draw(st.one_of(names(target), st.just(""))))
+    settings = data.draw(st.none() | webhooks())  # unsaved settings to try, with or without a name
+    if settings is not None:
+        request.webhook.CopyFrom(settings)
+    answer(target.stub.TestWebhook, request)
 
 
 @FUZZ

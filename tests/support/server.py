@@ -49,6 +49,8 @@ class HookdProcess:
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        #: The --http-listen port (dashboard and Connect API), when that flag is among the args.
+        self.http_port = 0
         self.log_path = workdir / "hookd.log"
         self._clients: list[HookdClient] = []
 
@@ -56,9 +58,16 @@ class HookdProcess:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The base URL of the dashboard and the Connect API."""
+        return f"http://127.0.0.1:{self.http_port}"
+
     def start(self, timeout: float = 30.0) -> HookdProcess:
         port_file = self.workdir / "port"
+        http_port_file = self.workdir / "port.http"
         port_file.unlink(missing_ok=True)
+        http_port_file.unlink(missing_ok=True)
         log = self.log_path.open("ab")
         env = {**os.environ, **(self.env or {})}
         self.process = subprocess.Popen(
@@ -89,6 +98,7 @@ class HookdProcess:
                 raise RuntimeError(f"hookd did not start:\n{self.log()}")
             time.sleep(0.02)
         self.port = int(port_file.read_text())
+        self.http_port = int(http_port_file.read_text()) if http_port_file.exists() else 0
         return self
 
     def log(self) -> str:

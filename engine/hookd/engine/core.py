@@ -18,18 +18,21 @@ from typing import Any, cast
 import trio
 
 from hookd.engine import catalogue
-from hookd.engine.actor import ActorContext
+from hookd.engine.actor import ActorContext, request_headers
 from hookd.engine.clock import Clock
 from hookd.engine.cluster import ClusterSync, Membership
 from hookd.engine.config import EngineConfig
+from hookd.engine.connections import ConnectionSet
 from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.envelopes import envelope
 from hookd.engine.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from hookd.engine.http_delivery import post
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
-from hookd.engine.jobs import Job, PreparedEvent, PublishResult
+from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
 from hookd.engine.maintenance import Maintenance, MaintenanceReport
 from hookd.engine.model import (
     AttemptRecord,
+    Auth,
     DeliveryRecord,
     DeliveryState,
     EventRecord,
@@ -465,6 +468,44 @@ class Engine:
             state, _ = await self._readers.run(partial(delivery_ops.settled_state, delivery_id=delivery_id))
             if state is not DeliveryState.PENDING:
                 return
+
+    async def try_settings(self, data: WebhookInput, webhook_id: str = "") -> AttemptResult:
+        """Send a signed ping to a URL, auth and timeout not saved yet, and record nothing.
+
+        With ``webhook_id`` the stored webhook fills what ``data`` leaves unset (an auth without a
+        method keeps the stored one) and its secrets sign, so its receiver can verify the ping.
+        """
+        stored = await self.get_webhook(webhook_id) if webhook_id else None
+        now = self.clock.now()
+        trial = stored or Webhook(
+            id="",
+            resource="webhook",
+            event="ping",
+            url="",
+            auth=Auth(),
+            secret=new_signing_secret(),
+            status=Status.ACTIVE,
+            inactive_policy=InactivePolicy.QUEUE,
+            description="",
+            rate_limit=0.0,
+            timeout_s=DEFAULT_TIMEOUT_S,
+            create_time=now,
+            update_time=now,
+        )
+        trial = replace(
+            trial,
+            url=data.url or trial.url,
+            auth=data.auth if data.auth.kind != "none" else trial.auth,
+            timeout_s=data.timeout_s if data.timeout_s is not None else trial.timeout_s,
+        )
+        check_scalars(WebhookInput(url=trial.url, auth=trial.auth, timeout_s=trial.timeout_s), "webhook")
+        await self.config.destinations.check_destination(trial.url, "webhook.url")
+        event_id = new_event_id()
+        data_json = to_json({"webhook": f"webhooks/{webhook_id}" if webhook_id else None})
+        payload = envelope(event_id, catalogue.PING_TYPE, now, data_json, "{}").encode()
+        async with ConnectionSet(self.config.destinations) as client:
+            headers = request_headers(trial, f"msg_{event_id}", payload, now)
+            return await post(client, trial.url, headers, payload, trial.timeout_s, self.clock.now())
 
     # -- events ------------------------------------------------------------------------------------
 

@@ -186,6 +186,29 @@ class Series:
         return result
 
 
+@dataclass(frozen=True)
+class MinuteFigures:
+    start_s: int
+    attempts: int
+    successes: int
+    p50_ms: float
+    p95_ms: float
+
+
+def by_minute(series: Series, now: float) -> list[MinuteFigures]:
+    """The last hour minute by minute, oldest first, minutes without attempts left out (charts)."""
+    first = int(now // 60) - 59
+    result = []
+    for minute, bucket in sorted(series.minutes.items()):
+        if minute >= first:
+            totals = figures(60, Counter(bucket))
+            if totals.attempts:
+                result.append(
+                    MinuteFigures(minute * 60, totals.attempts, totals.successes, totals.p50_ms, totals.p95_ms)
+                )
+    return result
+
+
 class HealthAggregates:
     """Series per webhook, per destination and for the service, plus counts since start.
 

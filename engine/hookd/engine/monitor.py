@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import trio
@@ -30,8 +30,10 @@ from hookd.engine.health import (
     SERVICE_KEY,
     WINDOWS_S,
     HealthAggregates,
+    MinuteFigures,
     Series,
     WindowFigures,
+    by_minute,
     no_figures,
 )
 from hookd.engine.model import Ordering
@@ -71,6 +73,8 @@ class Stats:
     owner: str = ""
     #: An ordered webhook's delivery the others wait behind while it is retried (0: none).
     held_behind: int = 0
+    #: The last hour minute by minute (the service only).
+    minutes: tuple[MinuteFigures, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -341,6 +345,7 @@ class HealthMonitor:
             None,
             with_breaker=False,
         )
+        service = replace(service, minutes=tuple(by_minute(self.aggregates.service, now)))
         return Snapshot(
             now,
             service,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from typing import Any
 
 import grpc
@@ -21,9 +22,11 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from hookd.engine import Engine, StoreStatus
+from hookd.server import web
 from hookd.server.auth import FailureLog, TokenAuthInterceptor, TokenCheck
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
+from hookd.server.connect_api import connect_application
 from hookd.server.metrics import MetricsGuard, serve_metrics
 from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer, add_to_server
@@ -115,6 +118,21 @@ async def _report_store(engine: Engine, health: Any, loop: asyncio.AbstractEvent
     engine.add_store_listener(changed)
 
 
+async def _serve_http(
+    config: ServerConfig,
+    servicer: WebhookServicer,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    auth: tuple[TokenCheck, FailureLog] | None,
+) -> None:
+    """The dashboard and the Connect API, on this loop, through the same servicer as gRPC."""
+    host, port = sock.getsockname()[:2]
+    app = web.Router(connect_application(servicer, auth, stop), web.StaticFiles(web.load_assets()))
+    tls = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
+    log.info("serving http address=%s:%d tls=%s", host, port, tls is not None)
+    await web.serve_http(app, sock, stop, tls=tls, grace_s=config.shutdown_grace_s)
+
+
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or SIGINT / SIGTERM arrives."""
     loop = asyncio.get_running_loop()
@@ -142,6 +160,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     port = listen(server, config.listen, credentials)
     if config.metrics_listen:
         check_address(config.metrics_listen, "--metrics-listen")
+    http_socket = web.bind(config.http_listen) if config.http_listen else None
 
     side, finished, ready = _start_trio(loop, config, MetricsGuard(check, failures) if config.auth_tokens else None)
     try:
@@ -156,7 +175,8 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     assert side.engine is not None and side.bridge is not None
 
     watchers = Watchers(config.max_watchers, config.watcher_send_timeout_s)
-    add_to_server(WebhookServicer(side.engine, side.bridge, watchers), server)
+    servicer = WebhookServicer(side.engine, side.bridge, watchers)
+    add_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -170,14 +190,25 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     host = config.listen.rsplit(":", 1)[0]
     side.engine.set_address(f"{host}:{port}")
     log.info("serving address=%s:%d tls=%s auth=%s", host, port, credentials is not None, bool(config.auth_tokens))
+    http_stop = asyncio.Event()
+    http_server = None
+    if http_socket is not None:
+        auth = (check, failures) if config.auth_tokens else None
+        http_server = asyncio.ensure_future(_serve_http(config, servicer, http_socket, http_stop, auth))
     if config.port_file is not None:
+        if http_socket is not None:  # before the gRPC port's file, which tells that hookd is up
+            http_port = http_socket.getsockname()[1]
+            config.port_file.with_name(config.port_file.name + ".http").write_text(str(http_port))
         config.port_file.write_text(str(port))
 
     finished_or_stop = asyncio.ensure_future(stop.wait())
     await asyncio.wait([finished_or_stop, finished], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down grace_s=%g", config.shutdown_grace_s)
     await health_servicer.enter_graceful_shutdown()
+    http_stop.set()
     await server.stop(config.shutdown_grace_s)
+    if http_server is not None:
+        await http_server
     if not finished.done():
         # In a cluster, the others take this node's destinations over now, not after its lease.
         with contextlib.suppress(Exception):

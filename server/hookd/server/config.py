@@ -29,6 +29,7 @@ class ServerConfig:
     open_health: bool = True
     open_reflection: bool = True
     metrics_listen: str = ""
+    http_listen: str = ""
     log_level: str = "info"
     shutdown_grace_s: float = 5.0
     max_watchers: int = DEFAULT_MAX_WATCHERS
@@ -271,6 +272,13 @@ def parser() -> argparse.ArgumentParser:
         "[HOOKD_WATCHER_SEND_TIMEOUT]",
     )
     s.add_argument(
+        "--http-listen",
+        default=_env("HOOKD_HTTP_LISTEN", ""),
+        help="host:port to serve the dashboard and the API over HTTP (Connect, gRPC-Web) for browsers and curl; "
+        "off unless set; same tokens and TLS as gRPC; port 0 picks a free one, written to <port-file>.http "
+        "[HOOKD_HTTP_LISTEN]",
+    )
+    s.add_argument(
         "--log-level",
         default=_env("HOOKD_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -319,6 +327,7 @@ def from_args(args: argparse.Namespace) -> ServerConfig:
         open_health=not args.protect_health,
         open_reflection=not args.protect_reflection,
         metrics_listen=args.metrics_listen,
+        http_listen=args.http_listen,
         log_level=args.log_level,
         max_watchers=args.max_watchers,
         watcher_send_timeout_s=args.watcher_send_timeout,

@@ -13,6 +13,7 @@ from hookd.engine.breaker import BreakerState
 from hookd.engine.errors import InvalidArgument
 from hookd.engine.health import WindowFigures
 from hookd.engine.ids import mask
+from hookd.engine.jobs import AttemptResult
 from hookd.engine.model import (
     AttemptRecord,
     Auth,
@@ -260,6 +261,19 @@ def delivery_to_proto(delivery: DeliveryRecord) -> pb.Delivery:
     return message
 
 
+def trial_to_proto(result: AttemptResult) -> pb.Attempt:
+    """An attempt that was not recorded (a test of unsaved settings): it has no name."""
+    return pb.Attempt(
+        start_time=timestamp(result.start_time),
+        duration=duration(result.duration_ms / 1000.0),
+        status_code=result.status_code,
+        outcome=pb.Outcome.Value(result.outcome.value),
+        error=result.error,
+        response_excerpt=result.response_excerpt,
+        url=result.url,
+    )
+
+
 def attempt_to_proto(attempt: AttemptRecord) -> pb.Attempt:
     return pb.Attempt(
         name=f"webhooks/{attempt.webhook_id}/deliveries/{attempt.delivery_id}/attempts/{attempt.id}",
@@ -304,6 +318,16 @@ def stats_to_proto(stats: Stats) -> pb.HealthStats:
         in_flight=stats.in_flight,
         retries_scheduled=stats.retries_scheduled,
         last_error=stats.last_error,
+        minutes=[
+            pb.MinuteStats(
+                start_time=timestamp(m.start_s),
+                attempts=m.attempts,
+                successes=m.successes,
+                p50_ms=m.p50_ms,
+                p95_ms=m.p95_ms,
+            )
+            for m in stats.minutes
+        ],
     )
     if stats.breaker_state is not None:
         message.breaker_state = _BREAKER[stats.breaker_state]

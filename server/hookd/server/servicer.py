@@ -105,6 +105,11 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
     @grpc_errors
     async def TestWebhook(self, request: pb.TestWebhookRequest, context: Context) -> pb.TestWebhookResponse:
+        if request.HasField("webhook"):
+            hook_id = convert.webhook_id(request.name) if request.name else ""
+            trial = convert.webhook_input(request.webhook)
+            result = await self._bridge.call(self._engine.try_settings, trial, hook_id)
+            return pb.TestWebhookResponse(attempt=convert.trial_to_proto(result))
         _, attempt = await self._bridge.call(self._engine.test_webhook, convert.webhook_id(request.name))
         return pb.TestWebhookResponse(attempt=convert.attempt_to_proto(attempt))
 

@@ -718,16 +718,26 @@ class TestWebhookRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name, `webhooks/{webhook}`."""
+    """Resource name, `webhooks/{webhook}`. May be empty when `webhook` is set."""
+    @_builtins.property
+    def webhook(self) -> Global___Webhook:
+        """Settings to try before saving them (the dashboard's "Test connection"): `url`, `auth` and
+        `timeout` are used instead of the stored ones, and nothing is recorded. With `name`, the
+        stored webhook fills what is not set here (an `auth` without a method keeps the stored
+        credentials) and its secret signs the ping; without `name`, a one-off secret signs it.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        webhook: Global___Webhook | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,7 +752,9 @@ class TestWebhookResponse(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def attempt(self) -> Global___Attempt:
-        """The recorded attempt: status code, latency, outcome and error."""
+        """The attempt: status code, latency, outcome and error. Recorded (and named) unless the
+        request carried unsaved settings in `webhook`.
+        """
 
     def __init__(
         self,
@@ -1535,6 +1547,7 @@ class HealthStats(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     HELD_BEHIND_FIELD_NUMBER: _builtins.int
+    MINUTES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """`webhooks/{webhook}`, the destination URL, or `service`."""
     backlog: _builtins.int
@@ -1571,6 +1584,12 @@ class HealthStats(_message.Message):
     def last_failure_time(self) -> _timestamp_pb2.Timestamp:
         """Last failed attempt."""
 
+    @_builtins.property
+    def minutes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MinuteStats]:
+        """Minute by minute over the last hour, oldest first, minutes without attempts left out: for
+        charts. Filled for the service only.
+        """
+
     def __init__(
         self,
         *,
@@ -1587,14 +1606,55 @@ class HealthStats(_message.Message):
         last_error: _builtins.str = ...,
         owner: _builtins.str = ...,
         held_behind: _builtins.str = ...,
+        minutes: _abc.Iterable[Global___MinuteStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["breaker_since", b"breaker_since", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "breaker_since", b"breaker_since", "breaker_state", b"breaker_state", "held_behind", b"held_behind", "in_flight", b"in_flight", "key", b"key", "last_error", b"last_error", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time", "owner", b"owner", "queued_in_memory", b"queued_in_memory", "retries_scheduled", b"retries_scheduled", "windows", b"windows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "breaker_since", b"breaker_since", "breaker_state", b"breaker_state", "held_behind", b"held_behind", "in_flight", b"in_flight", "key", b"key", "last_error", b"last_error", "last_failure_time", b"last_failure_time", "last_success_time", b"last_success_time", "minutes", b"minutes", "owner", b"owner", "queued_in_memory", b"queued_in_memory", "retries_scheduled", b"retries_scheduled", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthStats: _TypeAlias = HealthStats  # noqa: Y015
+
+@_typing.final
+class MinuteStats(_message.Message):
+    """Figures of one minute."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    SUCCESSES_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    attempts: _builtins.int
+    """Attempts finished in the minute."""
+    successes: _builtins.int
+    """Of which succeeded."""
+    p50_ms: _builtins.float
+    """Median attempt duration, in milliseconds."""
+    p95_ms: _builtins.float
+    """95th percentile attempt duration, in milliseconds."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the minute."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        attempts: _builtins.int = ...,
+        successes: _builtins.int = ...,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "start_time", b"start_time", "successes", b"successes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MinuteStats: _TypeAlias = MinuteStats  # noqa: Y015
 
 @_typing.final
 class NodeStatus(_message.Message):

@@ -1,0 +1,146 @@
+// Shared pieces of the dashboard: the vendored Preact + htm, formatting, dialogs and menus.
+
+export {
+  html,
+  render,
+  useCallback,
+  useEffect,
+  useMemo,
+  useRef,
+  useState,
+} from "../vendor/htm-preact-standalone-3.1.1.js";
+import { html, useEffect, useRef, useState } from "../vendor/htm-preact-standalone-3.1.1.js";
+
+export const STATES_FINISHED = ["SUCCEEDED", "FAILED", "DISCARDED"];
+
+/** "webhooks/wh_123" -> "wh_123". */
+export function shortName(name) {
+  return name.split("/").pop();
+}
+
+/** Protobuf JSON durations are strings like "0.012s". */
+export function seconds(duration) {
+  return duration ? parseFloat(duration) : 0;
+}
+
+export function formatMs(ms) {
+  if (!ms) return "–";
+  if (ms < 10) return `${ms.toFixed(1)} ms`;
+  if (ms < 10000) return `${Math.round(ms)} ms`;
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+export function formatRate(rate, attempts) {
+  if (!attempts) return "–";
+  const percent = rate * 100;
+  return `${percent >= 99.95 || percent === 0 ? percent.toFixed(0) : percent.toFixed(1)}%`;
+}
+
+export function formatTime(stamp) {
+  if (!stamp) return "–";
+  return new Date(stamp).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+}
+
+export function ago(stamp, now = Date.now()) {
+  if (!stamp) return "never";
+  const s = Math.max(0, Math.round((now - new Date(stamp).getTime()) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return `${Math.round(s / 86400)} d ago`;
+}
+
+export function StatusDot({ active }) {
+  return html`<span class="status ${active ? "status-active" : "status-inactive"}">
+    <span class="dot" aria-hidden="true"></span>${active ? "Active" : "Inactive"}
+  </span>`;
+}
+
+export function Badge({ value, kind }) {
+  return html`<span class="badge badge-${kind || value.toLowerCase()}">${value.replaceAll("_", " ").toLowerCase()}</span>`;
+}
+
+/** A modal <dialog>: focus stays inside, Escape or Cancel closes it. */
+export function Dialog({ title, onClose, children, label }) {
+  const ref = useRef(null);
+  useEffect(() => {
+    const dialog = ref.current;
+    dialog.showModal();
+    return () => dialog.open && dialog.close();
+  }, []);
+  return html`<dialog ref=${ref} class="dialog" aria-label=${label || title}
+      onCancel=${(event) => { event.preventDefault(); onClose(); }}>
+    <h2>${title}</h2>
+    ${children}
+  </dialog>`;
+}
+
+/** A secret shown once, with a copy button. */
+export function SecretBox({ secret }) {
+  const [copied, setCopied] = useState(false);
+  const copy = async () => {
+    try {
+      await navigator.clipboard.writeText(secret);
+      setCopied(true);
+    } catch {
+      setCopied(false);
+    }
+  };
+  return html`<div class="secret">
+    <label for="signing-secret">Signing secret</label>
+    <div class="secret-row">
+      <input id="signing-secret" readonly value=${secret} onFocus=${(e) => e.target.select()} />
+      <button type="button" class="button" onClick=${copy}>${copied ? "Copied" : "Copy"}</button>
+    </div>
+    <p class="hint">Shown only now: keep it where your receiver can verify signatures with it.</p>
+  </div>`;
+}
+
+/** The ellipsis menu of a table row: a button and a list of actions, keyboard-friendly. */
+export function RowMenu({ label, items }) {
+  const [open, setOpen] = useState(false);
+  const root = useRef(null);
+  useEffect(() => {
+    if (!open) return undefined;
+    root.current.querySelector("[role=menuitem]")?.focus();
+    const outside = (event) => !root.current?.contains(event.target) && setOpen(false);
+    document.addEventListener("pointerdown", outside);
+    return () => document.removeEventListener("pointerdown", outside);
+  }, [open]);
+  const onKey = (event) => {
+    const entries = [...root.current.querySelectorAll("[role=menuitem]")];
+    const at = entries.indexOf(document.activeElement);
+    if (event.key === "Escape") {
+      setOpen(false);
+      root.current.querySelector("button").focus();
+    } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      const step = event.key === "ArrowDown" ? 1 : -1;
+      entries[(at + step + entries.length) % entries.length]?.focus();
+    }
+  };
+  return html`<div class="menu" ref=${root} onKeyDown=${onKey}>
+    <button type="button" class="icon-button" aria-haspopup="menu" aria-expanded=${open} aria-label=${label}
+        title="Actions" onClick=${() => setOpen(!open)}>
+      <span aria-hidden="true">⋯</span>
+    </button>
+    ${open && html`<div class="menu-list" role="menu">
+      ${items.map((item) => html`<button type="button" role="menuitem" class=${item.danger ? "danger" : ""}
+          onClick=${() => { setOpen(false); item.action(); }}>${item.label}</button>`)}
+    </div>`}
+  </div>`;
+}
+
+/** The outcome of one attempt, as the form's Test connection and the deliveries page show it. */
+export function AttemptSummary({ attempt }) {
+  const ok = attempt.outcome === "SUCCESS";
+  return html`<div class="attempt ${ok ? "attempt-ok" : "attempt-failed"}" role="status">
+    <div class="attempt-head">
+      <${Badge} value=${attempt.outcome || "UNKNOWN"} />
+      <span>${attempt.statusCode ? `HTTP ${attempt.statusCode}` : "no answer"}</span>
+      <span>${formatMs(seconds(attempt.duration) * 1000)}</span>
+    </div>
+    ${attempt.error && html`<div class="attempt-error">${attempt.error}</div>`}
+    ${attempt.responseExcerpt && html`<pre class="excerpt">${attempt.responseExcerpt}</pre>`}
+  </div>`;
+}

@@ -1,0 +1,193 @@
+"""The HTTP listener (``--http-listen``): the dashboard's files and the Connect API, one origin.
+
+Paths under ``/hookd.v1.WebhookService/`` go to the Connect application (``connect_api``); every
+other GET is a file of the dashboard, read once at start, gzipped once, sent with an ETag and a
+Content-Security-Policy that allows scripts, styles and requests from this origin only, nothing
+inline, and no framing. hypercorn serves it on the asyncio loop that grpc.aio runs on, so an API
+call reaches the servicer exactly as a gRPC call does. There are no cookies: the page sends the
+bearer token itself, so a page from another origin has nothing to ride on (no CSRF surface).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import logging
+import mimetypes
+import socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+
+from hookd.server.connect_api import PATH_PREFIX
+from hookd.server.startup import CannotServe
+
+log = logging.getLogger("hookd.http")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Where the dashboard's files are (committed; no build step).
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    gzipped: bytes
+    content_type: str
+    etag: str
+
+    @classmethod
+    def read(cls, path: Path) -> Asset:
+        body = path.read_bytes()
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if content_type.startswith("text/") or content_type.endswith("javascript"):
+            content_type += "; charset=utf-8"
+        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+        return cls(body, gzip.compress(body, 9, mtime=0), content_type, etag)
+
+
+def load_assets(root: Path = DASHBOARD_DIR) -> dict[str, Asset]:
+    """Every file under ``root`` by URL path (``/static/app.js``), and ``index.html`` at ``/`` (the
+    page routes itself with the URL's fragment, ``/#/health``, so the server knows no other page)."""
+    mimetypes.add_type("text/javascript", ".js")
+    assets = {
+        "/static/" + path.relative_to(root).as_posix(): Asset.read(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != "index.html"
+    }
+    assets["/"] = Asset.read(root / "index.html")
+    return assets
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value)
+    return b""
+
+
+class StaticFiles:
+    """GET and HEAD of the dashboard's files; anything else is 404 or 405."""
+
+    def __init__(self, assets: dict[str, Asset]) -> None:
+        self._assets = assets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        asset = self._assets.get(path)
+        if asset is None:
+            await _respond(send, 404, b"not found\n", [(b"content-type", b"text/plain; charset=utf-8")])
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _respond(send, 405, b"", [(b"allow", b"GET, HEAD")])
+            return
+        headers = [
+            (b"content-type", asset.content_type.encode()),
+            (b"etag", asset.etag.encode()),
+            (b"cache-control", b"no-cache"),
+            (b"vary", b"accept-encoding"),
+        ]
+        if _header(scope, b"if-none-match") == asset.etag.encode():
+            await _respond(send, 304, b"", headers)
+            return
+        body = asset.body
+        if b"gzip" in _header(scope, b"accept-encoding"):
+            body = asset.gzipped
+            headers.append((b"content-encoding", b"gzip"))
+        await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, headers, length=len(body))
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], length: int = -1) -> None:
+    headers = [*headers, *SECURITY_HEADERS, (b"content-length", str(len(body) if length < 0 else length).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class Router:
+    """The Connect API under its service path, the dashboard everywhere else."""
+
+    def __init__(self, api: ASGIApp, files: ASGIApp) -> None:
+        self._api = api
+        self._files = files
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] != "http":
+            return
+        elif scope["path"].startswith(PATH_PREFIX):
+            await self._api(scope, receive, send)
+        else:
+            await self._files(scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: the engine and the servicer live as long as the process."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def bind(listen: str) -> socket.socket:
+    """A listening socket for ``host:port`` (port 0 picks a free one); ``CannotServe`` if it cannot."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as error:
+        raise CannotServe(f"cannot listen on {listen} (--http-listen): {error.strerror or error}") from error
+    except ValueError as error:
+        raise CannotServe(f"cannot listen on {listen} (--http-listen): not a host:port") from error
+    sock.setblocking(False)
+    return sock
+
+
+async def serve_http(
+    app: ASGIApp,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    *,
+    tls: tuple[Path, Path] | None = None,
+    grace_s: float = 5.0,
+) -> None:
+    """Serve ``app`` on ``sock`` until ``stop`` is set, then let running requests finish for ``grace_s``."""
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]
+    config.accesslog = None  # request lines would carry nothing useful, and no token must reach a log
+    config.errorlog = log
+    config.graceful_timeout = grace_s
+    config.include_server_header = False
+    if tls is not None:
+        config.certfile, config.keyfile = (str(path) for path in tls)
+    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
