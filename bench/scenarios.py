@@ -329,7 +329,8 @@ def ingestion(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
 
 def scale(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with hookd() as server:
+    # Ten thousand webhooks on one event type, so one publish wakes every destination at once.
+    with hookd("--max-webhooks-per-type", str(profile.destinations)) as server:
         pid = server_pid(server)
         client = server.client()
         idle_rss = rss_mb(pid)

@@ -67,7 +67,7 @@ def test_encoding_round_trips() -> None:
 
 
 def test_counts_of_several_commits_add_up(store: Backend) -> None:
-    start = NOW - 30
+    start = (int(NOW // 60) - 1) * 60 + 10.0  # three attempts within one minute
     record(store, ("wh_a", "https://a.example/", start, 5.0, Outcome.SUCCESS))
     record(store, ("wh_a", "https://a.example/", start + 1, 5.0, Outcome.SUCCESS))
     record(store, ("wh_a", "https://a.example/", start + 2, 900.0, Outcome.SERVER_ERROR))

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -124,7 +123,9 @@ class DestinationActor:
         self.url = url
         self._ctx = ctx
         self._on_retire = on_retire
-        self.queue: deque[Job] = deque()
+        # A list, not a deque: an empty deque costs 600 bytes, ten thousand actors 6 MB, and a
+        # queue of at most a few hundred jobs loses nothing to list deletes at its head.
+        self.queue: list[Job] = []
         self.known: set[int] = set()
         self.in_flight: dict[int, _InFlight] = {}
         self.backlog = True
@@ -161,7 +162,7 @@ class DestinationActor:
         request, but not behind the backlog. An ordered webhook's delivery is always loaded from
         disk, where its place in line is known."""
         if job.single_attempt and job.delivery_id not in self.known:
-            self.queue.appendleft(job)
+            self.queue.insert(0, job)
             self.known.add(job.delivery_id)
             self._wake.set()
             return
@@ -183,7 +184,7 @@ class DestinationActor:
 
     def cancel_webhook(self, webhook_id: str) -> None:
         """The webhook is gone: forget its queued jobs and abort its requests in flight."""
-        kept = deque(job for job in self.queue if job.webhook_id != webhook_id)
+        kept = [job for job in self.queue if job.webhook_id != webhook_id]
         for job in self.queue:
             if job.webhook_id == webhook_id:
                 self.known.discard(job.delivery_id)

@@ -20,6 +20,7 @@ import bisect
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from hookd.engine.model import Outcome
 
@@ -50,7 +51,7 @@ def cell_parts(code: int) -> tuple[Outcome, int]:
     return OUTCOMES[index], slot
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WindowFigures:
     window_s: int
     attempts: int
@@ -59,7 +60,11 @@ class WindowFigures:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-    errors: dict[str, int]
+    errors: Mapping[str, int]
+
+
+#: Shared by every window without errors (most of them): one empty mapping, not ten thousand.
+_NO_ERRORS: Mapping[str, int] = MappingProxyType({})
 
 
 def percentile(histogram: dict[int, int], fraction: float) -> float:
@@ -101,45 +106,58 @@ def figures(seconds: int, cells: Counter[int]) -> WindowFigures:
         p50_ms=percentile(histogram, 0.50),
         p95_ms=percentile(histogram, 0.95),
         p99_ms=percentile(histogram, 0.99),
-        errors=errors,
+        errors=errors or _NO_ERRORS,
     )
 
 
 def no_figures(seconds: int) -> WindowFigures:
-    return WindowFigures(seconds, 0, 0, 0.0, 0.0, 0.0, 0.0, {})
+    return WindowFigures(seconds, 0, 0, 0.0, 0.0, 0.0, 0.0, _NO_ERRORS)
+
+
+def _merge(total: Counter[int], bucket: dict[int, int]) -> None:
+    for code, count in bucket.items():
+        total[code] += count
 
 
 class Series:
-    """One key's buckets and last-seen facts."""
+    """One key's buckets and last-seen facts.
+
+    Minutes of the last hour are kept as minute buckets; older minutes are folded into hour
+    buckets (so no attempt is counted in both), which is all a day's window needs. Ten thousand
+    destinations each have two series, so each holds only what it must: no hour buckets until
+    the first minute is folded, and one cached figure per window.
+    """
 
     __slots__ = ("_cache", "hours", "last_error", "last_failure", "last_success", "minutes", "version")
 
     def __init__(self) -> None:
         self.minutes: dict[int, dict[int, int]] = {}
-        self.hours: dict[int, dict[int, int]] = {}
+        self.hours: dict[int, dict[int, int]] | None = None
         self.last_success = 0.0
         self.last_failure = 0.0
         self.last_error = ""
         self.version = 0
-        self._cache: dict[int, tuple[int, int, WindowFigures]] | None = None
+        self._cache: list[tuple[int, int, WindowFigures] | None] | None = None
 
     def get(self, minute: int, code: int) -> int:
         bucket = self.minutes.get(minute)
         return 0 if bucket is None else bucket.get(code, 0)
 
     def add(self, minute: int, code: int, delta: int, *, keep_minute: bool = True) -> None:
-        """Add ``delta`` to a cell of ``minute`` (and its hour). ``keep_minute`` False counts it
-        in the hour only: minutes older than an hour are not kept."""
+        """Add ``delta`` to a cell of ``minute``; ``keep_minute`` False counts it in its hour
+        straight away (a minute older than an hour, loaded at start)."""
         if delta == 0:
             return
         if keep_minute:
             bucket = self.minutes.setdefault(minute, {})
             bucket[code] = bucket.get(code, 0) + delta
-        hour = self.hours.setdefault(minute // 60, {})
-        hour[code] = hour.get(code, 0) + delta
+        else:
+            self.add_hour(minute // 60, code, delta)
         self.version += 1
 
     def add_hour(self, hour: int, code: int, count: int) -> None:
+        if self.hours is None:
+            self.hours = {}
         bucket = self.hours.setdefault(hour, {})
         bucket[code] = bucket.get(code, 0) + count
         self.version += 1
@@ -153,36 +171,47 @@ class Series:
         self.version += 1
 
     def prune(self, now: float) -> None:
+        """Fold minutes older than an hour into their hours; drop hours older than a day."""
         minute, hour = int(now // 60), int(now // 3600)
         for key in [k for k in self.minutes if k <= minute - 60]:
-            del self.minutes[key]
-        for key in [k for k in self.hours if k <= hour - 24]:
-            del self.hours[key]
+            for code, count in self.minutes.pop(key).items():
+                self.add_hour(key // 60, code, count)
+        if self.hours:
+            for key in [k for k in self.hours if k <= hour - 24]:
+                del self.hours[key]
 
     def empty(self) -> bool:
         return not self.minutes and not self.hours
 
     def window(self, seconds: int, now: float) -> WindowFigures:
-        """Figures over the last ``seconds``; recomputed only when a count changed or time moved on."""
+        """Figures over the last ``seconds``; recomputed only when a count changed or time moved on.
+
+        Up to an hour: the minute buckets in range. A day: the hour buckets of the last 24
+        hours (so it is aligned to the hour) and every minute bucket (the last hour's)."""
         slot = int(now // 60)
-        cached = self._cache.get(seconds) if self._cache is not None else None
-        if cached is not None and cached[0] == self.version and cached[1] == slot:
-            return cached[2]
+        position = WINDOWS_S.index(seconds) if seconds in WINDOWS_S else -1
+        if position >= 0 and self._cache is not None:
+            cached = self._cache[position]
+            if cached is not None and cached[0] == self.version and cached[1] == slot:
+                return cached[2]
         total: Counter[int] = Counter()
         if seconds <= 3600:
             first = slot - seconds // 60 + 1
             for minute, bucket in self.minutes.items():
                 if minute >= first:
-                    total.update(bucket)
+                    _merge(total, bucket)
         else:
             first = int(now // 3600) - seconds // 3600 + 1
-            for hour, bucket in self.hours.items():
+            for hour, bucket in (self.hours or {}).items():
                 if hour >= first:
-                    total.update(bucket)
+                    _merge(total, bucket)
+            for bucket in self.minutes.values():
+                _merge(total, bucket)
         result = figures(seconds, total)
-        if self._cache is None:
-            self._cache = {}
-        self._cache[seconds] = (self.version, slot, result)
+        if position >= 0:
+            if self._cache is None:
+                self._cache = [None] * len(WINDOWS_S)
+            self._cache[position] = (self.version, slot, result)
         return result
 
 
