@@ -23,6 +23,7 @@ from google.protobuf import duration_pb2
 from standardwebhooks import Webhook as Verifier
 
 from hookd.engine import catalogue
+from hookd.server import web
 from hookd.v1 import hookd_pb2 as pb
 from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from hookd.v1.hookd_connect import WebhookServiceClientSync
@@ -320,3 +321,45 @@ def test_http_watchers_count_against_max_watchers(tmp_path: Path) -> None:
     finally:
         first.close()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "refused"),
+    [
+        ("127.0.0.1:8080", False),
+        ("localhost:8080", False),
+        ("LOCALHOST", False),
+        ("[::1]:8080", False),
+        ("10.1.2.3", False),
+        ("hookd.example:8080", True),
+        ("attacker.example", True),
+        ("127.0.0.1.nip.io", True),
+    ],
+)
+def test_which_hosts_a_rebinding_page_could_use(host: str, refused: bool) -> None:
+    assert web.rebindable(host.encode()) is refused
+
+
+def test_without_tokens_only_addresses_and_localhost_are_served(server: HookdProcess, guarded: HookdProcess) -> None:
+    """A page on another domain that rebinds its name to 127.0.0.1 gets nothing; with tokens,
+    a host name is fine (every call needs the token anyway)."""
+
+    def status(target: HookdProcess, host: str) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", target.http_port, timeout=10)
+        try:
+            connection.request(
+                "POST",
+                SERVICE + "ListEventTypes",
+                body=b"{}",
+                headers={"content-type": "application/json", "host": host},
+            )
+            answer = connection.getresponse()
+            answer.read()
+            return answer.status
+        finally:
+            connection.close()
+
+    assert status(server, f"attacker.example:{server.http_port}") == 403
+    assert status(server, f"localhost:{server.http_port}") == 200
+    assert status(server, f"127.0.0.1:{server.http_port}") == 200
+    assert status(guarded, f"hookd.example:{guarded.http_port}") == 401

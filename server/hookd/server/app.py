@@ -127,7 +127,11 @@ async def _serve_http(
 ) -> None:
     """The dashboard and the Connect API, on this loop, through the same servicer as gRPC."""
     host, port = sock.getsockname()[:2]
-    app = web.Router(connect_application(servicer, auth, stop), web.StaticFiles(web.load_assets()))
+    app = web.Router(
+        connect_application(servicer, auth, stop),
+        web.StaticFiles(web.load_assets()),
+        open_access=not config.auth_tokens,
+    )
     tls = (config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key else None
     log.info("serving http address=%s:%d tls=%s", host, port, tls is not None)
     await web.serve_http(app, sock, stop, tls=tls, grace_s=config.shutdown_grace_s)

@@ -11,6 +11,7 @@ bearer token itself, so a page from another origin has nothing to ride on (no CS
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import gzip
 import hashlib
 import logging
@@ -125,18 +126,50 @@ async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[byt
     await send({"type": "http.response.body", "body": body})
 
 
-class Router:
-    """The Connect API under its service path, the dashboard everywhere else."""
+def rebindable(host_header: bytes) -> bool:
+    """Whether a request's Host names this server by a host name other than ``localhost``.
 
-    def __init__(self, api: ASGIApp, files: ASGIApp) -> None:
+    A page on an attacker's domain can make that domain resolve to 127.0.0.1 (DNS rebinding) and
+    then call the listener as its own origin, with none of the browser's cross-origin guards. It
+    cannot make its requests carry an IP address or ``localhost`` as Host, so without tokens only
+    those are served."""
+    host = host_header.decode("latin-1").strip().lower()
+    if host.startswith("["):
+        return False  # an IPv6 literal
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name in ("localhost", ""):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False
+
+
+class Router:
+    """The Connect API under its service path, the dashboard everywhere else.
+
+    Without tokens (``open_access``), only requests addressed to an IP address or ``localhost``
+    are served (see ``rebindable``); with tokens, every call needs one anyway."""
+
+    def __init__(self, api: ASGIApp, files: ASGIApp, *, open_access: bool = False) -> None:
         self._api = api
         self._files = files
+        self._open_access = open_access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
         elif scope["type"] != "http":
             return
+        elif self._open_access and rebindable(_header(scope, b"host")):
+            await _respond(
+                send,
+                403,
+                b"hookd answers to an IP address or localhost while it has no --auth-token "
+                b"(a guard against DNS rebinding); set --auth-token to use a host name\n",
+                [(b"content-type", b"text/plain; charset=utf-8")],
+            )
         elif scope["path"].startswith(PATH_PREFIX):
             await self._api(scope, receive, send)
         else:
