@@ -225,3 +225,37 @@ async def test_the_backstop_sends_what_the_bookkeeping_lost(
         await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
         nursery.cancel_scope.cancel()
     assert lost and any("actor bookkeeping lost deliveries" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_actor_without_work_parks_and_then_retires(tmp_path: Path, receiver: Receiver) -> None:
+    # Ten thousand destinations that have just been sent to must not cost ten thousand tasks: an
+    # actor's task ends when it runs out of work, the actor (breaker, connections) stays until
+    # it has been idle for actor_idle_s, and new work starts the same actor again.
+    engine = local_engine(tmp_path, actor_idle_s=1.0)
+    actors: dict[str, DestinationActor] = {}
+    url = receiver.url()
+
+    async def parked() -> DestinationActor | None:
+        actor = actors.get(url)
+        return actor if actor is not None and not actor.running else None
+
+    async def retired() -> bool:
+        return url not in actors
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        actors = engine._dispatcher._actors
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=url))
+        await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
+        actor = await until(parked)
+        assert actor.connections is actor.connections  # kept while parked, for the next delivery
+        await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
+        assert await until(parked) is actor  # woken, not replaced
+        await until(retired, timeout=10)
+        await engine.publish([EventInput("order", "created", {"n": 3}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(3, timeout=10))
+        assert actors[url] is not actor  # a new actor for new work after retirement
+        assert (await engine.health_snapshot()).actor_restarts == 0
+        nursery.cancel_scope.cancel()

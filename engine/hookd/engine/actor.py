@@ -20,6 +20,7 @@ lease, each outcome carrying the lease's fence.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ def request_headers(webhook: Webhook, msg_id: str, body: bytes, now: float) -> d
 class DestinationActor:
     # Slots: ten thousand destinations may each have an actor at once.
     __slots__ = (
+        "_connections",
         "_ctx",
         "_draining",
         "_on_retire",
@@ -115,7 +117,9 @@ class DestinationActor:
         "in_flight",
         "known",
         "limiter",
+        "parked_at",
         "queue",
+        "running",
         "url",
     )
 
@@ -134,6 +138,10 @@ class DestinationActor:
         self._draining = False
         self._scope = trio.CancelScope()
         self._stopped = False
+        self._connections: ConnectionSet | None = None
+        #: Whether the actor's task runs now (the dispatcher starts it when work comes).
+        self.running = False
+        self.parked_at = trio.current_time()
         self.breaker = CircuitBreaker(ctx.config.breaker)
         self.limiter = TokenBucket(ctx.registry.rate_for(url))
         self._settled_during_refill: set[int] | None = None
@@ -204,6 +212,7 @@ class DestinationActor:
         """End the actor now, abandoning its requests in flight (this node lost the destination)."""
         self._stopped = True
         self._scope.cancel()
+        self.close()
 
     def forget_strays(self) -> set[int]:
         """Deliveries counted as loaded that are neither queued nor in flight: never any, unless
@@ -230,7 +239,8 @@ class DestinationActor:
     # -- the actor's own task ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Deliver until idle for ``actor_idle_s``; then retire (synchronously, so no offer is lost)."""
+        """Deliver while there is work; then return, parked (synchronously, so no offer is lost:
+        one that comes later finds ``running`` False and starts the task again)."""
         if self._stopped:
             return
         self._scope = trio.CancelScope()  # a fresh one for each run: a crashed run is restarted
@@ -239,8 +249,7 @@ class DestinationActor:
 
     async def _serve(self) -> None:
         config = self._ctx.config
-        idle_since = trio.current_time()
-        async with ConnectionSet(config.destinations) as client, trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
             while True:
                 self._wake = trio.Event()
                 if self._draining:
@@ -267,28 +276,39 @@ class DestinationActor:
                     await self.limiter.acquire()
                     # Started one by one, in queue order: the attempt has taken its start time
                     # and is on its way before the next one begins.
-                    await nursery.start(self._attempt, client, entry)
-                if self.queue or self.in_flight or self.backlog:
-                    idle_since = trio.current_time()
-                elif trio.current_time() - idle_since >= config.actor_idle_s:
-                    # A breaker that is not closed remembers a failing destination (and its growing
-                    # cool-down): keep it while the URL still has webhooks.
-                    if self.breaker.state is BreakerState.CLOSED or not self._ctx.registry.webhooks_at(self.url):
-                        self._retire(nursery)
-                        return
-                    idle_since = trio.current_time()
-                deadline = idle_since + config.actor_idle_s
+                    await nursery.start(self._attempt, self.connections, entry)
+                if not (self.queue or self.in_flight or self.backlog):
+                    # Nothing to do: the task ends here and the actor parks. Its breaker, its
+                    # rate and its keep-alive connections stay; the next delivery wakes it.
+                    self.running = False
+                    self.parked_at = trio.current_time()
+                    return
+                deadline = math.inf
                 reopen = self.breaker.reopen_at()
                 if reopen is not None and self.queue:
-                    deadline = min(deadline, reopen)
+                    deadline = reopen
                 if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
                     deadline = trio.current_time()
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
 
     def _retire(self, nursery: trio.Nursery) -> None:
+        self.running = False
         self._on_retire(self)
         nursery.cancel_scope.cancel()
+
+    @property
+    def connections(self) -> ConnectionSet:
+        """The keep-alive connections to this destination, made on first use."""
+        if self._connections is None:
+            self._connections = ConnectionSet(self._ctx.config.destinations)
+        return self._connections
+
+    def close(self) -> None:
+        """Close the idle connections (the actor is retired)."""
+        if self._connections is not None:
+            self._connections.close()
+            self._connections = None
 
     def _next_job(self) -> tuple[int, Job] | None:
         """The first queued job that may go now, and its place in the queue; stale ones are

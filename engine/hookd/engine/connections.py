@@ -126,13 +126,17 @@ class ConnectionSet:
     def __repr__(self) -> str:
         return f"<ConnectionSet idle={len(self._idle)}>"
 
+    def close(self) -> None:
+        """Close every idle connection (those in use close when their exchange ends)."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
     async def __aenter__(self) -> ConnectionSet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        idle, self._idle = self._idle, []
-        for connection in idle:
-            connection.close()
+        self.close()
 
     def target(self, url: str) -> Target:
         """``url`` parsed, once for as long as it stays the one requested (an actor's URL changes

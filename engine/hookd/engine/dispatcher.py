@@ -1,10 +1,16 @@
 """Starts, supervises and retires the destination actors, and wakes them when retries fall due.
 
+An actor's task runs only while it has work: with nothing queued, in flight or waiting on disk
+it ends, and the actor parks (its breaker, rate and keep-alive connections kept); the next offer,
+poke or retry starts it again. A parked actor retires after ``actor_idle_s`` (unless its breaker
+still remembers a failing destination that has webhooks), so memory follows the destinations
+that have work, not the number of webhooks, and ten thousand just-finished destinations cost no
+ten thousand tasks.
+
 An actor that crashes is logged and restarted with backoff; its deliveries live in the store, so
 a restart only forgets what memory held. The deliveries it had in flight are charged a failed
 ``INTERNAL`` attempt each, so one whose sending crashes the actor again and again runs out of
-attempts and ends FAILED instead of looping. Idle actors retire, so the number of live actors
-follows the destinations that have work, not the number of webhooks.
+attempts and ends FAILED instead of looping.
 
 Only destinations this node owns get an actor (``Ownership``); offers and pokes for the others
 are dropped here, because their owner hears of the same deliveries from the store.
@@ -22,6 +28,7 @@ from functools import partial
 import trio
 
 from hookd.engine.actor import ActorContext, ActorStatistics, DestinationActor
+from hookd.engine.breaker import BreakerState
 from hookd.engine.errors import Unavailable
 from hookd.engine.jobs import Job
 from hookd.engine.store import delivery_ops, queries
@@ -54,6 +61,7 @@ class Dispatcher:
             self._nursery = nursery
             await self.resume(lambda url: True)
             nursery.start_soon(self._backstop)
+            nursery.start_soon(self._sweep)
             task_status.started()
             await self._timer_loop()
 
@@ -61,11 +69,15 @@ class Dispatcher:
 
     def offer(self, url: str, job: Job) -> None:
         if self._ctx.ownership.owns(url):
-            self._actor(url).offer(job)
+            actor = self._actor(url)
+            actor.offer(job)
+            self._run(actor)
 
     def poke(self, url: str) -> None:
         if self._ctx.ownership.owns(url):
-            self._actor(url).poke()
+            actor = self._actor(url)
+            actor.poke()
+            self._run(actor)
 
     def cancel_webhook(self, url: str, webhook_id: str) -> None:
         actor = self._actors.get(url)
@@ -91,7 +103,9 @@ class Dispatcher:
     def stop(self, selected: Callable[[str], bool]) -> None:
         """Stop the selected actors now, requests in flight abandoned (the node lost them)."""
         for url in [url for url in self._actors if selected(url)]:
-            self._actors.pop(url).stop()
+            actor = self._actors.pop(url)
+            actor.running = False
+            actor.stop()
         for url in [url for url in self._earliest if selected(url)]:
             del self._earliest[url]
 
@@ -100,6 +114,8 @@ class Dispatcher:
         hand-over: once this returns, nothing of theirs is in flight or unrecorded)."""
         for url in [url for url in self._earliest if selected(url)]:
             del self._earliest[url]
+        for url in [url for url, actor in self._actors.items() if selected(url) and not actor.running]:
+            self._retire(self._actors[url])  # parked: nothing in flight
         while True:
             draining = [actor for url, actor in self._actors.items() if selected(url)]
             if not draining:
@@ -117,23 +133,41 @@ class Dispatcher:
     def _actor(self, url: str) -> DestinationActor:
         actor = self._actors.get(url)
         if actor is None:
-            assert self._nursery is not None, "dispatcher not running"
-            actor = DestinationActor(url, self._ctx, self._retire)
-            self._actors[url] = actor
-            self._nursery.start_soon(self._supervise, actor)
+            actor = self._actors[url] = DestinationActor(url, self._ctx, self._retire)
         return actor
+
+    def _run(self, actor: DestinationActor) -> None:
+        """Start the actor's task unless it runs already (it parks when it runs out of work)."""
+        if not actor.running:
+            assert self._nursery is not None, "dispatcher not running"
+            actor.running = True
+            self._nursery.start_soon(self._supervise, actor)
 
     def _retire(self, actor: DestinationActor) -> None:
         if self._actors.get(actor.url) is actor:
             del self._actors[actor.url]
+        actor.close()
         self._retired.set()
+
+    async def _sweep(self) -> None:
+        """Retire actors parked for ``actor_idle_s``; one whose breaker is not closed remembers a
+        failing destination (and its growing cool-down) while the URL still has webhooks."""
+        idle = self._ctx.config.actor_idle_s
+        while True:
+            await trio.sleep(max(0.05, idle / 4))
+            now = trio.current_time()
+            for actor in list(self._actors.values()):
+                if actor.running or now - actor.parked_at < idle:
+                    continue
+                if actor.breaker.state is BreakerState.CLOSED or not self._ctx.registry.webhooks_at(actor.url):
+                    self._retire(actor)
 
     async def _supervise(self, actor: DestinationActor) -> None:
         backoff = 0.1
         while True:
             try:
                 await actor.run()
-                return
+                return  # parked or retired
             except Exception:
                 self.restarts += 1
                 log.exception("actor crashed destination=%s restart_in=%.1fs", actor.url, backoff)
@@ -142,6 +176,7 @@ class Dispatcher:
             backoff = min(backoff * 2, MAX_RESTART_BACKOFF_S)
             actor.reset()
             if self._actors.get(actor.url) is not actor:
+                actor.running = False
                 self._retired.set()
                 return
 
@@ -164,6 +199,7 @@ class Dispatcher:
                     log.error(
                         "actor bookkeeping lost deliveries destination=%s deliveries=%s", actor.url, sorted(strays)
                     )
+                    self._run(actor)  # a parked actor has no task to see the poke
             # The store may be down: the writer reports that, and the next round tries again.
             with contextlib.suppress(Unavailable):
                 await self.resume(lambda url: True)

@@ -114,25 +114,26 @@ def no_figures(seconds: int) -> WindowFigures:
     return WindowFigures(seconds, 0, 0, 0.0, 0.0, 0.0, 0.0, _NO_ERRORS)
 
 
-def _merge(total: Counter[int], bucket: dict[int, int]) -> None:
-    for code, count in bucket.items():
-        total[code] += count
+#: A series keeps (time unit, cell) -> count in one flat dict: ``unit << _SHIFT | cell``. Ten
+#: thousand destinations each have two series, and a dict of dicts costs twice as much.
+_SHIFT = 16
+_CELLS = (1 << _SHIFT) - 1
+assert SLOTS * len(OUTCOMES) <= _CELLS
 
 
 class Series:
-    """One key's buckets and last-seen facts.
+    """One key's counts and last-seen facts.
 
-    Minutes of the last hour are kept as minute buckets; older minutes are folded into hour
-    buckets (so no attempt is counted in both), which is all a day's window needs. Ten thousand
-    destinations each have two series, so each holds only what it must: no hour buckets until
-    the first minute is folded, and one cached figure per window.
+    Minutes of the last hour are kept by minute; older minutes are folded into their hour (so no
+    attempt is counted in both), which is all a day's window needs. Each is one flat dict, the
+    hours' made on first use, and one figure per window is cached.
     """
 
     __slots__ = ("_cache", "hours", "last_error", "last_failure", "last_success", "minutes", "version")
 
     def __init__(self) -> None:
-        self.minutes: dict[int, dict[int, int]] = {}
-        self.hours: dict[int, dict[int, int]] | None = None
+        self.minutes: dict[int, int] = {}
+        self.hours: dict[int, int] | None = None
         self.last_success = 0.0
         self.last_failure = 0.0
         self.last_error = ""
@@ -140,8 +141,7 @@ class Series:
         self._cache: list[tuple[int, int, WindowFigures] | None] | None = None
 
     def get(self, minute: int, code: int) -> int:
-        bucket = self.minutes.get(minute)
-        return 0 if bucket is None else bucket.get(code, 0)
+        return self.minutes.get(minute << _SHIFT | code, 0)
 
     def add(self, minute: int, code: int, delta: int, *, keep_minute: bool = True) -> None:
         """Add ``delta`` to a cell of ``minute``; ``keep_minute`` False counts it in its hour
@@ -149,8 +149,8 @@ class Series:
         if delta == 0:
             return
         if keep_minute:
-            bucket = self.minutes.setdefault(minute, {})
-            bucket[code] = bucket.get(code, 0) + delta
+            key = minute << _SHIFT | code
+            self.minutes[key] = self.minutes.get(key, 0) + delta
         else:
             self.add_hour(minute // 60, code, delta)
         self.version += 1
@@ -158,8 +158,8 @@ class Series:
     def add_hour(self, hour: int, code: int, count: int) -> None:
         if self.hours is None:
             self.hours = {}
-        bucket = self.hours.setdefault(hour, {})
-        bucket[code] = bucket.get(code, 0) + count
+        key = hour << _SHIFT | code
+        self.hours[key] = self.hours.get(key, 0) + count
         self.version += 1
 
     def note_last(self, last_success: float, last_failure: float, last_error: str) -> None:
@@ -172,22 +172,29 @@ class Series:
 
     def prune(self, now: float) -> None:
         """Fold minutes older than an hour into their hours; drop hours older than a day."""
-        minute, hour = int(now // 60), int(now // 3600)
-        for key in [k for k in self.minutes if k <= minute - 60]:
-            for code, count in self.minutes.pop(key).items():
-                self.add_hour(key // 60, code, count)
+        oldest_minute = (int(now // 60) - 59) << _SHIFT
+        for key in [k for k in self.minutes if k < oldest_minute]:
+            self.add_hour((key >> _SHIFT) // 60, key & _CELLS, self.minutes.pop(key))
         if self.hours:
-            for key in [k for k in self.hours if k <= hour - 24]:
+            oldest_hour = (int(now // 3600) - 23) << _SHIFT
+            for key in [k for k in self.hours if k < oldest_hour]:
                 del self.hours[key]
 
     def empty(self) -> bool:
         return not self.minutes and not self.hours
 
+    def by_minute(self) -> dict[int, Counter[int]]:
+        """The kept minutes' cells: minute -> (cell -> count)."""
+        result: dict[int, Counter[int]] = {}
+        for key, count in self.minutes.items():
+            result.setdefault(key >> _SHIFT, Counter())[key & _CELLS] += count
+        return result
+
     def window(self, seconds: int, now: float) -> WindowFigures:
         """Figures over the last ``seconds``; recomputed only when a count changed or time moved on.
 
-        Up to an hour: the minute buckets in range. A day: the hour buckets of the last 24
-        hours (so it is aligned to the hour) and every minute bucket (the last hour's)."""
+        Up to an hour: the minutes in range. A day: the hours of the last 24 hours (so it is
+        aligned to the hour) and every kept minute (the last hour's)."""
         slot = int(now // 60)
         position = WINDOWS_S.index(seconds) if seconds in WINDOWS_S else -1
         if position >= 0 and self._cache is not None:
@@ -196,17 +203,17 @@ class Series:
                 return cached[2]
         total: Counter[int] = Counter()
         if seconds <= 3600:
-            first = slot - seconds // 60 + 1
-            for minute, bucket in self.minutes.items():
-                if minute >= first:
-                    _merge(total, bucket)
+            first = (slot - seconds // 60 + 1) << _SHIFT
+            for key, count in self.minutes.items():
+                if key >= first:
+                    total[key & _CELLS] += count
         else:
-            first = int(now // 3600) - seconds // 3600 + 1
-            for hour, bucket in (self.hours or {}).items():
-                if hour >= first:
-                    _merge(total, bucket)
-            for bucket in self.minutes.values():
-                _merge(total, bucket)
+            first = (int(now // 3600) - seconds // 3600 + 1) << _SHIFT
+            for key, count in (self.hours or {}).items():
+                if key >= first:
+                    total[key & _CELLS] += count
+            for key, count in self.minutes.items():
+                total[key & _CELLS] += count
         result = figures(seconds, total)
         if position >= 0:
             if self._cache is None:
@@ -228,9 +235,9 @@ def by_minute(series: Series, now: float) -> list[MinuteFigures]:
     """The last hour minute by minute, oldest first, minutes without attempts left out (charts)."""
     first = int(now // 60) - 59
     result = []
-    for minute, bucket in sorted(series.minutes.items()):
+    for minute, bucket in sorted(series.by_minute().items()):
         if minute >= first:
-            totals = figures(60, Counter(bucket))
+            totals = figures(60, bucket)
             if totals.attempts:
                 result.append(
                     MinuteFigures(minute * 60, totals.attempts, totals.successes, totals.p50_ms, totals.p95_ms)

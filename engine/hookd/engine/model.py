@@ -77,7 +77,7 @@ _BREAKER_OUTCOMES = frozenset(
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Auth:
     """Destination authentication. ``kind`` is none, bearer, basic or headers."""
 
@@ -101,7 +101,7 @@ class Auth:
         return {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Webhook:
     """A webhook as stored. Secrets are in clear here; masking is the API layer's job."""
 
@@ -132,7 +132,7 @@ class Webhook:
         return [self.secret]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WebhookFilter:
     """ListWebhooks' filters; empty strings and None match everything."""
 
@@ -142,7 +142,7 @@ class WebhookFilter:
     query: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventRecord:
     """A stored event. ``envelope`` is the exact JSON body destinations receive."""
 
@@ -154,7 +154,7 @@ class EventRecord:
     delivery_count: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveryRecord:
     """A stored delivery: one event on its way to one webhook."""
 
@@ -172,7 +172,7 @@ class DeliveryRecord:
     waiting_for: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AttemptRecord:
     """One HTTP request made for a delivery."""
 

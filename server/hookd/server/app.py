@@ -22,15 +22,13 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from hookd.engine import Engine, StoreStatus
-from hookd.server import web
 from hookd.server.auth import FailureLog, TokenAuthInterceptor, TokenCheck
 from hookd.server.bridge import TrioBridge
 from hookd.server.config import MAX_MESSAGE_BYTES, ServerConfig
-from hookd.server.connect_api import connect_application
 from hookd.server.metrics import MetricsGuard, serve_metrics
 from hookd.server.reflection import DocumentedPool
 from hookd.server.servicer import WebhookServicer, add_to_server
-from hookd.server.startup import CannotServe, check_address, listen, startup_failure, tls_credentials
+from hookd.server.startup import CannotServe, bind, check_address, listen, startup_failure, tls_credentials
 from hookd.server.watchers import Watchers
 from hookd.v1 import hookd_pb2
 
@@ -126,6 +124,11 @@ async def _serve_http(
     auth: tuple[TokenCheck, FailureLog] | None,
 ) -> None:
     """The dashboard and the Connect API, on this loop, through the same servicer as gRPC."""
+    # Imported only when asked for: the HTTP stack (hypercorn, connectrpc) costs a server that
+    # does not serve HTTP half a second at start and some 10 MB.
+    from hookd.server import web
+    from hookd.server.connect_api import connect_application
+
     host, port = sock.getsockname()[:2]
     app = web.Router(
         connect_application(servicer, auth, stop),
@@ -164,7 +167,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     port = listen(server, config.listen, credentials)
     if config.metrics_listen:
         check_address(config.metrics_listen, "--metrics-listen")
-    http_socket = web.bind(config.http_listen) if config.http_listen else None
+    http_socket = bind(config.http_listen) if config.http_listen else None
 
     side, finished, ready = _start_trio(loop, config, MetricsGuard(check, failures) if config.auth_tokens else None)
     try:

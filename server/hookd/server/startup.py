@@ -86,3 +86,22 @@ def listen(server: grpc.aio.Server, address: str, credentials: grpc.ServerCreden
     if port == 0:  # taken between the check and now
         raise CannotServe(f"cannot listen on {address} (--listen): {bind_problem(address) or 'grpc could not bind it'}")
     return port
+
+
+def bind(listen: str) -> socket.socket:
+    """A listening socket for ``host:port`` (port 0 picks a free one); ``CannotServe`` if it cannot."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as error:
+        raise CannotServe(f"cannot listen on {listen} (--http-listen): {error.strerror or error}") from error
+    except ValueError as error:
+        raise CannotServe(f"cannot listen on {listen} (--http-listen): not a host:port") from error
+    sock.setblocking(False)
+    return sock

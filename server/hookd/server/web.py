@@ -11,9 +11,9 @@ bearer token itself, so a page from another origin has nothing to ride on (no CS
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import gzip
 import hashlib
+import ipaddress
 import logging
 import mimetypes
 import socket
@@ -26,7 +26,6 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from hookd.server.connect_api import PATH_PREFIX
-from hookd.server.startup import CannotServe
 
 log = logging.getLogger("hookd.http")
 
@@ -185,25 +184,6 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
-
-
-def bind(listen: str) -> socket.socket:
-    """A listening socket for ``host:port`` (port 0 picks a free one); ``CannotServe`` if it cannot."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, kind, proto, _, address = infos[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
-    except OSError as error:
-        raise CannotServe(f"cannot listen on {listen} (--http-listen): {error.strerror or error}") from error
-    except ValueError as error:
-        raise CannotServe(f"cannot listen on {listen} (--http-listen): not a host:port") from error
-    sock.setblocking(False)
-    return sock
 
 
 async def serve_http(
