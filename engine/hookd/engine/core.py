@@ -364,6 +364,10 @@ class Engine:
     def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
         old, new = versions
         self.registry.put(new)
+        if old.url != new.url:
+            # The old URL's actor lets go of the webhook's jobs and aborts its requests in flight,
+            # so the next attempt is the new URL's (and the two actors never send it together).
+            self._dispatcher.cancel_webhook(old.url, old.id)
         if new.status is Status.ACTIVE and (old.status is not Status.ACTIVE or old.url != new.url):
             self._dispatcher.poke(new.url)
 
