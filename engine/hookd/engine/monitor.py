@@ -151,6 +151,7 @@ class HealthMonitor:
         self._backlog_at = 0.0
         self._backlog_lock = trio.Lock()
         self._tail_lock = trio.Lock()
+        #: When the last read of new counts began (monotonic).
         self._tailed_at = 0.0
         self._tail_started = 0.0
         self._demand_at = 0.0
@@ -181,14 +182,18 @@ class HealthMonitor:
             aggregates.note_last(kind, key, last_success, last_failure, last_error)
 
     async def _tail(self) -> None:
-        """Read the counts written since the last look (shared by callers close together)."""
+        """Read the counts written since the last look.
+
+        Callers that queue behind one read share the next: a read that began after a caller asked
+        has seen every commit made before it asked. One that began earlier has not (a delivery
+        recorded as FAILED a moment ago must show in the figures), so it is never reused."""
+        asked = time.monotonic()
         async with self._tail_lock:
-            if time.monotonic() - self._tailed_at < SHARE_S / 2:
+            if self._tailed_at >= asked:
                 return
-            started = time.time()
+            began, started = time.monotonic(), time.time()
             rows = await self._readers.run(partial(health_ops.changed_since, since=self._tail_started - TAIL_MARGIN_S))
-            self._tail_started = started
-            self._tailed_at = time.monotonic()
+            self._tailed_at, self._tail_started = began, started
             self._apply(rows, self._clock.now())
 
     async def _refresh_backlog(self) -> queries.Backlog:
