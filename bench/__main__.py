@@ -75,6 +75,7 @@ def main() -> None:
             run = MODULES.get(name) or getattr(scenarios, name)
             results[name] = run(profile, rx)
             results[name]["seconds"] = round(time.perf_counter() - begin, 1)
+            RESULTS.write_text(json.dumps(results, indent=2) + "\n")  # a later crash keeps these
     results["meta"]["seconds"] = round(time.perf_counter() - started, 1)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(_table(results))

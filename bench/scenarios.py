@@ -398,7 +398,8 @@ def scale(profile: Profile, receiver: ReceiverProcess) -> dict[str, Any]:
 def _fill_history(server: HookdProcess, count: int, hooks: list[tuple[str, str]]) -> None:
     """Write ``count`` attempts spread over the last day for ``hooks`` (id, url) straight into a
     stopped server's SQLite file, with the health counts hookd keeps beside them (minute rows
-    for the last two hours, hour rows before), as a server that made them would have left."""
+    for the last two hours, hour rows before), as a server that made them would have left. The
+    counts are taken over every stored attempt, so they replace those of an earlier fill."""
     conn = sqlite3.connect(server.database)
     now = time.time()
     conn.execute("CREATE TEMP TABLE hooks (idx INTEGER PRIMARY KEY, id TEXT, url TEXT)")
@@ -427,11 +428,11 @@ def _fill_history(server: HookdProcess, count: int, hooks: list[tuple[str, str]]
             else:
                 hours.setdefault((kind, key, minute // 60), Counter())[(outcome, slot)] += attempts
     conn.executemany(
-        "INSERT INTO health_minutes (kind, key, minute, counts, changed_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO health_minutes (kind, key, minute, counts, changed_at) VALUES (?, ?, ?, ?, ?)",
         [(*key, health_ops.encode(cells), now) for key, cells in minutes.items()],
     )
     conn.executemany(
-        "INSERT INTO health_hours (kind, key, hour, counts) VALUES (?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO health_hours (kind, key, hour, counts) VALUES (?, ?, ?, ?)",
         [(*key, health_ops.encode(cells)) for key, cells in hours.items()],
     )
     conn.commit()
