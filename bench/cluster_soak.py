@@ -34,6 +34,10 @@ from tests.support.server import HookdProcess
 PATHS = [f"/s{n}" for n in range(8)]
 
 
+def _node_id(node: HookdProcess) -> str:
+    return node.args[node.args.index("--node-id") + 1]
+
+
 class Soak:
     def __init__(self, root: Path, database: str, lease_s: float, max_in_flight: int, seed: int) -> None:
         self.root = root
@@ -105,7 +109,7 @@ class Soak:
             assert node.process is not None
             if self.rng.random() < 0.5:
                 self.kills += 1
-                print(f"  kill -9  {node.args[1]}", flush=True)
+                print(f"  kill -9  {_node_id(node)}", flush=True)
                 with self._lock:
                     node.kill()
                 time.sleep(self.rng.uniform(1, 3))
@@ -114,7 +118,7 @@ class Soak:
                     self.nodes[index] = replacement
             else:
                 self.pauses += 1
-                print(f"  SIGSTOP  {node.args[1]} for {self.lease_s * 1.5:.0f} s", flush=True)
+                print(f"  SIGSTOP  {_node_id(node)} for {self.lease_s * 1.5:.0f} s", flush=True)
                 node.process.send_signal(signal.SIGSTOP)
                 time.sleep(self.lease_s * 1.5)
                 node.process.send_signal(signal.SIGCONT)
