@@ -35,7 +35,7 @@ PATHS = [f"/s{n}" for n in range(8)]
 
 
 def _node_id(node: HookdProcess) -> str:
-    return node.args[node.args.index("--node-id") + 1]
+    return str(node.args[node.args.index("--node-id") + 1])
 
 
 class Soak:
