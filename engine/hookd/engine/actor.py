@@ -239,13 +239,23 @@ class DestinationActor:
     # -- the actor's own task ------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Deliver while there is work; then return, parked (synchronously, so no offer is lost:
-        one that comes later finds ``running`` False and starts the task again)."""
+        """Deliver while there is work; then return, parked.
+
+        The actor parks only once its attempts' tasks have all ended, and it decides so without a
+        checkpoint in between: work offered while they were ending (when ``running`` was still
+        True, so nobody started another task) is seen here, and an offer made after finds
+        ``running`` False and starts the task again. So no offer is lost, and two runs of one
+        actor never overlap."""
         if self._stopped:
             return
         self._scope = trio.CancelScope()  # a fresh one for each run: a crashed run is restarted
         with self._scope:
-            await self._serve()
+            while not (self._draining or self._stopped):
+                await self._serve()
+                if not (self.queue or self.in_flight or self.backlog or self._draining):
+                    self.running = False
+                    self.parked_at = trio.current_time()
+                    return
 
     async def _serve(self) -> None:
         config = self._ctx.config
@@ -278,10 +288,8 @@ class DestinationActor:
                     # and is on its way before the next one begins.
                     await nursery.start(self._attempt, self.connections, entry)
                 if not (self.queue or self.in_flight or self.backlog):
-                    # Nothing to do: the task ends here and the actor parks. Its breaker, its
+                    # Nothing to do: the task ends and the actor parks (``run``). Its breaker, its
                     # rate and its keep-alive connections stay; the next delivery wakes it.
-                    self.running = False
-                    self.parked_at = trio.current_time()
                     return
                 deadline = math.inf
                 reopen = self.breaker.reopen_at()
