@@ -259,3 +259,18 @@ async def test_an_actor_without_work_parks_and_then_retires(tmp_path: Path, rece
         assert actors[url] is not actor  # a new actor for new work after retirement
         assert (await engine.health_snapshot()).actor_restarts == 0
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hand_over_retires_an_actor_whose_task_has_not_started_yet(tmp_path: Path, receiver: Receiver) -> None:
+    # drain() while a poke's start_soon has not run yet: the actor must still retire, or the
+    # hand-over (and the destinations it holds) would wait for ever.
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        dispatcher = engine._dispatcher
+        dispatcher.poke(receiver.url())
+        with trio.fail_after(5):
+            await dispatcher.drain(lambda url: True)
+        assert not dispatcher._actors
+        nursery.cancel_scope.cancel()

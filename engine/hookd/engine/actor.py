@@ -250,9 +250,13 @@ class DestinationActor:
             return
         self._scope = trio.CancelScope()  # a fresh one for each run: a crashed run is restarted
         with self._scope:
-            while not (self._draining or self._stopped):
+            while not self._stopped:
                 await self._serve()
-                if not (self.queue or self.in_flight or self.backlog or self._draining):
+                if not self.running:
+                    return  # retired (drained)
+                if self._draining:
+                    continue  # only ``_serve`` retires a draining actor, once nothing is in flight
+                if not (self.queue or self.in_flight or self.backlog):
                     self.running = False
                     self.parked_at = trio.current_time()
                     return
@@ -407,6 +411,13 @@ class DestinationActor:
                 ctx.settled(job.delivery_id)
             self._wake.set()
 
+    def _poke_self(self) -> None:
+        """``poke``, from a commit hook: the actor may have parked meanwhile (a crash's restart
+        found nothing in memory), and then only the dispatcher can start its task again."""
+        self.poke()
+        if not self.running:
+            self._ctx.schedule(self.url, self._ctx.clock.now())
+
     def _settle(self, delivery_id: int) -> None:
         """The delivery's outcome is on disk (or it was never sent): it may be loaded again, and
         its slot is free.
@@ -460,11 +471,11 @@ class DestinationActor:
             self._settle(job.delivery_id)
             ctx.settled(job.delivery_id)
             if not committed:
-                self.poke()  # the outcome is lost, the delivery still due on disk: load it again
+                self._poke_self()  # the outcome is lost, the delivery still due on disk: load it again
             elif retry_at is not None:
                 ctx.schedule(self.url, retry_at)
             if committed and ordered and retry_at is None:
-                self.poke()  # the next in line may go
+                self._poke_self()  # the next in line may go
 
         await ctx.writer.submit(write, after=settled, cost=RECORD_COST)
 

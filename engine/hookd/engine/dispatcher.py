@@ -57,13 +57,17 @@ class Dispatcher:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Resume every owned destination with pending deliveries, then serve until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            await self.resume(lambda url: True)
-            nursery.start_soon(self._backstop)
-            nursery.start_soon(self._sweep)
-            task_status.started()
-            await self._timer_loop()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self.resume(lambda url: True)
+                nursery.start_soon(self._backstop)
+                nursery.start_soon(self._sweep)
+                task_status.started()
+                await self._timer_loop()
+        finally:
+            for actor in self._actors.values():
+                actor.close()  # the kept keep-alive connections
 
     # -- entry points, all synchronous but ``resume`` and ``drain`` ------------------------------
 

@@ -151,8 +151,11 @@ class HealthMonitor:
         self._backlog_at = 0.0
         self._backlog_lock = trio.Lock()
         self._tail_lock = trio.Lock()
-        #: When the last read of new counts began (monotonic).
-        self._tailed_at = 0.0
+        #: Reads of new counts begun, and the number of the last one that finished (a count, not
+        #: a time: a coarse clock could not tell a read that began just before a commit from one
+        #: just after).
+        self._reads_begun = 0
+        self._last_read = 0
         self._tail_started = 0.0
         self._demand_at = 0.0
         self._demand = trio.Event()
@@ -187,13 +190,14 @@ class HealthMonitor:
         Callers that queue behind one read share the next: a read that began after a caller asked
         has seen every commit made before it asked. One that began earlier has not (a delivery
         recorded as FAILED a moment ago must show in the figures), so it is never reused."""
-        asked = time.monotonic()
+        asked = self._reads_begun
         async with self._tail_lock:
-            if self._tailed_at >= asked:
+            if self._last_read > asked:
                 return
-            began, started = time.monotonic(), time.time()
+            self._reads_begun += 1
+            read, started = self._reads_begun, time.time()
             rows = await self._readers.run(partial(health_ops.changed_since, since=self._tail_started - TAIL_MARGIN_S))
-            self._tailed_at, self._tail_started = began, started
+            self._last_read, self._tail_started = read, started
             self._apply(rows, self._clock.now())
 
     async def _refresh_backlog(self) -> queries.Backlog:
