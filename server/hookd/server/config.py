@@ -176,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
         "--actor-idle",
         type=float,
         default=float(_env("HOOKD_ACTOR_IDLE", "30")),
-        help="seconds before an idle destination actor stops [HOOKD_ACTOR_IDLE]",
+        help="seconds a destination actor without work keeps its breaker and connections [HOOKD_ACTOR_IDLE]",
     )
     s.add_argument(
         "--secret-grace",
