@@ -249,7 +249,7 @@ async def test_an_actor_without_work_parks_and_then_retires(tmp_path: Path, rece
         await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
         await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
         actor = await until(parked)
-        assert actor.connections is actor.connections  # kept while parked, for the next delivery
+        assert actor._connections is not None  # its keep-alive connections kept for the next delivery
         await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
         await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
         assert await until(parked) is actor  # woken, not replaced

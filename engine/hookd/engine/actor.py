@@ -211,6 +211,7 @@ class DestinationActor:
     def stop(self) -> None:
         """End the actor now, abandoning its requests in flight (this node lost the destination)."""
         self._stopped = True
+        self.running = False
         self._scope.cancel()
         self.close()
 

@@ -107,9 +107,7 @@ class Dispatcher:
     def stop(self, selected: Callable[[str], bool]) -> None:
         """Stop the selected actors now, requests in flight abandoned (the node lost them)."""
         for url in [url for url in self._actors if selected(url)]:
-            actor = self._actors.pop(url)
-            actor.running = False
-            actor.stop()
+            self._actors.pop(url).stop()
         for url in [url for url in self._earliest if selected(url)]:
             del self._earliest[url]
 
