@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, cast
 
+import outcome
 import trio
 
 from hookd.engine import catalogue
@@ -50,7 +51,7 @@ from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
 from hookd.engine.store.delivery_ops import RecoveredBatch, RecoveryFilter
 from hookd.engine.store.webhook_ops import Disabled
-from hookd.engine.store.writer import Readers, StoreStatus, Writer, WriterStatistics
+from hookd.engine.store.writer import Readers, Reply, StoreStatus, Writer, WriterStatistics
 from hookd.engine.validation import (
     DEFAULT_TIMEOUT_S,
     UPDATABLE,
@@ -536,6 +537,43 @@ class Engine:
         commits (``_publish_staged``) so that no other write waits behind it; it returns, like
         any publish, only once all of it is stored.
         """
+        prepared, fan_out = self._plan_publish(items, batch)
+        if fan_out <= self.config.publish_chunk:
+            return await self._writer.execute(
+                partial(delivery_ops.publish, events=prepared), on_commit=self._offer, cost=len(prepared) + fan_out
+            )
+        return await self._publish_staged(prepared)
+
+    def publish_soon(self, items: list[EventInput], *, batch: bool, reply: Reply[list[PublishResult]]) -> None:
+        """``publish`` for a caller outside trio (the API's event loop), without a task per call:
+        called in trio's thread context, it queues the write at once and ``reply`` hears the
+        outcome from the writer. A large fan-out, or a full writer queue, falls back to a task.
+        """
+        try:
+            prepared, fan_out = self._plan_publish(items, batch)
+        except Exception as error:
+            reply(outcome.Error(error))
+            return
+        if fan_out <= self.config.publish_chunk and self._writer.execute_soon(
+            partial(delivery_ops.publish, events=prepared), reply, self._offer, cost=len(prepared) + fan_out
+        ):
+            return
+
+        async def publish_in_task() -> None:
+            try:
+                results = await self.publish(items, batch=batch)
+            except Exception as error:
+                reply(outcome.Error(error))
+                return
+            except BaseException:
+                reply(outcome.Error(Unavailable("the service stopped before this publish was answered; retry")))
+                raise
+            reply(outcome.Value(results))
+
+        self._nursery.start_soon(publish_in_task)
+
+    def _plan_publish(self, items: list[EventInput], batch: bool) -> tuple[list[PreparedEvent], int]:
+        """The checked, prepared events of one publish call and the deliveries they would create."""
         field = "events" if batch else "event"
         if batch:
             if not items:
@@ -553,11 +591,7 @@ class Engine:
                 f"this call would create {fan_out} deliveries (events x subscribed webhooks); at most "
                 f"{self.config.max_deliveries_per_call} per call: publish fewer events per call",
             )
-        if fan_out <= self.config.publish_chunk:
-            return await self._writer.execute(
-                partial(delivery_ops.publish, events=prepared), on_commit=self._offer, cost=len(prepared) + fan_out
-            )
-        return await self._publish_staged(prepared)
+        return prepared, fan_out
 
     async def _publish_staged(self, events: list[PreparedEvent]) -> list[PublishResult]:
         chunk = self.config.publish_chunk

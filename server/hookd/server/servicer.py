@@ -12,6 +12,7 @@ import grpc
 
 from hookd.engine import Engine, EventInput, Snapshot, catalogue
 from hookd.engine.errors import InvalidArgument
+from hookd.engine.jobs import PublishResult
 from hookd.engine.model import WebhookFilter
 from hookd.engine.validation import UPDATABLE, health_filter
 from hookd.server import convert
@@ -121,13 +122,14 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
 
     @grpc_errors
     async def PublishEvent(self, request: pb.PublishEventRequest, context: Context) -> pb.PublishEventResponse:
-        results = await self._bridge.call(self._engine.publish, [_event_input(request.event, "event")], batch=False)
+        item = _event_input(request.event, "event")
+        results: list[PublishResult] = await self._bridge.call_soon(self._engine.publish_soon, [item], batch=False)
         return _publish_answer(results[0])
 
     @grpc_errors
     async def PublishEvents(self, request: pb.PublishEventsRequest, context: Context) -> pb.PublishEventsResponse:
         items = [_event_input(item, f"events[{index}]") for index, item in enumerate(request.events)]
-        results = await self._bridge.call(self._engine.publish, items, batch=True)
+        results: list[PublishResult] = await self._bridge.call_soon(self._engine.publish_soon, items, batch=True)
         return pb.PublishEventsResponse(results=[_publish_answer(result) for result in results])
 
     @grpc_errors

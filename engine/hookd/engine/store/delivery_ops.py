@@ -41,6 +41,11 @@ _INSERT_DELIVERY = (
 )
 
 
+_INSERT_EVENT = (
+    "INSERT INTO events (id, type, create_time, envelope, idempotency_key, delivery_count) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Subscriber:
     webhook_id: str
@@ -75,13 +80,13 @@ def _seen_key(tx: Tx, event: PreparedEvent) -> PublishResult | None:
 
 def _insert_event(tx: Tx, event: PreparedEvent, delivery_count: int) -> PublishResult | None:
     """Insert the event row; None when another publish took its idempotency key meanwhile."""
+    row = [event.id, event.type, event.create_time, event.envelope, event.idempotency_key or None, delivery_count]
+    if not event.idempotency_key:  # nothing another publish could hold: no savepoint to pay for
+        tx.execute(_INSERT_EVENT, row)
+        return None
     try:
         tx.execute("SAVEPOINT event_key")
-        tx.execute(
-            "INSERT INTO events (id, type, create_time, envelope, idempotency_key, delivery_count) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [event.id, event.type, event.create_time, event.envelope, event.idempotency_key or None, delivery_count],
-        )
+        tx.execute(_INSERT_EVENT, row)
         tx.execute("RELEASE event_key")
     except UniqueViolation:
         # A concurrent publish (another node's) committed the same key first: it wins.

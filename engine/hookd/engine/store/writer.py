@@ -21,8 +21,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
+import outcome
 import trio
 
 from hookd.engine.errors import Unavailable
@@ -67,8 +68,15 @@ class WriterStatistics:
     status: StoreStatus
 
 
+#: How a caller that does not wait in a task hears of its write: the result, or the error.
+Reply = Callable[[outcome.Outcome[T]], None]
+
+
 class _Op(Generic[T]):
-    __slots__ = ("after", "cost", "done", "error", "fn", "on_commit", "result")
+    """One write. A caller waits on it through ``done`` (a task) or ``reply`` (a callback), or
+    neither (a background write, which is held and retried while the store cannot write)."""
+
+    __slots__ = ("after", "cost", "done", "error", "fn", "on_commit", "reply", "result")
 
     def __init__(
         self,
@@ -77,14 +85,27 @@ class _Op(Generic[T]):
         on_commit: Callable[[T], None] | None = None,
         after: Callable[[bool], None] | None = None,
         cost: int = UNKNOWN_COST,
+        reply: Reply[T] | None = None,
     ) -> None:
         self.fn = fn
         self.cost = cost
         self.on_commit = on_commit
         self.after = after
         self.done: trio.Event | None = trio.Event() if wait else None
+        self.reply = reply
         self.result: T | None = None
         self.error: BaseException | None = None
+
+    @property
+    def awaited(self) -> bool:
+        return self.done is not None or self.reply is not None
+
+    def settle(self) -> None:
+        """Tell the waiting caller, if any, that the op is over (``error`` says how)."""
+        if self.done is not None:
+            self.done.set()
+        if self.reply is not None:
+            self.reply(outcome.Error(self.error) if self.error is not None else outcome.Value(cast(T, self.result)))
 
 
 def _probe(tx: Tx) -> None:
@@ -182,6 +203,24 @@ class Writer:
         """
         await self._send.send(_Op(fn, wait=False, after=after, cost=cost))
 
+    def execute_soon(
+        self, fn: WriteFn[T], reply: Reply[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
+    ) -> bool:
+        """``execute`` for a caller that is not a task: queue ``fn`` and return at once;
+        ``reply`` hears, from the writer's task, the result once committed, or the error.
+
+        Returns False, and queues nothing, while the queue is full: the caller then waits in a
+        task (``execute``), so that a full queue slows callers down rather than refusing them.
+        """
+        if not self._status.available:
+            reply(outcome.Error(self._unavailable_error()))
+            return True
+        try:
+            self._send.send_nowait(_Op(fn, wait=False, on_commit=on_commit, cost=cost, reply=reply))
+        except trio.WouldBlock:
+            return False
+        return True
+
     # -- the writer's task -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -237,9 +276,9 @@ class Writer:
     def _refuse_or_hold(self, batch: list[_Op[Any]]) -> None:
         for op in batch:
             op.result, op.error = None, None
-            if op.done is not None:
+            if op.awaited:
                 op.error = self._unavailable_error()
-                op.done.set()
+                op.settle()
             else:
                 self._held.append(op)
 
@@ -272,8 +311,8 @@ class Writer:
                     op.on_commit(op.result)
                 except Exception as error:  # the commit stands; report to the caller
                     op.error = error
-            if op.done is not None:
-                op.done.set()  # the caller gets the error, if any
+            if op.awaited:
+                op.settle()  # the caller gets the error, if any
             elif op.error is not None:
                 log.error("background write failed: %r", op.error)
             if op.after is not None:

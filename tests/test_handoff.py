@@ -1,0 +1,216 @@
+"""Handing work to the engine without a trio task per call: the writer's callback replies and
+the bridge's gathered hand-offs. In-process and fast, on a real SQLite file; the acceptance tests
+publish through the server (test_publish_limits.py, test_store_faults.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import outcome
+import pytest
+import trio
+
+from hookd.engine.errors import InvalidArgument, Unavailable
+from hookd.engine.store.backend import Backend, open_backend
+from hookd.engine.store.sql import Tx
+from hookd.engine.store.writer import Writer
+from hookd.server.bridge import TrioBridge
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Backend]:
+    backend = open_backend(str(tmp_path / "hookd.db"))
+    backend.open(readers=1)
+    yield backend
+    backend.close()
+
+
+def _put(key: str, value: str) -> Any:
+    def write(tx: Tx) -> str:
+        tx.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [key, value])
+        return value
+
+    return write
+
+
+def _stored(store: Backend, key: str) -> str | None:
+    row = store.read(lambda tx: tx.one("SELECT value FROM meta WHERE key = ?", [key]))
+    return None if row is None else str(row[0])
+
+
+async def test_a_reply_comes_after_the_commit_and_its_hook(store: Backend) -> None:
+    writer = Writer(store)
+    seen: list[str] = []
+    replies: list[outcome.Outcome[str]] = []
+
+    def reply(result: outcome.Outcome[str]) -> None:
+        seen.append("reply")
+        replies.append(result)
+        # The reply is only sent once the write is on disk.
+        assert _stored(store, "a") == "1"
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        assert writer.execute_soon(_put("a", "1"), reply, on_commit=lambda value: seen.append(f"commit {value}"))
+        while not replies:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert seen == ["commit 1", "reply"]
+    assert replies[0].unwrap() == "1"
+
+
+async def test_a_failing_write_replies_its_error_and_spares_the_batch(store: Backend) -> None:
+    writer = Writer(store)
+    replies: dict[str, outcome.Outcome[Any]] = {}
+
+    def failing(tx: Tx) -> None:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('b', 'half')")
+        raise InvalidArgument("value", "refused")
+
+    async with trio.open_nursery() as nursery:
+        # Both are queued before the writer runs, so they share one transaction.
+        writer.execute_soon(failing, lambda result: replies.__setitem__("failing", result))
+        writer.execute_soon(_put("c", "kept"), lambda result: replies.__setitem__("kept", result))
+        await nursery.start(writer.run)
+        while len(replies) < 2:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 1
+    with pytest.raises(InvalidArgument, match="refused"):
+        replies["failing"].unwrap()
+    assert replies["kept"].unwrap() == "kept"
+    assert _stored(store, "b") is None
+    assert _stored(store, "c") == "kept"
+
+
+async def test_a_full_queue_takes_nothing_and_says_so(store: Backend) -> None:
+    writer = Writer(store, queue_size=1)
+    replies: list[outcome.Outcome[Any]] = []
+    assert writer.execute_soon(_put("d", "1"), replies.append)
+    assert not writer.execute_soon(_put("e", "1"), replies.append)
+    assert writer.statistics().queued == 1
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        while not replies:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert len(replies) == 1
+    assert _stored(store, "e") is None
+
+
+async def test_an_unwritable_store_replies_at_once_and_queues_nothing(store: Backend, tmp_path: Path) -> None:
+    writer = Writer(store)
+    (tmp_path / "hookd.db").rename(tmp_path / "moved.db")
+    replies: list[outcome.Outcome[Any]] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with pytest.raises(Unavailable, match="removed"):
+            await writer.execute(_put("f", "1"))
+        assert writer.execute_soon(_put("g", "1"), replies.append)
+        assert len(replies) == 1  # answered before the call returned
+        assert writer.statistics().queued == 0
+        nursery.cancel_scope.cancel()
+    with pytest.raises(Unavailable):
+        replies[0].unwrap()
+
+
+# -- the bridge ----------------------------------------------------------------------------------
+
+
+async def _with_bridge(body: Any) -> Any:
+    """Run ``body(bridge, wake_ups)`` on an asyncio loop with trio as its guest, as the server does."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[tuple[TrioBridge, trio.lowlevel.TrioToken]] = loop.create_future()
+    finished: asyncio.Future[None] = loop.create_future()
+    stop: list[trio.CancelScope] = []
+
+    async def trio_main() -> None:
+        async with trio.open_nursery() as nursery:
+            stop.append(nursery.cancel_scope)
+            ready.set_result((TrioBridge(loop, nursery), trio.lowlevel.current_trio_token()))
+            await trio.sleep_forever()
+
+    trio.lowlevel.start_guest_run(
+        trio_main,
+        run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+        done_callback=lambda result: finished.set_result(None),
+        host_uses_signal_set_wakeup_fd=True,
+    )
+    bridge, token = await ready
+    try:
+        return await body(bridge, token)
+    finally:
+        token.run_sync_soon(stop[0].cancel)
+        await finished
+
+
+def test_call_soon_returns_what_trio_replies_and_raises_what_it_fails_with() -> None:
+    in_trio: list[bool] = []
+
+    def double(value: int, *, reply: Any) -> None:
+        trio.lowlevel.current_task()  # raises outside trio's context
+        in_trio.append(True)
+        if value < 0:
+            raise InvalidArgument("value", "must not be negative")
+        reply(outcome.Value(value * 2))
+
+    async def body(bridge: TrioBridge, token: trio.lowlevel.TrioToken) -> None:
+        assert await bridge.call_soon(double, 21) == 42
+        with pytest.raises(InvalidArgument, match="negative"):
+            await bridge.call_soon(double, -1)
+
+    asyncio.run(_with_bridge(body))
+    assert in_trio == [True, True]
+
+
+class _CountingToken:
+    """A trio token that counts the wake-ups asked of it."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self.wake_ups = 0
+
+    def run_sync_soon(self, fn: Any, *args: Any) -> None:
+        self.wake_ups += 1
+        self._token.run_sync_soon(fn, *args)
+
+
+def test_hand_offs_made_before_trio_runs_share_one_wake_up() -> None:
+    started: list[int] = []
+
+    def record(index: int, *, reply: Any) -> None:
+        started.append(index)
+        reply(outcome.Value(index))
+
+    async def body(bridge: TrioBridge, token: trio.lowlevel.TrioToken) -> tuple[list[int], int]:
+        counting = _CountingToken(token)
+        bridge._token = counting  # type: ignore[assignment]
+        answers: list[int] = await asyncio.gather(*(bridge.call_soon(record, index) for index in range(50)))
+        return list(answers), counting.wake_ups
+
+    answers, wake_ups = asyncio.run(_with_bridge(body))
+    assert answers == list(range(50))
+    assert started == list(range(50))
+    assert wake_ups == 1
+
+
+def test_a_caller_gone_before_trio_runs_starts_nothing() -> None:
+    started: list[int] = []
+
+    def record(index: int, *, reply: Any) -> None:
+        started.append(index)
+        reply(outcome.Value(index))
+
+    async def body(bridge: TrioBridge, token: trio.lowlevel.TrioToken) -> None:
+        gone: asyncio.Future[int] = asyncio.ensure_future(bridge.call_soon(record, 1))
+        await asyncio.sleep(0)  # the hand-off is made ...
+        gone.cancel()  # ... and its caller leaves before trio runs it
+        assert await bridge.call_soon(record, 2) == 2
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+
+    asyncio.run(_with_bridge(body))
+    assert started == [2]
