@@ -67,23 +67,32 @@ class WindowFigures:
 _NO_ERRORS: Mapping[str, int] = MappingProxyType({})
 
 
-def percentile(histogram: dict[int, int], fraction: float) -> float:
-    """The ``fraction`` quantile, interpolated linearly inside the bucket it falls in."""
-    total = sum(histogram.values())
+def percentiles(histogram: dict[int, int], total: int, fractions: tuple[float, ...]) -> list[float]:
+    """The quantiles at ``fractions`` (ascending) of ``total`` counts, each interpolated linearly
+    inside the bucket it falls in, in one walk up the histogram."""
     if total == 0:
-        return 0.0
-    rank = fraction * total
+        return [0.0] * len(fractions)
+    result: list[float] = []
+    ranks = iter(fraction * total for fraction in fractions)
+    rank = next(ranks)
     seen = 0
     for index, count in sorted(histogram.items()):
-        if count and seen + count >= rank:
+        while count and seen + count >= rank:
             low = BOUNDS_MS[index - 1] if index > 0 else 0.0
             high = BOUNDS_MS[index] if index < len(BOUNDS_MS) else BOUNDS_MS[-1] * 1.25
-            return low + (high - low) * max(0.0, rank - seen) / count
+            result.append(low + (high - low) * max(0.0, rank - seen) / count)
+            next_rank = next(ranks, None)
+            if next_rank is None:
+                return result
+            rank = next_rank
         seen += count
-    return BOUNDS_MS[-1]
+    return result + [BOUNDS_MS[-1]] * (len(fractions) - len(result))
 
 
-def figures(seconds: int, cells: Counter[int]) -> WindowFigures:
+_REPORTED = (0.50, 0.95, 0.99)
+
+
+def figures(seconds: int, cells: Mapping[int, int]) -> WindowFigures:
     attempts = successes = 0
     errors: dict[str, int] = {}
     histogram: dict[int, int] = {}
@@ -98,14 +107,15 @@ def figures(seconds: int, cells: Counter[int]) -> WindowFigures:
             name = OUTCOMES[index].value
             errors[name] = errors.get(name, 0) + count
         histogram[slot] = histogram.get(slot, 0) + count
+    p50, p95, p99 = percentiles(histogram, attempts, _REPORTED)
     return WindowFigures(
         window_s=seconds,
         attempts=attempts,
         successes=successes,
         success_rate=successes / attempts if attempts else 0.0,
-        p50_ms=percentile(histogram, 0.50),
-        p95_ms=percentile(histogram, 0.95),
-        p99_ms=percentile(histogram, 0.99),
+        p50_ms=p50,
+        p95_ms=p95,
+        p99_ms=p99,
         errors=errors or _NO_ERRORS,
     )
 
@@ -171,10 +181,19 @@ class Series:
         self.version += 1
 
     def prune(self, now: float) -> None:
-        """Fold minutes older than an hour into their hours; drop hours older than a day."""
+        """Fold minutes older than an hour into their hours; drop hours older than a day.
+
+        No window's figures change (a folded minute was already outside the hour's window and
+        its hour is inside the day's; a dropped hour was outside the day's), so the cached
+        figures stay valid: ``version`` is left alone."""
         oldest_minute = (int(now // 60) - 59) << _SHIFT
-        for key in [k for k in self.minutes if k < oldest_minute]:
-            self.add_hour((key >> _SHIFT) // 60, key & _CELLS, self.minutes.pop(key))
+        folded = [k for k in self.minutes if k < oldest_minute]
+        if folded:
+            hours = self.hours if self.hours is not None else {}
+            self.hours = hours
+            for key in folded:
+                hour_key = ((key >> _SHIFT) // 60) << _SHIFT | (key & _CELLS)
+                hours[hour_key] = hours.get(hour_key, 0) + self.minutes.pop(key)
         if self.hours:
             oldest_hour = (int(now // 3600) - 23) << _SHIFT
             for key in [k for k in self.hours if k < oldest_hour]:
@@ -191,35 +210,55 @@ class Series:
         return result
 
     def window(self, seconds: int, now: float) -> WindowFigures:
-        """Figures over the last ``seconds``; recomputed only when a count changed or time moved on.
+        """Figures over the last ``seconds`` (one of ``WINDOWS_S``); recomputed only when a count
+        changed or time moved on far enough to change them: a minute for the 5-minute and 1-hour
+        windows, an hour for the day's.
 
         Up to an hour: the minutes in range. A day: the hours of the last 24 hours (so it is
         aligned to the hour) and every kept minute (the last hour's)."""
-        slot = int(now // 60)
-        position = WINDOWS_S.index(seconds) if seconds in WINDOWS_S else -1
-        if position >= 0 and self._cache is not None:
+        position = WINDOWS_S.index(seconds)
+        period = int(now // 3600) if seconds > 3600 else int(now // 60)
+        if self._cache is not None:
             cached = self._cache[position]
-            if cached is not None and cached[0] == self.version and cached[1] == slot:
+            if cached is not None and cached[0] == self.version and cached[1] == period:
                 return cached[2]
-        total: Counter[int] = Counter()
-        if seconds <= 3600:
-            first = (slot - seconds // 60 + 1) << _SHIFT
-            for key, count in self.minutes.items():
-                if key >= first:
-                    total[key & _CELLS] += count
         else:
-            first = (int(now // 3600) - seconds // 3600 + 1) << _SHIFT
+            self._cache = [None] * len(WINDOWS_S)
+        if seconds > 3600:
+            first_hour = (period - seconds // 3600 + 1) << _SHIFT
+            total: dict[int, int] = {}
+            add = total.get
             for key, count in (self.hours or {}).items():
-                if key >= first:
-                    total[key & _CELLS] += count
+                if key >= first_hour:
+                    code = key & _CELLS
+                    total[code] = add(code, 0) + count
             for key, count in self.minutes.items():
-                total[key & _CELLS] += count
-        result = figures(seconds, total)
-        if position >= 0:
-            if self._cache is None:
-                self._cache = [None] * len(WINDOWS_S)
-            self._cache[position] = (self.version, slot, result)
-        return result
+                code = key & _CELLS
+                total[code] = add(code, 0) + count
+            self._cache[position] = (self.version, period, figures(seconds, total))
+        else:
+            self._minute_windows(period)
+        cached = self._cache[position]
+        assert cached is not None
+        return cached[2]
+
+    def _minute_windows(self, minute: int) -> None:
+        """Both windows made of minutes, in one pass over them (a snapshot asks for each)."""
+        short_s, long_s = WINDOWS_S[0], WINDOWS_S[1]
+        first_short = (minute - short_s // 60 + 1) << _SHIFT
+        first_long = (minute - long_s // 60 + 1) << _SHIFT
+        short: dict[int, int] = {}
+        long: dict[int, int] = {}
+        add_short, add_long = short.get, long.get
+        for key, count in self.minutes.items():
+            if key >= first_long:
+                code = key & _CELLS
+                long[code] = add_long(code, 0) + count
+                if key >= first_short:
+                    short[code] = add_short(code, 0) + count
+        assert self._cache is not None
+        self._cache[0] = (self.version, minute, figures(short_s, short))
+        self._cache[1] = (self.version, minute, figures(long_s, long))
 
 
 @dataclass(frozen=True)

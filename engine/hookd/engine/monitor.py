@@ -160,6 +160,7 @@ class HealthMonitor:
         self._demand_at = 0.0
         self._demand = trio.Event()
         self._shared: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], Snapshot] = {}
+        self._minutes_cache: tuple[tuple[int, int], tuple[MinuteFigures, ...]] | None = None
 
     # -- loading and keeping up ---------------------------------------------------------------------
 
@@ -171,9 +172,30 @@ class HealthMonitor:
         rows = await self._readers.run(partial(health_ops.load, now=now))
         self._apply(rows, now, loading=True)
         self.aggregates.start_counting()
+        await self._warm(now)
         count = len(rows.minutes) + len(rows.hours)
         log.info("health history loaded rows=%d ms=%.0f", count, (time.perf_counter() - started) * 1000)
         return count
+
+    async def _warm(self, now: float) -> None:
+        """Work out every key's figures once, so the first snapshot after a start does not pay
+        for a day of history (later ones recompute only what changed)."""
+        steps = _Steps()
+        self.aggregates.prune(now)
+        for group in (self.aggregates.webhooks, self.aggregates.destinations):
+            for series in list(group.values()):
+                self._windows(series, now)
+                await steps.spend()
+        self._windows(self.aggregates.service, now)
+        self._service_minutes(now)
+
+    def _service_minutes(self, now: float) -> tuple[MinuteFigures, ...]:
+        """The service's last hour minute by minute, worked out again only when it changed."""
+        series = self.aggregates.service
+        stamp = (series.version, int(now // 60))
+        if self._minutes_cache is None or self._minutes_cache[0] != stamp:
+            self._minutes_cache = (stamp, tuple(by_minute(series, now)))
+        return self._minutes_cache[1]
 
     def _apply(self, rows: HealthRows, now: float, *, loading: bool = False) -> None:
         aggregates = self.aggregates
@@ -354,7 +376,7 @@ class HealthMonitor:
             None,
             with_breaker=False,
         )
-        service = replace(service, minutes=tuple(by_minute(self.aggregates.service, now)))
+        service = replace(service, minutes=self._service_minutes(now))
         return Snapshot(
             now,
             service,
