@@ -211,7 +211,7 @@ async def test_the_backstop_sends_what_the_bookkeeping_lost(
     def losing_offer(self: DestinationActor, job: Any) -> None:
         if not lost:
             lost.append(job.delivery_id)
-            self.known.add(job.delivery_id)
+            self.known[job.delivery_id] = None
             self.backlog = False
             return
         original(self, job)
