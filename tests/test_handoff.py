@@ -214,3 +214,52 @@ def test_a_caller_gone_before_trio_runs_starts_nothing() -> None:
 
     asyncio.run(_with_bridge(body))
     assert started == [2]
+
+
+async def test_callers_still_queued_when_the_writer_ends_hear_so(store: Backend) -> None:
+    writer = Writer(store)
+    replies: list[outcome.Outcome[Any]] = []
+    assert writer.execute_soon(_put("j", "1"), replies.append)
+    with trio.CancelScope() as scope:
+        scope.cancel()  # the engine stops before the writer took the write
+        await writer.run()
+    assert len(replies) == 1
+    with pytest.raises(Unavailable, match="stopping"):
+        replies[0].unwrap()
+    assert _stored(store, "j") is None
+
+
+def test_work_call_soon_hands_back_runs_in_a_task_the_caller_cancels() -> None:
+    events: list[str] = []
+
+    def needs_a_task(*, reply: Any) -> Any:
+        async def slow() -> int:
+            events.append("started")
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                events.append("cancelled")
+                raise
+            return 0
+
+        return slow
+
+    def quick(value: int, *, reply: Any) -> Any:
+        async def task() -> int:
+            return value + 1
+
+        return task
+
+    async def body(bridge: TrioBridge, token: trio.lowlevel.TrioToken) -> None:
+        assert await bridge.call_soon(quick, 41) == 42
+        waiting: asyncio.Future[int] = asyncio.ensure_future(bridge.call_soon(needs_a_task))
+        while not events:
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        while len(events) < 2:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(_with_bridge(body))
+    assert events == ["started", "cancelled"]

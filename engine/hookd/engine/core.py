@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, cast
@@ -538,39 +538,35 @@ class Engine:
         any publish, only once all of it is stored.
         """
         prepared, fan_out = self._plan_publish(items, batch)
+        return await self._publish_planned(prepared, fan_out)
+
+    async def _publish_planned(self, prepared: list[PreparedEvent], fan_out: int) -> list[PublishResult]:
         if fan_out <= self.config.publish_chunk:
             return await self._writer.execute(
                 partial(delivery_ops.publish, events=prepared), on_commit=self._offer, cost=len(prepared) + fan_out
             )
         return await self._publish_staged(prepared)
 
-    def publish_soon(self, items: list[EventInput], *, batch: bool, reply: Reply[list[PublishResult]]) -> None:
-        """``publish`` for a caller outside trio (the API's event loop), without a task per call:
-        called in trio's thread context, it queues the write at once and ``reply`` hears the
-        outcome from the writer. A large fan-out, or a full writer queue, falls back to a task.
-        """
+    def publish_soon(
+        self, items: list[EventInput], *, batch: bool, reply: Reply[list[PublishResult]]
+    ) -> Callable[[], Awaitable[list[PublishResult]]] | None:
+        """``publish`` for a caller outside trio (the API's event loop), without a task per call.
+
+        Called in trio's thread context, it checks the events and queues their write at once;
+        ``reply`` hears the outcome from the writer (or at once, for bad input), and None is
+        returned. A large fan-out, or a full writer queue, needs a task: then nothing is done or
+        replied, and the coroutine function to run in that task is returned instead (the caller
+        owns the task, so cancelling the call cancels the publish)."""
         try:
             prepared, fan_out = self._plan_publish(items, batch)
         except Exception as error:
             reply(outcome.Error(error))
-            return
+            return None
         if fan_out <= self.config.publish_chunk and self._writer.execute_soon(
             partial(delivery_ops.publish, events=prepared), reply, self._offer, cost=len(prepared) + fan_out
         ):
-            return
-
-        async def publish_in_task() -> None:
-            try:
-                results = await self.publish(items, batch=batch)
-            except Exception as error:
-                reply(outcome.Error(error))
-                return
-            except BaseException:
-                reply(outcome.Error(Unavailable("the service stopped before this publish was answered; retry")))
-                raise
-            reply(outcome.Value(results))
-
-        self._nursery.start_soon(publish_in_task)
+            return None
+        return partial(self._publish_planned, prepared, fan_out)
 
     def _plan_publish(self, items: list[EventInput], batch: bool) -> tuple[list[PreparedEvent], int]:
         """The checked, prepared events of one publish call and the deliveries they would create."""

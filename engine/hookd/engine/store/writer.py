@@ -105,7 +105,11 @@ class _Op(Generic[T]):
         if self.done is not None:
             self.done.set()
         if self.reply is not None:
-            self.reply(outcome.Error(self.error) if self.error is not None else outcome.Value(cast(T, self.result)))
+            result = outcome.Error(self.error) if self.error is not None else outcome.Value(cast(T, self.result))
+            try:
+                self.reply(result)
+            except Exception:  # the caller's bug must not stop the writer or the rest of the batch
+                log.exception("a write's reply failed")
 
 
 def _probe(tx: Tx) -> None:
@@ -207,7 +211,8 @@ class Writer:
         self, fn: WriteFn[T], reply: Reply[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
     ) -> bool:
         """``execute`` for a caller that is not a task: queue ``fn`` and return at once;
-        ``reply`` hears, from the writer's task, the result once committed, or the error.
+        ``reply`` hears, from the writer's task, the result once committed, or the error (at
+        once, before this returns, when the store cannot write).
 
         Returns False, and queues nothing, while the queue is full: the caller then waits in a
         task (``execute``), so that a full queue slows callers down rather than refusing them.
@@ -226,16 +231,32 @@ class Writer:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = RETRY_FIRST_S
+        try:
+            while True:
+                if self._status.available:
+                    batch = [await self._receive.receive()]
+                    self._gather(batch)
+                    await self._commit(batch)
+                    backoff = RETRY_FIRST_S
+                else:
+                    await self._wait_while_unavailable(backoff)
+                    backoff = min(backoff * 2, RETRY_MAX_S)
+                    await self._retry()
+        finally:
+            self._answer_queued()
+
+    def _answer_queued(self) -> None:
+        """The writer is ending (the engine stops): callers still queued hear that their write
+        was not made, rather than waiting for ever. Background writes are sent again after the
+        restart, as after a crash."""
         while True:
-            if self._status.available:
-                batch = [await self._receive.receive()]
-                self._gather(batch)
-                await self._commit(batch)
-                backoff = RETRY_FIRST_S
-            else:
-                await self._wait_while_unavailable(backoff)
-                backoff = min(backoff * 2, RETRY_MAX_S)
-                await self._retry()
+            try:
+                op = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            if op.awaited:
+                op.result, op.error = None, Unavailable("the service is stopping; nothing was stored, retry")
+                op.settle()
 
     def _gather(self, batch: list[_Op[Any]]) -> None:
         while len(batch) < self._max_batch:
