@@ -189,8 +189,9 @@ class Series:
         oldest_minute = (int(now // 60) - 59) << _SHIFT
         folded = [k for k in self.minutes if k < oldest_minute]
         if folded:
-            hours = self.hours if self.hours is not None else {}
-            self.hours = hours
+            if self.hours is None:
+                self.hours = {}
+            hours = self.hours
             for key in folded:
                 hour_key = ((key >> _SHIFT) // 60) << _SHIFT | (key & _CELLS)
                 hours[hour_key] = hours.get(hour_key, 0) + self.minutes.pop(key)
