@@ -16,6 +16,7 @@ from hookd.engine import actor as actor_module
 from hookd.engine import dispatcher as dispatcher_module
 from hookd.engine.actor import DestinationActor
 from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.jobs import Job
 from hookd.engine.model import DeliveryState, Outcome
 from hookd.engine.retry import RetryPolicy
 from hookd.engine.validation import WebhookInput
@@ -30,18 +31,19 @@ pytestmark = pytest.mark.backends
 async def test_crashed_actor_restarts_and_delivers(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A crash cannot be provoked from outside, so the first refill raises: fault injection, the
+    # A crash cannot be provoked from outside, so the first look at the queue raises (with the
+    # jobs loaded, so the restart must forget them and load them again): fault injection, the
     # only stand-in in this test. Everything else (store, actor, HTTP) is real.
-    original = DestinationActor._refill
+    original = DestinationActor._next_job
     crashes: list[str] = []
 
-    async def crash_once(self: DestinationActor) -> None:
+    def crash_once(self: DestinationActor) -> tuple[int, Job] | None:
         if not crashes:
             crashes.append(self.url)
             raise RuntimeError("injected crash")
-        await original(self)
+        return original(self)
 
-    monkeypatch.setattr(DestinationActor, "_refill", crash_once)
+    monkeypatch.setattr(DestinationActor, "_next_job", crash_once)
     engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
@@ -274,3 +276,59 @@ async def test_a_hand_over_retires_an_actor_whose_task_has_not_started_yet(tmp_p
             await dispatcher.drain(lambda url: True)
         assert not dispatcher._actors
         nursery.cancel_scope.cancel()
+
+
+async def test_woken_destinations_are_loaded_together_and_start_with_their_work(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One publish to a hundred new destinations: their due deliveries are read a batch at a time
+    # by the dispatcher, so no actor's task starts just to wait for a reader.
+    own_reads: list[str] = []
+    original = DestinationActor._refill
+
+    async def counted(self: DestinationActor) -> None:
+        own_reads.append(self.url)
+        await original(self)
+
+    monkeypatch.setattr(DestinationActor, "_refill", counted)
+    engine = local_engine(tmp_path, max_webhooks_per_type=100)
+    batches: list[int] = []
+    read_windows = dispatcher_module._read_windows
+
+    def loaded(tx: Any, refills: list[actor_module.Refill]) -> Any:
+        batches.append(len(refills))
+        return read_windows(tx, refills)
+
+    monkeypatch.setattr(dispatcher_module, "_read_windows", loaded)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for n in range(100):
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+        await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(100, timeout=30))
+        nursery.cancel_scope.cancel()
+    assert sorted({r.path for r in receiver.received()}) == sorted(f"/d{n}" for n in range(100))
+    assert len(receiver.received()) == 100
+    assert sum(batches) == 100 and max(batches) == dispatcher_module.LOAD_BATCH
+    assert own_reads == []
+
+
+async def test_destinations_whose_load_fails_read_for_themselves(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The batch read raising (a bug, or the store down) must not strand the actors waiting on
+    # it: each starts and reads its own deliveries.
+    def broken(tx: Any, refills: list[actor_module.Refill]) -> Any:
+        raise RuntimeError("injected load failure")
+
+    monkeypatch.setattr(dispatcher_module, "_read_windows", broken)
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for n in range(3):
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+        await engine.publish([EventInput("order", "created", {"n": n}, {}) for n in range(2)], batch=True)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(6, timeout=30))
+        nursery.cancel_scope.cancel()
+    assert sorted(r.path for r in receiver.received()) == sorted(f"/d{n}" for n in range(3) for _ in range(2))
+    assert any("loading due deliveries failed" in record.getMessage() for record in caplog.records)

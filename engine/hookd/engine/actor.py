@@ -23,7 +23,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import trio
@@ -84,6 +84,29 @@ class _InFlight:
     fence: Fence | None
 
 
+@dataclass(slots=True)
+class Refill:
+    """One read of an actor's due deliveries from disk: what to read, and which deliveries
+    settled while it was read (the read runs beside the writer, so it can return them in their
+    stale, still-pending form)."""
+
+    url: str
+    now: float
+    #: Rows to read: the free room, plus the deliveries already in memory the read may meet again.
+    limit: int
+    room: int
+    ordered: list[str]
+    #: The actor's poke count when the read began: a poke after it may have added work unseen.
+    pokes: int
+    settled: set[int] = field(default_factory=set)
+
+    def read(self, tx: Tx) -> tuple[list[Job], float | None]:
+        """Due jobs, and when the next not-yet-due one falls due."""
+        jobs = queries.due_jobs(tx, self.url, self.now, self.limit, self.ordered)
+        following = queries.next_due(tx, self.url, self.now, self.ordered) if len(jobs) < self.limit else None
+        return jobs, following
+
+
 def request_headers(webhook: Webhook, msg_id: str, body: bytes, now: float) -> dict[str, str]:
     """Authentication first, so hookd's own headers can never be overridden by it."""
     timestamp = int(now)
@@ -108,8 +131,8 @@ class DestinationActor:
         "_draining",
         "_on_retire",
         "_pokes",
+        "_refilling",
         "_scope",
-        "_settled_during_refill",
         "_stopped",
         "_wake",
         "backlog",
@@ -147,7 +170,7 @@ class DestinationActor:
         self.parked_at = trio.current_time()
         self.breaker = CircuitBreaker(ctx.config.breaker)
         self.limiter = TokenBucket(ctx.registry.rate_for(url))
-        self._settled_during_refill: set[int] | None = None
+        self._refilling: Refill | None = None
 
     def __repr__(self) -> str:
         return (
@@ -294,7 +317,7 @@ class DestinationActor:
                 if not self._ctx.writer.status.available:
                     await self._ctx.writer.wait_available()  # outcomes in flight wait in the writer
                     continue
-                if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
+                if self.wants_refill:
                     await self._refill()
                 self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
                 while len(self.in_flight) < config.max_in_flight:
@@ -318,7 +341,7 @@ class DestinationActor:
                 reopen = self.breaker.reopen_at()
                 if reopen is not None and self.queue:
                     deadline = reopen
-                if self.backlog and len(self.queue) < max(1, config.queue_size // 2):
+                if self.wants_refill:
                     deadline = trio.current_time()
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
@@ -372,32 +395,46 @@ class DestinationActor:
         """This URL's ordered webhooks: of each, only the oldest pending delivery may be loaded."""
         return [hook.id for hook in self._ctx.registry.webhooks_at(self.url) if hook.ordering is Ordering.ORDERED]
 
-    async def _refill(self) -> None:
-        config = self._ctx.config
-        room = config.queue_size - len(self.queue)
-        limit = room + len(self.known)
-        pokes = self._pokes
-        now = self._ctx.clock.now()
-        # The read runs beside the writer: a delivery whose outcome commits while it runs can come
-        # back in its stale, still-pending form. Those settled meanwhile are therefore skipped.
-        self._settled_during_refill = set()
-        try:
-            jobs, next_due = await self._ctx.readers.run(
-                partial(_load_window, url=self.url, now=now, limit=limit, ordered=self._ordered())
-            )
-            settled = self._settled_during_refill
-        finally:
-            self._settled_during_refill = None
+    @property
+    def wants_refill(self) -> bool:
+        """Whether deliveries may wait on disk while the queue has room for them."""
+        return self.backlog and len(self.queue) < max(1, self._ctx.config.queue_size // 2)
+
+    def begin_refill(self) -> Refill:
+        """Start a refill: what to read. ``end_refill`` takes the rows, ``abandon_refill`` ends
+        a read that failed."""
+        room = self._ctx.config.queue_size - len(self.queue)
+        refill = Refill(self.url, self._ctx.clock.now(), room + len(self.known), room, self._ordered(), self._pokes)
+        self._refilling = refill
+        return refill
+
+    def end_refill(self, refill: Refill, window: tuple[list[Job], float | None]) -> None:
+        """Queue what the read found (but what settled meanwhile, or is already in memory); the
+        backlog is known to be empty when the read came back short and nothing poked since."""
+        self.abandon_refill(refill)
+        jobs, next_due = window
         added = 0
         for job in jobs:
-            if job.delivery_id not in self.known and job.delivery_id not in settled and added < room:
+            if added < refill.room and job.delivery_id not in self.known and job.delivery_id not in refill.settled:
                 self.queue.append(job)
                 self.known[job.delivery_id] = None
                 added += 1
-        if len(jobs) < limit and pokes == self._pokes:
+        if len(jobs) < refill.limit and refill.pokes == self._pokes:
             self.backlog = False
             if next_due is not None:
                 self._ctx.schedule(self.url, next_due)
+
+    def abandon_refill(self, refill: Refill) -> None:
+        if self._refilling is refill:
+            self._refilling = None
+
+    async def _refill(self) -> None:
+        refill = self.begin_refill()
+        try:
+            window = await self._ctx.readers.run(refill.read)
+        finally:
+            self.abandon_refill(refill)
+        self.end_refill(refill, window)
 
     async def _attempt(
         self,
@@ -452,8 +489,8 @@ class DestinationActor:
         """
         self.in_flight.pop(delivery_id, None)
         self.known.pop(delivery_id, None)
-        if self._settled_during_refill is not None:
-            self._settled_during_refill.add(delivery_id)
+        if self._refilling is not None:
+            self._refilling.settled.add(delivery_id)
         self._nudge()
 
     def _judge(self, result: AttemptResult) -> None:
@@ -508,10 +545,3 @@ def _sendable(hook: Webhook | None, job: Job, url: str) -> bool:
     """Whether ``job`` still goes to ``url``: its webhook exists there and is active (a test ping
     goes to an inactive webhook too: testing before activating is what it is for)."""
     return hook is not None and hook.url == url and (hook.status is Status.ACTIVE or job.single_attempt)
-
-
-def _load_window(tx: Tx, url: str, now: float, limit: int, ordered: list[str]) -> tuple[list[Job], float | None]:
-    """Due jobs, and when the next not-yet-due one falls due (one trip to the worker thread)."""
-    jobs = queries.due_jobs(tx, url, now, limit, ordered)
-    following = queries.next_due(tx, url, now, ordered) if len(jobs) < limit else None
-    return jobs, following
