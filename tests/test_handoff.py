@@ -5,6 +5,7 @@ publish through the server (test_publish_limits.py, test_store_faults.py)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import trio
 from hookd.engine.errors import InvalidArgument, Unavailable
 from hookd.engine.store.backend import Backend, open_backend
 from hookd.engine.store.sql import Tx
-from hookd.engine.store.writer import Writer
+from hookd.engine.store.writer import INLINE_COST, Writer
 from hookd.server.bridge import TrioBridge
 
 
@@ -84,6 +85,38 @@ async def test_a_failing_write_replies_its_error_and_spares_the_batch(store: Bac
     assert replies["kept"].unwrap() == "kept"
     assert _stored(store, "b") is None
     assert _stored(store, "c") == "kept"
+
+
+async def test_a_waiting_callers_small_write_commits_on_the_loop_and_background_writes_in_a_worker(
+    store: Backend,
+) -> None:
+    """A caller waits out the hop to a worker thread, so its small write commits inline; an
+    attempt outcome has no caller, and commits beside the loop so that the loop keeps sending."""
+    writer = Writer(store)
+    committed_in: dict[str, int] = {}
+
+    def noting(key: str) -> Any:
+        def write(tx: Tx) -> None:
+            committed_in[key] = threading.get_ident()
+            _put(key, "1")(tx)
+
+        return write
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        background_done = trio.Event()
+        await writer.submit(noting("background"), lambda committed: background_done.set(), cost=3)
+        await background_done.wait()
+        replies: list[outcome.Outcome[Any]] = []
+        assert writer.execute_soon(noting("awaited"), replies.append, cost=3)
+        while not replies:
+            await trio.sleep(0.01)
+        await writer.execute(noting("large"), cost=INLINE_COST + 1)
+        nursery.cancel_scope.cancel()
+    loop_thread = threading.get_ident()
+    assert committed_in["awaited"] == loop_thread
+    assert committed_in["background"] != loop_thread
+    assert committed_in["large"] != loop_thread
 
 
 async def test_a_full_queue_takes_nothing_and_says_so(store: Backend) -> None:

