@@ -4,6 +4,7 @@ idle actors retire and come back on demand."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +265,8 @@ async def test_an_actor_without_work_parks_and_then_retires(tmp_path: Path, rece
 
 
 async def test_a_hand_over_retires_an_actor_whose_task_has_not_started_yet(tmp_path: Path, receiver: Receiver) -> None:
-    # drain() while a poke's start_soon has not run yet: the actor must still retire, or the
-    # hand-over (and the destinations it holds) would wait for ever.
+    # drain() while the poked actor still waits for the loader to read its deliveries: it must
+    # retire at once, or the hand-over (and the destinations it holds) would wait for ever.
     engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
@@ -332,3 +333,95 @@ async def test_destinations_whose_load_fails_read_for_themselves(
         nursery.cancel_scope.cancel()
     assert sorted(r.path for r in receiver.received()) == sorted(f"/d{n}" for n in range(3) for _ in range(2))
     assert any("loading due deliveries failed" in record.getMessage() for record in caplog.records)
+
+
+class HeldLoad:
+    """The dispatcher's batch read, held in its worker thread until the test lets it go; with
+    ``read_first``, the rows are read before it is held (as if it lost a race after reading)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, read_first: bool = False) -> None:
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        read_windows = dispatcher_module._read_windows
+
+        def held(tx: Any, refills: list[actor_module.Refill]) -> Any:
+            windows = read_windows(tx, refills) if read_first else None
+            self.entered.set()
+            self.gate.wait(timeout=30)
+            return windows if read_first else read_windows(tx, refills)
+
+        monkeypatch.setattr(dispatcher_module, "_read_windows", held)
+
+    async def wait_entered(self) -> None:
+        await trio.to_thread.run_sync(lambda: self.entered.wait(timeout=30))
+
+
+async def test_an_actor_stopped_while_its_deliveries_load_never_sends(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node lost the destination while the loader read for it: the read's rows go nowhere.
+    load = HeldLoad(monkeypatch)
+    engine = local_engine(tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+            await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+            await load.wait_entered()
+            dispatcher = engine._dispatcher
+            dispatcher.stop(lambda url: True)
+            load.gate.set()
+            await trio.sleep(0.5)  # time enough for a wrongly started actor to send
+            assert receiver.received() == []
+            assert receiver.url() not in dispatcher._actors
+            nursery.cancel_scope.cancel()
+    finally:
+        load.gate.set()
+
+
+async def test_a_hand_over_while_deliveries_load_retires_the_actor(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # drain() while the loader reads: the actor starts with what was read, sees the drain, and
+    # retires; the hand-over ends.
+    load = HeldLoad(monkeypatch)
+    engine = local_engine(tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+            await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+            await load.wait_entered()
+            dispatcher = engine._dispatcher
+            nursery.start_soon(trio.to_thread.run_sync, load.gate.set)
+            with trio.fail_after(10):
+                await dispatcher.drain(lambda url: True)
+            assert not dispatcher._actors
+            nursery.cancel_scope.cancel()
+    finally:
+        load.gate.set()
+
+
+async def test_a_publish_during_the_load_is_not_left_on_disk(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The batch read has its rows when a second event arrives for the same destination: the
+    # actor must not take the short read to mean its backlog is empty (the second delivery would
+    # wait for the 30 s backstop).
+    monkeypatch.setattr(dispatcher_module, "BACKSTOP_S", 3600.0)
+    load = HeldLoad(monkeypatch, read_first=True)
+    engine = local_engine(tmp_path)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+            await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+            await load.wait_entered()
+            await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
+            load.gate.set()
+            with trio.fail_after(10):
+                await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
+            nursery.cancel_scope.cancel()
+    finally:
+        load.gate.set()
+    assert sorted(r.json()["data"]["n"] for r in receiver.received()) == [1, 2]

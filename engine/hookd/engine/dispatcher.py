@@ -51,6 +51,9 @@ BACKSTOP_S = 30.0
 #: publish to ten thousand new destinations peaked at about 110 MB RSS with 32, 140 MB with 256.
 LOAD_BATCH = 32
 
+#: One destination's due deliveries, and when its next not-yet-due one falls due.
+Window = tuple[list[Job], float | None]
+
 
 class Dispatcher:
     def __init__(self, ctx: ActorContext) -> None:
@@ -172,8 +175,8 @@ class Dispatcher:
 
     async def _loader(self) -> None:
         """Read the due deliveries of the actors waiting for them, ``LOAD_BATCH`` at a time, and
-        start their tasks. A failed read starts them anyway: each then reads for itself, and meets
-        the fault as any running actor does."""
+        start their tasks. Whatever goes wrong with a batch (the store down, a bug) starts its
+        actors anyway: each then reads for itself, and meets the fault as any running actor does."""
         while True:
             if not self._unloaded:
                 self._loader_wake = trio.Event()
@@ -181,24 +184,34 @@ class Dispatcher:
             batch: list[DestinationActor] = []
             while self._unloaded and len(batch) < LOAD_BATCH:
                 batch.append(self._unloaded.pop(next(iter(self._unloaded))))
-            refills = [actor.begin_refill() for actor in batch]
-            windows: list[tuple[list[Job], float | None]] | None = None
-            try:
-                windows = await self._ctx.readers.run(partial(_read_windows, refills=refills))
-            except Unavailable:
-                pass  # the store is down: each actor meets it in its own read
-            except Exception:  # a bug: each actor's own read is supervised, the loader goes on
-                log.exception("loading due deliveries failed destinations=%d", len(batch))
-            finally:
-                for actor, refill in zip(batch, refills, strict=True):
-                    actor.abandon_refill(refill)
+            loaded = await self._load(batch)
             assert self._nursery is not None
             for index, actor in enumerate(batch):
                 if self._actors.get(actor.url) is not actor or not actor.running:
                     continue  # stopped or retired while it waited
-                if windows is not None:
-                    actor.end_refill(refills[index], windows[index])
+                if loaded is not None:
+                    try:
+                        actor.end_refill(*loaded[index])
+                    except Exception:  # a bug: the actor reads for itself
+                        log.exception("queueing loaded deliveries failed destination=%s", actor.url)
                 self._nursery.start_soon(self._supervise, actor)
+
+    async def _load(self, batch: list[DestinationActor]) -> list[tuple[Refill, Window]] | None:
+        """Each actor's refill and what it read, in batch order; None when the read failed."""
+        refills: list[Refill] = []
+        try:
+            for actor in batch:
+                refills.append(actor.begin_refill())
+            windows = await self._ctx.readers.run(partial(_read_windows, refills=refills))
+        except Unavailable:
+            return None  # the store is down: each actor meets it in its own read
+        except Exception:  # a bug: each actor's own read is supervised, the loader goes on
+            log.exception("loading due deliveries failed destinations=%d", len(batch))
+            return None
+        finally:
+            for actor, refill in zip(batch, refills, strict=False):  # those whose refill began
+                actor.abandon_refill(refill)
+        return list(zip(refills, windows, strict=True))
 
     def _retire(self, actor: DestinationActor) -> None:
         if self._actors.get(actor.url) is actor:
@@ -275,7 +288,7 @@ class Dispatcher:
                 await self._timer_wake.wait()
 
 
-def _read_windows(tx: Tx, refills: list[Refill]) -> list[tuple[list[Job], float | None]]:
+def _read_windows(tx: Tx, refills: list[Refill]) -> list[Window]:
     return [refill.read(tx) for refill in refills]
 
 

@@ -138,6 +138,9 @@ class Writer:
         self._recovered.set()
         self.commits = 0
         self._maintained_at = 0.0
+        #: The writer's own worker thread: its commits never wait behind trio's shared pool
+        #: (host name lookups, reads), and only one of them ever runs at a time.
+        self._thread = trio.CapacityLimiter(1)
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -275,7 +278,10 @@ class Writer:
             if self._inline(batch):
                 self._backend.write(partial_batch(batch))
             else:
-                await trio.to_thread.run_sync(self._backend.write, partial_batch(batch))
+                # Shielded: a batch taken from the queue is committed even as the engine stops
+                # (a commit in a thread cannot be abandoned anyway, only refused before it starts).
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._backend.write, partial_batch(batch), limiter=self._thread)
         except StoreFault as fault:
             self._set_status(StoreStatus(False, fault.reason, time.time()))
             self._refuse_or_hold(batch)
@@ -301,7 +307,7 @@ class Writer:
             return
         self._maintained_at = now
         try:
-            await trio.to_thread.run_sync(self._backend.maintain)
+            await trio.to_thread.run_sync(self._backend.maintain, limiter=self._thread)
         except StoreFault as fault:  # the next commit meets it too, and is handled there
             log.warning("store housekeeping failed reason=%s", fault.reason)
 
@@ -323,7 +329,7 @@ class Writer:
 
     async def _retry(self) -> None:
         try:
-            await trio.to_thread.run_sync(self._backend.recover)
+            await trio.to_thread.run_sync(self._backend.recover, limiter=self._thread)
         except StoreFault as fault:
             self._set_status(StoreStatus(False, fault.reason, self._status.since))
             return
@@ -393,9 +399,9 @@ class Readers:
         self._limiter = trio.CapacityLimiter(count)
 
     async def run(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` on a read connection in a worker thread; a store fault is ``Unavailable``."""
-        async with self._limiter:
-            try:
-                return await trio.to_thread.run_sync(self._backend.read, fn)
-            except StoreFault as fault:
-                raise Unavailable(f"the store cannot be read: {fault.reason}; retry later") from fault
+        """Run ``fn`` on a read connection in a worker thread; a store fault is ``Unavailable``.
+        The readers' own limiter holds them to their connections, apart from trio's shared pool."""
+        try:
+            return await trio.to_thread.run_sync(self._backend.read, fn, limiter=self._limiter)
+        except StoreFault as fault:
+            raise Unavailable(f"the store cannot be read: {fault.reason}; retry later") from fault
