@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 import trio
 
 from hookd.client.client import event_input
-from hookd.engine import EventInput
+from hookd.engine import Engine, EventInput
 from hookd.engine import actor as actor_module
 from hookd.engine import dispatcher as dispatcher_module
 from hookd.engine.actor import DestinationActor
@@ -352,8 +354,20 @@ class HeldLoad:
 
         monkeypatch.setattr(dispatcher_module, "_read_windows", held)
 
-    async def wait_entered(self) -> None:
-        await trio.to_thread.run_sync(lambda: self.entered.wait(timeout=30))
+    @asynccontextmanager
+    async def publishing(self, tmp_path: Path, receiver: Receiver) -> AsyncIterator[tuple[Engine, trio.Nursery]]:
+        """A running engine with one webhook, one event published to it, and its load held."""
+        engine = local_engine(tmp_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(engine.run)
+                await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+                await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+                await trio.to_thread.run_sync(lambda: self.entered.wait(timeout=30))
+                yield engine, nursery
+                nursery.cancel_scope.cancel()
+        finally:
+            self.gate.set()  # never leave the worker thread waiting
 
 
 async def test_an_actor_stopped_while_its_deliveries_load_never_sends(
@@ -361,22 +375,12 @@ async def test_an_actor_stopped_while_its_deliveries_load_never_sends(
 ) -> None:
     # The node lost the destination while the loader read for it: the read's rows go nowhere.
     load = HeldLoad(monkeypatch)
-    engine = local_engine(tmp_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(engine.run)
-            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
-            await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
-            await load.wait_entered()
-            dispatcher = engine._dispatcher
-            dispatcher.stop(lambda url: True)
-            load.gate.set()
-            await trio.sleep(0.5)  # time enough for a wrongly started actor to send
-            assert receiver.received() == []
-            assert receiver.url() not in dispatcher._actors
-            nursery.cancel_scope.cancel()
-    finally:
+    async with load.publishing(tmp_path, receiver) as (engine, _):
+        engine._dispatcher.stop(lambda url: True)
         load.gate.set()
+        await trio.sleep(0.5)  # time enough for a wrongly started actor to send
+        assert receiver.received() == []
+        assert receiver.url() not in engine._dispatcher._actors
 
 
 async def test_a_hand_over_while_deliveries_load_retires_the_actor(
@@ -385,21 +389,11 @@ async def test_a_hand_over_while_deliveries_load_retires_the_actor(
     # drain() while the loader reads: the actor starts with what was read, sees the drain, and
     # retires; the hand-over ends.
     load = HeldLoad(monkeypatch)
-    engine = local_engine(tmp_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(engine.run)
-            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
-            await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
-            await load.wait_entered()
-            dispatcher = engine._dispatcher
-            nursery.start_soon(trio.to_thread.run_sync, load.gate.set)
-            with trio.fail_after(10):
-                await dispatcher.drain(lambda url: True)
-            assert not dispatcher._actors
-            nursery.cancel_scope.cancel()
-    finally:
-        load.gate.set()
+    async with load.publishing(tmp_path, receiver) as (engine, nursery):
+        nursery.start_soon(trio.to_thread.run_sync, load.gate.set)
+        with trio.fail_after(10):
+            await engine._dispatcher.drain(lambda url: True)
+        assert not engine._dispatcher._actors
 
 
 async def test_a_publish_during_the_load_is_not_left_on_disk(
@@ -407,21 +401,11 @@ async def test_a_publish_during_the_load_is_not_left_on_disk(
 ) -> None:
     # The batch read has its rows when a second event arrives for the same destination: the
     # actor must not take the short read to mean its backlog is empty (the second delivery would
-    # wait for the 30 s backstop).
+    # wait for the backstop).
     monkeypatch.setattr(dispatcher_module, "BACKSTOP_S", 3600.0)
     load = HeldLoad(monkeypatch, read_first=True)
-    engine = local_engine(tmp_path)
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(engine.run)
-            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
-            await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
-            await load.wait_entered()
-            await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
-            load.gate.set()
-            with trio.fail_after(10):
-                await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
-            nursery.cancel_scope.cancel()
-    finally:
+    async with load.publishing(tmp_path, receiver) as (engine, _):
+        await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
         load.gate.set()
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
     assert sorted(r.json()["data"]["n"] for r in receiver.received()) == [1, 2]
