@@ -19,9 +19,11 @@ from hookd.engine import actor as actor_module
 from hookd.engine import dispatcher as dispatcher_module
 from hookd.engine.actor import DestinationActor
 from hookd.engine.destinations import DestinationPolicy
+from hookd.engine.errors import Unavailable
 from hookd.engine.jobs import Job
 from hookd.engine.model import DeliveryState, Outcome
 from hookd.engine.retry import RetryPolicy
+from hookd.engine.store.writer import Readers
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.engine import local_engine, until
@@ -409,3 +411,37 @@ async def test_a_publish_during_the_load_is_not_left_on_disk(
         load.gate.set()
         await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
     assert sorted(r.json()["data"]["n"] for r in receiver.received()) == [1, 2]
+
+
+async def test_an_unreadable_store_makes_actors_wait_not_crash(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The store cannot be read for a while (a database restarting): the actors' reads fail, and
+    # they wait and read again rather than crash, restart and charge their deliveries for it.
+    monkeypatch.setattr(actor_module, "READ_RETRY_FIRST_S", 0.05)
+    failures = [0]
+    down = [False]
+    run = Readers.run
+
+    async def unreadable_for_a_while(self: Readers, fn: Any) -> Any:
+        if down[0] and failures[0] < 6:
+            failures[0] += 1
+            raise Unavailable("the store cannot be read: injected; retry later")
+        return await run(self, fn)
+
+    monkeypatch.setattr(Readers, "run", unreadable_for_a_while)
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        for n in range(2):
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+        down[0] = True
+        await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=20))
+        assert engine._dispatcher.restarts == 0
+        nursery.cancel_scope.cancel()
+    assert failures[0] == 6
+    assert sorted(r.path for r in receiver.received()) == ["/d0", "/d1"]
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("reading due deliveries failed" in message for message in messages) == 2  # once per actor
+    assert not any("actor crashed" in message for message in messages)

@@ -32,6 +32,7 @@ from hookd.engine.breaker import BreakerState, CircuitBreaker
 from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
 from hookd.engine.connections import ConnectionSet
+from hookd.engine.errors import Unavailable
 from hookd.engine.http_delivery import USER_AGENT, post
 from hookd.engine.jobs import AttemptResult, Job, internal_failure
 from hookd.engine.model import Ordering, Outcome, Status, Webhook, message_id
@@ -48,6 +49,10 @@ log = logging.getLogger("hookd.engine")
 
 #: Rows an attempt's outcome writes: the attempt, the delivery, its share of the health counts.
 RECORD_COST = 3
+#: After a failed read of its due deliveries (the store cannot be read), an actor reads again
+#: after this long, doubling up to ``READ_RETRY_MAX_S`` while the reads keep failing.
+READ_RETRY_FIRST_S = 1.0
+READ_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -131,6 +136,8 @@ class DestinationActor:
         "_draining",
         "_on_retire",
         "_pokes",
+        "_read_again_at",
+        "_read_backoff",
         "_refilling",
         "_scope",
         "_stopped",
@@ -171,6 +178,9 @@ class DestinationActor:
         self.breaker = CircuitBreaker(ctx.config.breaker)
         self.limiter = TokenBucket(ctx.registry.rate_for(url))
         self._refilling: Refill | None = None
+        #: While the store cannot be read: when to read again, and the wait after that.
+        self._read_again_at = 0.0
+        self._read_backoff = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -317,8 +327,8 @@ class DestinationActor:
                 if not self._ctx.writer.status.available:
                     await self._ctx.writer.wait_available()  # outcomes in flight wait in the writer
                     continue
-                if self.wants_refill:
-                    await self._refill()
+                if self.wants_refill and trio.current_time() >= self._read_again_at:
+                    await self._refill_or_wait()
                 self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
                 while len(self.in_flight) < config.max_in_flight:
                     found = self._next_job()
@@ -342,7 +352,7 @@ class DestinationActor:
                 if reopen is not None and self.queue:
                     deadline = reopen
                 if self.wants_refill:
-                    deadline = trio.current_time()
+                    deadline = min(deadline, max(trio.current_time(), self._read_again_at))
                 with trio.move_on_at(deadline):
                     await self._wake.wait()
 
@@ -427,6 +437,24 @@ class DestinationActor:
     def abandon_refill(self, refill: Refill) -> None:
         if self._refilling is refill:
             self._refilling = None
+
+    async def _refill_or_wait(self) -> None:
+        """Refill; when the store cannot be read (a database restarting, a disk error), go on
+        with what memory holds and read again later, backing off, instead of crashing: a store
+        outage is not the actor's fault, and a crash would charge its requests in flight an
+        attempt each and log a traceback per destination per restart. The first failure of a
+        streak is logged, and the recovery."""
+        try:
+            await self._refill()
+        except Unavailable as error:
+            if not self._read_backoff:
+                log.warning("reading due deliveries failed destination=%s reason=%s", self.url, error)
+            self._read_backoff = min(max(self._read_backoff * 2, READ_RETRY_FIRST_S), READ_RETRY_MAX_S)
+            self._read_again_at = trio.current_time() + self._read_backoff
+            return
+        if self._read_backoff:
+            log.warning("reading due deliveries works again destination=%s", self.url)
+            self._read_backoff = self._read_again_at = 0.0
 
     async def _refill(self) -> None:
         refill = self.begin_refill()
