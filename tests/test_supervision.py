@@ -283,6 +283,12 @@ async def test_a_hand_over_retires_an_actor_whose_task_has_not_started_yet(tmp_p
         nursery.cancel_scope.cancel()
 
 
+async def _order_webhooks(engine: Engine, receiver: Receiver, count: int) -> None:
+    """``count`` destinations for order.created, at the receiver's /d0, /d1, ..."""
+    for n in range(count):
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+
+
 async def test_woken_destinations_are_loaded_together_and_start_with_their_work(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -307,8 +313,7 @@ async def test_woken_destinations_are_loaded_together_and_start_with_their_work(
     monkeypatch.setattr(dispatcher_module, "_read_windows", loaded)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        for n in range(100):
-            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+        await _order_webhooks(engine, receiver, 100)
         await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
         await trio.to_thread.run_sync(lambda: receiver.wait_for(100, timeout=30))
         nursery.cancel_scope.cancel()
@@ -330,8 +335,7 @@ async def test_destinations_whose_load_fails_read_for_themselves(
     engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        for n in range(3):
-            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+        await _order_webhooks(engine, receiver, 3)
         await engine.publish([EventInput("order", "created", {"n": n}, {}) for n in range(2)], batch=True)
         await trio.to_thread.run_sync(lambda: receiver.wait_for(6, timeout=30))
         nursery.cancel_scope.cancel()
@@ -433,8 +437,7 @@ async def test_an_unreadable_store_makes_actors_wait_not_crash(
     engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        for n in range(2):
-            await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url(f"/d{n}")))
+        await _order_webhooks(engine, receiver, 2)
         down[0] = True
         await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
         await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=20))

@@ -411,8 +411,8 @@ class DestinationActor:
         return self.backlog and len(self.queue) < max(1, self._ctx.config.queue_size // 2)
 
     def begin_refill(self) -> Refill:
-        """Start a refill: what to read. ``end_refill`` takes the rows, ``abandon_refill`` ends
-        a read that failed."""
+        """Start a refill: what to read. ``abandon_refill`` ends the read, whether it failed or
+        not (settlements are no longer noted), and ``end_refill`` then takes its rows."""
         room = self._ctx.config.queue_size - len(self.queue)
         refill = Refill(self.url, self._ctx.clock.now(), room + len(self.known), room, self._ordered(), self._pokes)
         self._refilling = refill
@@ -421,7 +421,6 @@ class DestinationActor:
     def end_refill(self, refill: Refill, window: tuple[list[Job], float | None]) -> None:
         """Queue what the read found (but what settled meanwhile, or is already in memory); the
         backlog is known to be empty when the read came back short and nothing poked since."""
-        self.abandon_refill(refill)
         jobs, next_due = window
         added = 0
         for job in jobs:
