@@ -89,6 +89,10 @@ def _start_trio(
     trio.lowlevel.start_guest_run(
         trio_main,
         run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+        # trio's next tick, scheduled from a tick on this thread: a plain call_soon. The
+        # thread-safe one would also write to the loop's self-pipe (and the loop read it back)
+        # every time, a few times per delivery.
+        run_sync_soon_not_threadsafe=loop.call_soon,
         done_callback=done,
         host_uses_signal_set_wakeup_fd=True,
     )
