@@ -87,6 +87,50 @@ async def test_a_failing_write_replies_its_error_and_spares_the_batch(store: Bac
     assert _stored(store, "c") == "kept"
 
 
+class _Tally:
+    """A deferred write: how many ops of the transaction counted, flushed once at commit."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def flush(self, tx: Tx) -> None:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('tally', ?)", [str(self.count)])
+
+
+async def test_after_a_failing_write_the_others_are_stored_once_with_their_deferred_writes(
+    store: Backend,
+) -> None:
+    """A batch runs whole first; when one op fails it is undone and run again op by op. What
+    the undone pass queued for the commit (deferred writes) must not be counted twice."""
+    writer = Writer(store)
+    replies: dict[str, outcome.Outcome[Any]] = {}
+
+    def counted(key: str) -> Any:
+        def write(tx: Tx) -> str:
+            tx.deferred("tally", _Tally).count += 1
+            return str(_put(key, "1")(tx))
+
+        return write
+
+    def failing(tx: Tx) -> None:
+        tx.execute("INSERT INTO meta (key, value) VALUES ('b', 'half')")
+        raise InvalidArgument("value", "refused")
+
+    async with trio.open_nursery() as nursery:
+        writer.execute_soon(counted("a"), lambda result: replies.__setitem__("a", result))
+        writer.execute_soon(failing, lambda result: replies.__setitem__("failing", result))
+        writer.execute_soon(counted("c"), lambda result: replies.__setitem__("c", result))
+        await nursery.start(writer.run)
+        while len(replies) < 3:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert writer.commits == 1
+    assert isinstance(replies["failing"], outcome.Error)
+    assert (replies["a"].unwrap(), replies["c"].unwrap()) == ("1", "1")
+    assert (_stored(store, "a"), _stored(store, "b"), _stored(store, "c")) == ("1", None, "1")
+    assert _stored(store, "tally") == "2"
+
+
 async def test_a_waiting_callers_small_write_commits_on_the_loop_and_background_writes_in_a_worker(
     store: Backend,
 ) -> None:
