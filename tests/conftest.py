@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from hookd.client import HookdClient
+from hookd.engine.store.backend import Backend, open_backend
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import Receiver
-from tests.support.server import HookdProcess, use_database_factory
+from tests.support.server import HookdProcess, default_database, use_database_factory
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -47,6 +48,16 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str]:
         yield name
     finally:
         use_database_factory(None)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Backend]:
+    """The module's store opened in-process (a SQLite file in the test's directory, or a new
+    PostgreSQL database), for tests of the store's operations below the server."""
+    backend = open_backend(default_database(tmp_path))
+    backend.open(readers=1)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +15,10 @@ import pytest
 import trio
 
 from hookd.engine.errors import InvalidArgument, Unavailable
-from hookd.engine.store.backend import Backend, open_backend
+from hookd.engine.store.backend import Backend
 from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import INLINE_COST, Writer
 from hookd.server.bridge import TrioBridge
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Backend]:
-    backend = open_backend(str(tmp_path / "hookd.db"))
-    backend.open(readers=1)
-    yield backend
-    backend.close()
 
 
 def _put(key: str, value: str) -> Any:
@@ -129,6 +121,38 @@ async def test_after_a_failing_write_the_others_are_stored_once_with_their_defer
     assert (replies["a"].unwrap(), replies["c"].unwrap()) == ("1", "1")
     assert (_stored(store, "a"), _stored(store, "b"), _stored(store, "c")) == ("1", None, "1")
     assert _stored(store, "tally") == "2"
+
+
+async def test_a_merged_write_that_fails_is_refused_alone(store: Backend) -> None:
+    """Neighbours with the same ``write_many`` are written by one call of it; when that call
+    fails, each op is run again by its own ``fn``, and only the one that fails is refused."""
+    writer = Writer(store)
+    merged_calls: list[list[str]] = []
+    committed: dict[str, bool] = {}
+
+    def write_many(tx: Tx, keys: list[str]) -> None:
+        merged_calls.append(keys)
+        for key in keys:
+            write_one(tx, key)
+
+    def write_one(tx: Tx, key: str) -> None:
+        _put(key, "1")(tx)
+        if key == "bad":
+            raise InvalidArgument("value", "refused")
+
+    async with trio.open_nursery() as nursery:
+        for key in ("a", "bad", "c"):
+            await writer.submit(
+                partial(write_one, key=key), partial(committed.__setitem__, key), merge=(write_many, key)
+            )
+        await nursery.start(writer.run)
+        while len(committed) < 3:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert merged_calls == [["a", "bad", "c"]]
+    assert committed == {"a": True, "bad": False, "c": True}
+    assert writer.commits == 1
+    assert (_stored(store, "a"), _stored(store, "bad"), _stored(store, "c")) == ("1", None, "1")
 
 
 async def test_a_waiting_callers_small_write_commits_on_the_loop_and_background_writes_in_a_worker(

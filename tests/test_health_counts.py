@@ -8,29 +8,18 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from hookd.engine.health import DESTINATION, WEBHOOK, WINDOWS_S, HealthAggregates
 from hookd.engine.model import Outcome
 from hookd.engine.store import health_ops
-from hookd.engine.store.backend import Backend, open_backend
+from hookd.engine.store.backend import Backend
 from hookd.engine.store.sql import Tx
-from tests.support.server import default_database
 
 pytestmark = pytest.mark.backends
 
 NOW = time.time()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Backend]:
-    backend = open_backend(default_database(tmp_path))
-    backend.open(readers=1)
-    yield backend
-    backend.close()
 
 
 def record(store: Backend, *attempts: tuple[str, str, float, float, Outcome]) -> None:

@@ -25,6 +25,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -43,7 +44,7 @@ from hookd.engine.signing import sign
 from hookd.engine.store import delivery_ops, queries
 from hookd.engine.store.cluster_ops import Fence
 from hookd.engine.store.sql import Tx
-from hookd.engine.store.writer import Readers, Writer
+from hookd.engine.store.writer import Readers, WriteMany, Writer
 
 log = logging.getLogger("hookd.engine")
 
@@ -542,8 +543,11 @@ class DestinationActor:
         now = ctx.clock.now()
         self._judge(result)
         retry_at: float | None = None
+        merge: tuple[WriteMany, Any] | None = None
         if result.outcome is Outcome.SUCCESS:
-            write = partial(delivery_ops.record_success, job=job, attempt=result, now=now, fence=entry.fence)
+            success = delivery_ops.Success(job, result, now, entry.fence)
+            write = partial(delivery_ops.record_successes, items=[success])
+            merge = (delivery_ops.record_successes, success)
         else:
             if not job.single_attempt:
                 delay = ctx.config.retry.delay(job.attempt_count + 1, ctx.rng, result.retry_after_s)
@@ -565,7 +569,7 @@ class DestinationActor:
             if committed and ordered and retry_at is None:
                 self._poke_self()  # the next in line may go
 
-        await ctx.writer.submit(write, after=settled, cost=RECORD_COST)
+        await ctx.writer.submit(write, after=settled, cost=RECORD_COST, merge=merge)
 
 
 def _sendable(hook: Webhook | None, job: Job, url: str) -> bool:

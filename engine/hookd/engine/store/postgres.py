@@ -116,7 +116,11 @@ class PostgresBackend:
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        # Prepared statements kept per connection, above the default 100: merged writes
+        # (delivery_ops.record_successes) have one text per number of rows.
+        conn.prepared_max = 256
+        return conn
 
     def open(self, readers: int) -> None:
         try:

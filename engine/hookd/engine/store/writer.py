@@ -1,8 +1,8 @@
 """The single writer: every change to the database goes through here, in batched transactions.
 
 Concurrent callers' operations are gathered into one transaction (group commit), so the cost of
-a commit is shared by everyone who arrived while the previous one ran. Each operation runs in
-its own savepoint: one that fails is rolled back and reported to its caller alone.
+a commit is shared by everyone who arrived while the previous one ran. An operation that fails
+is rolled back and reported to its caller alone (``partial_batch``).
 
 When the database cannot be written (a full disk, a lost connection, a removed file), nothing
 is dropped and nothing is pretended:
@@ -74,13 +74,16 @@ class WriterStatistics:
 
 #: How a caller that does not wait in a task hears of its write: the result, or the error.
 Reply = Callable[[outcome.Outcome[T]], None]
+#: Background writes that consecutive ops of a batch make together: ``write_many(tx, items)``
+#: does for all of ``items`` what each op's own ``fn`` does for its one.
+WriteMany = Callable[[Tx, list[Any]], None]
 
 
 class _Op(Generic[T]):
     """One write. A caller waits on it through ``done`` (a task) or ``reply`` (a callback), or
     neither (a background write, which is held and retried while the store cannot write)."""
 
-    __slots__ = ("after", "cost", "done", "error", "fn", "on_commit", "reply", "result")
+    __slots__ = ("after", "cost", "done", "error", "fn", "merge", "on_commit", "reply", "result")
 
     def __init__(
         self,
@@ -90,8 +93,10 @@ class _Op(Generic[T]):
         after: Callable[[bool], None] | None = None,
         cost: int = UNKNOWN_COST,
         reply: Reply[T] | None = None,
+        merge: tuple[WriteMany, Any] | None = None,
     ) -> None:
         self.fn = fn
+        self.merge = merge
         self.cost = cost
         self.on_commit = on_commit
         self.after = after
@@ -205,14 +210,21 @@ class Writer:
         return op.result  # type: ignore[return-value]
 
     async def submit(
-        self, fn: WriteFn[Any], after: Callable[[bool], None] | None = None, *, cost: int = UNKNOWN_COST
+        self,
+        fn: WriteFn[Any],
+        after: Callable[[bool], None] | None = None,
+        *,
+        cost: int = UNKNOWN_COST,
+        merge: tuple[WriteMany, Any] | None = None,
     ) -> None:
         """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
 
         ``after`` runs in the writer task once ``fn``'s change is committed (True), or once ``fn``
         itself failed (False). A store fault is neither: the write is held and tried again.
+        ``merge``, ``(write_many, item)``, lets ops next to each other in a batch with the same
+        ``write_many`` be written by one call of it instead of each by its ``fn``.
         """
-        await self._send.send(_Op(fn, wait=False, after=after, cost=cost))
+        await self._send.send(_Op(fn, wait=False, after=after, cost=cost, merge=merge))
 
     def execute_soon(
         self, fn: WriteFn[T], reply: Reply[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
@@ -361,9 +373,10 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     """The transaction body for ``batch``: an op that fails is rolled back and reported to its
     caller alone, the others commit.
 
-    Ops almost never fail, so the batch first runs whole under one savepoint; only if an op
-    raises is that undone and the batch run again with a savepoint per op (ops are written to
-    be run again: PostgreSQL runs a batch again after a conflict). Two statements per batch
+    Ops almost never fail, so the batch first runs whole under one savepoint, neighbours that
+    can be merged (``Writer.submit``) written together; only if an op raises is that undone and
+    the batch run again op by op, each by its own ``fn`` in a savepoint of its own (ops are
+    written to be run again: PostgreSQL runs a batch again after a conflict). Two statements per batch
     rather than two per op: a batch of attempt outcomes is two statements per op without them,
     and on PostgreSQL a savepoint that writes is a subtransaction, which slows every session
     once a transaction holds more than 64 of them.
@@ -376,8 +389,7 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     def body(tx: Tx) -> None:
         tx.execute("SAVEPOINT batch")
         try:
-            for op in batch:
-                op.result, op.error = op.fn(tx), None
+            _run_merged(tx, batch)
         except (StoreFault, Conflict):
             raise
         except Exception:  # one op failed: undo the batch and isolate it
@@ -401,6 +413,26 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
             tx.execute("RELEASE deferred")
 
     return body
+
+
+def _run_merged(tx: Tx, batch: list[_Op[Any]]) -> None:
+    """Every op, in order; a run of neighbours with the same ``write_many`` by one call of it."""
+    index = 0
+    while index < len(batch):
+        op = batch[index]
+        if op.merge is None:
+            op.result, op.error = op.fn(tx), None
+            index += 1
+            continue
+        write_many = op.merge[0]
+        end = index + 1
+        while end < len(batch) and (other := batch[end].merge) is not None and other[0] is write_many:
+            end += 1
+        run = batch[index:end]
+        write_many(tx, [each.merge[1] for each in run if each.merge is not None])
+        for each in run:
+            each.result, each.error = None, None
+        index = end
 
 
 def _run_each_in_a_savepoint(tx: Tx, batch: list[_Op[Any]]) -> None:
