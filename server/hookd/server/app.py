@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -144,6 +145,16 @@ async def _serve_http(
     await web.serve_http(app, sock, stop, tls=tls, grace_s=config.shutdown_grace_s)
 
 
+def _freeze_startup_heap() -> None:
+    """Take what start-up made (imported modules, the engine's loaded state) out of the cyclic
+    collector's view. A full collection walks every object it tracks; over the start-up heap it
+    took 12-16 ms, on the event loop's thread, every 10-20 s under load: a pause that every
+    destination's deliveries felt. Frozen objects are still freed by reference counting when
+    no longer used; only reference cycles among them would stay."""
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or SIGINT / SIGTERM arrives."""
     loop = asyncio.get_running_loop()
@@ -201,6 +212,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     host = config.listen.rsplit(":", 1)[0]
     side.engine.set_address(f"{host}:{port}")
     log.info("serving address=%s:%d tls=%s auth=%s", host, port, credentials is not None, bool(config.auth_tokens))
+    _freeze_startup_heap()
     http_stop = asyncio.Event()
     http_server = None
     if http_socket is not None:
