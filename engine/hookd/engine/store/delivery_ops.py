@@ -208,7 +208,7 @@ def _insert_attempt(tx: Tx, delivery_id: int, webhook_id: str, attempt: AttemptR
 
 
 def _insert_attempts(tx: Tx, attempts: Sequence[tuple[int, str, AttemptResult]]) -> None:
-    """Attempts as one multi-row ``INSERT`` (``attempts`` is at most ``MAX_MERGED`` long)."""
+    """Attempts as one multi-row ``INSERT``; callers keep ``attempts`` to ``MAX_MERGED``."""
     params: list[object] = []
     for delivery_id, webhook_id, attempt in attempts:
         error = attempt.error

@@ -373,13 +373,13 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     """The transaction body for ``batch``: an op that fails is rolled back and reported to its
     caller alone, the others commit.
 
-    Ops almost never fail, so the batch first runs whole under one savepoint, neighbours that
-    can be merged (``Writer.submit``) written together; only if an op raises is that undone and
-    the batch run again op by op, each by its own ``fn`` in a savepoint of its own (ops are
-    written to be run again: PostgreSQL runs a batch again after a conflict). Two statements per batch
-    rather than two per op: a batch of attempt outcomes is two statements per op without them,
-    and on PostgreSQL a savepoint that writes is a subtransaction, which slows every session
-    once a transaction holds more than 64 of them.
+    Ops almost never fail, so the batch first runs whole under one savepoint, with neighbours
+    that can be merged (``Writer.submit``) written together; only if an op raises is all of it
+    undone and the batch run again op by op, each by its own ``fn`` in a savepoint of its own
+    (ops are written to be run again: PostgreSQL runs a batch again after a conflict). A
+    savepoint per op would double the statements of a batch of attempt outcomes, and on
+    PostgreSQL a savepoint that writes is a subtransaction, which slows every session once a
+    transaction holds more than 64 of them.
 
     A ``StoreFault`` inside an op is the whole transaction's fault (the disk is full for every
     op), and a ``Conflict`` (a deadlock with another node's transaction) aborts it whole: both
