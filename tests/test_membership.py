@@ -1,0 +1,72 @@
+"""Cluster membership races, in-process on a real PostgreSQL database: what a heartbeat that
+was already under way does when the node leaves. The acceptance tests start whole nodes
+(test_cluster.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+import pytest
+import trio
+
+from hookd.engine.cluster import Membership
+from hookd.engine.dispatcher import Dispatcher
+from hookd.engine.store import cluster_ops
+from hookd.engine.store.backend import SharedBackend, open_backend
+from tests.support.postgres import PostgresServer
+
+
+class _NoActors:
+    """The dispatcher's part membership uses, for a node that has no destinations."""
+
+    async def drain(self, which: Callable[[str], bool]) -> None:
+        return None
+
+    def stop(self, which: Callable[[str], bool]) -> None:
+        return None
+
+    async def resume(self, which: Callable[[str], bool]) -> None:
+        return None
+
+
+@pytest.fixture
+def shared_store(postgres_server: PostgresServer) -> Iterator[SharedBackend]:
+    backend = cast(SharedBackend, open_backend(postgres_server.new_database()))
+    backend.open(readers=1)
+    yield backend
+    backend.close()
+
+
+async def test_a_heartbeat_under_way_when_the_node_leaves_does_not_join_it_again(
+    shared_store: SharedBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    membership = Membership(
+        shared_store,
+        cast(Dispatcher, _NoActors()),
+        node_id="leaving",
+        lease_s=30.0,
+        live_actors=list,
+        restarts=lambda: 0,
+    )
+    control = membership._control
+    heartbeat_waiting, node_left = trio.Event(), trio.Event()
+
+    async def renew_after_the_node_left(fn: Callable[..., Any], **kwargs: Any) -> Any:
+        if fn is cluster_ops.renew and not node_left.is_set():
+            heartbeat_waiting.set()
+            await node_left.wait()
+        return await control(fn, **kwargs)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(membership.run)
+            monkeypatch.setattr(membership, "_control", renew_after_the_node_left)
+            membership.wake()
+            await heartbeat_waiting.wait()
+            await membership.leave(grace_s=1.0)
+            node_left.set()
+        # ``run`` has returned: the heartbeat's step went to its end, and the loop ended.
+    view = shared_store.control(cluster_ops.view)
+    assert [node.id for node in view.nodes] == []
+    assert all(slot.node_id is None for slot in view.slots)
