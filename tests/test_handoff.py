@@ -155,6 +155,38 @@ async def test_a_merged_write_that_fails_is_refused_alone(store: Backend) -> Non
     assert (_stored(store, "a"), _stored(store, "bad"), _stored(store, "c")) == ("1", None, "1")
 
 
+async def test_what_a_failed_write_noted_for_its_transaction_goes_with_it(store: Backend) -> None:
+    """Run op by op after a failure, an op that fails takes back its memos (a memo can say a
+    lock is held, and rolling back released it) and its notifications; the others' stay."""
+    writer = Writer(store)
+    seen_by_last: list[tuple[bool, bool, dict[str, set[str]]]] = []
+    committed: dict[str, bool] = {}
+
+    def noting(key: str, fail: bool = False) -> Any:
+        def write(tx: Tx) -> None:
+            tx.memo[key] = True
+            tx.notify("channel", key)
+            if fail:
+                raise InvalidArgument("value", "refused")
+
+        return write
+
+    def last(tx: Tx) -> None:
+        seen_by_last.append(("a" in tx.memo, "bad" in tx.memo, {k: set(v) for k, v in tx.notifications.items()}))
+
+    async with trio.open_nursery() as nursery:
+        await writer.submit(noting("a"), partial(committed.__setitem__, "a"))
+        await writer.submit(noting("bad", fail=True), partial(committed.__setitem__, "bad"))
+        await writer.submit(last, partial(committed.__setitem__, "last"))
+        await nursery.start(writer.run)
+        while len(committed) < 3:
+            await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert committed == {"a": True, "bad": False, "last": True}
+    # The first pass saw everything; the pass op by op, after the failure, only what stands.
+    assert seen_by_last[-1] == (True, False, {"channel": {"a"}})
+
+
 async def test_a_waiting_callers_small_write_commits_on_the_loop_and_background_writes_in_a_worker(
     store: Backend,
 ) -> None:

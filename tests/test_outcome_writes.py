@@ -58,11 +58,16 @@ async def test_successes_next_to_each_other_are_written_together_each_with_its_o
     ids = _pending_deliveries(store, 2 * delivery_ops.MAX_MERGED + 6)
     writer = Writer(store)
     merged_calls: list[int] = []
+    one_by_one: list[int] = []
     committed: list[bool] = []
 
     def write_many(tx: Tx, items: list[Any]) -> None:
         merged_calls.append(len(items))
         delivery_ops.record_successes(tx, items)
+
+    def write_one(tx: Tx, item: delivery_ops.Success) -> None:
+        one_by_one.append(item.job.delivery_id)  # only if the merged pass failed
+        delivery_ops.record_successes(tx, [item])
 
     def other_write(tx: Tx) -> None:
         tx.execute("INSERT INTO meta (key, value) VALUES ('other', 'x')")
@@ -75,9 +80,7 @@ async def test_successes_next_to_each_other_are_written_together_each_with_its_o
             if index == middle:
                 await writer.submit(other_write, committed.append)
             success = _success(delivery_id)
-            await writer.submit(
-                partial(delivery_ops.record_successes, items=[success]), committed.append, merge=(write_many, success)
-            )
+            await writer.submit(partial(write_one, item=success), committed.append, merge=(write_many, success))
         await nursery.start(writer.run)
         while len(committed) < len(ids) + 1:
             await trio.sleep(0.01)
@@ -86,6 +89,7 @@ async def test_successes_next_to_each_other_are_written_together_each_with_its_o
     assert committed == [True] * (len(ids) + 1)
     assert writer.commits == 1
     assert merged_calls == [middle, len(ids) - middle]
+    assert one_by_one == []
     deliveries = store.read(
         lambda tx: tx.all("SELECT id, state, attempt_count, last_error, update_time FROM deliveries ORDER BY id")
     )
@@ -103,3 +107,15 @@ async def test_successes_next_to_each_other_are_written_together_each_with_its_o
         for delivery_id in ids
     ]
     assert store.read(lambda tx: tx.scalar("SELECT value FROM meta WHERE key = 'other'")) == "x"
+
+
+def test_a_delivery_twice_in_one_merged_write_counts_both_and_keeps_the_later(store: Backend) -> None:
+    """One ``UPDATE ... WHERE id IN`` changes a row once however often it is listed: a delivery
+    that comes twice starts a new statement."""
+    (delivery_id,) = _pending_deliveries(store, 1)
+    first = _success(delivery_id)
+    second = delivery_ops.Success(first.job, first.attempt, first.now + 100.0)
+    store.write(lambda tx: delivery_ops.record_successes(tx, [first, second]))
+    row = store.read(lambda tx: tx.one("SELECT attempt_count, update_time FROM deliveries WHERE id = ?", [delivery_id]))
+    assert tuple(row) == (2, second.now)
+    assert store.read(lambda tx: tx.scalar("SELECT count(*) FROM attempts WHERE delivery_id = ?", [delivery_id])) == 2

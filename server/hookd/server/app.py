@@ -149,8 +149,12 @@ def _freeze_startup_heap() -> None:
     """Take what start-up made (imported modules, the engine's loaded state) out of the cyclic
     collector's view. A full collection walks every object it tracks; over the start-up heap it
     took 12-16 ms, on the event loop's thread, every 10-20 s under load: a pause that every
-    destination's deliveries felt. Frozen objects are still freed by reference counting when
-    no longer used; only reference cycles among them would stay."""
+    destination's deliveries felt.
+
+    The cost is bounded and paid once: frozen objects are still freed by reference counting,
+    but a cycle that holds one of them (a start-up task or actor that later ends inside a
+    reference cycle) is never collected. The HTTP stack, imported when the dashboard's server
+    starts just after this, is not frozen."""
     gc.collect()
     gc.freeze()
 

@@ -256,8 +256,7 @@ def record_successes(tx: Tx, items: Sequence[Success]) -> None:
 
     The outcomes a batch of the writer gathers are mostly successes, each from its own actor:
     written together, they take two statements rather than two each."""
-    for start in range(0, len(items), MAX_MERGED):
-        chunk = items[start : start + MAX_MERGED]
+    for chunk in _chunks_of_distinct_deliveries(items):
         for item in chunk:
             check_fence(tx, item.fence)
         _insert_attempts(tx, [(item.job.delivery_id, item.job.webhook_id, item.attempt) for item in chunk])
@@ -270,6 +269,23 @@ def record_successes(tx: Tx, items: Sequence[Success]) -> None:
             f"WHERE id IN ({marks(len(chunk))})",
             [DeliveryState.SUCCEEDED.value, *times, *(item.job.delivery_id for item in chunk)],
         )
+
+
+def _chunks_of_distinct_deliveries(items: Sequence[Success]) -> list[list[Success]]:
+    """``items`` in order, cut into chunks of at most ``MAX_MERGED`` in which no delivery comes
+    twice: one ``UPDATE ... WHERE id IN`` changes a row once, however often it is listed."""
+    chunks: list[list[Success]] = []
+    chunk: list[Success] = []
+    ids: set[int] = set()
+    for item in items:
+        if len(chunk) == MAX_MERGED or item.job.delivery_id in ids:
+            chunks.append(chunk)
+            chunk, ids = [], set()
+        chunk.append(item)
+        ids.add(item.job.delivery_id)
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 def record_failure(

@@ -196,7 +196,8 @@ class Writer:
 
         ``on_commit`` runs in the writer task right after the commit, before any other task can
         observe the result: the place to hand new deliveries to the actors without a race.
-        ``cost`` is about how many rows ``fn`` writes (small batches commit inline).
+        ``cost`` is about how many rows ``fn`` writes (small batches commit inline). ``fn`` may
+        run twice in its transaction (``partial_batch``): it must act through ``tx`` alone.
         Raises ``Unavailable`` when the store cannot write (then nothing of ``fn`` is stored).
         """
         if not self._status.available:
@@ -223,6 +224,8 @@ class Writer:
         itself failed (False). A store fault is neither: the write is held and tried again.
         ``merge``, ``(write_many, item)``, lets ops next to each other in a batch with the same
         ``write_many`` be written by one call of it instead of each by its ``fn``.
+        Like every op, ``fn`` may run twice in its transaction (``partial_batch``): it must act
+        through ``tx`` alone.
         """
         await self._send.send(_Op(fn, wait=False, after=after, cost=cost, merge=merge))
 
@@ -392,7 +395,8 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
             _run_merged(tx, batch)
         except (StoreFault, Conflict):
             raise
-        except Exception:  # one op failed: undo the batch and isolate it
+        except Exception as error:  # one op failed: undo the batch and isolate it
+            log.debug("a write in a batch of %d failed (%r); running them one by one", len(batch), error)
             tx.execute("ROLLBACK TO batch")
             # What the undone ops queued (deferred writes, notifications, memos of what they
             # read or locked) went with them.
@@ -437,6 +441,11 @@ def _run_merged(tx: Tx, batch: list[_Op[Any]]) -> None:
 
 def _run_each_in_a_savepoint(tx: Tx, batch: list[_Op[Any]]) -> None:
     for op in batch:
+        # What an op that fails noted for the rest of the transaction goes with its changes: a
+        # memo says a lock is held (cluster_ops.check_fence), and rolling back to the savepoint
+        # released it; its notifications announce rows that are no longer there.
+        memo = dict(tx.memo)
+        notifications = {channel: set(payloads) for channel, payloads in tx.notifications.items()}
         tx.execute("SAVEPOINT op")
         try:
             op.result, op.error = op.fn(tx), None
@@ -444,6 +453,7 @@ def _run_each_in_a_savepoint(tx: Tx, batch: list[_Op[Any]]) -> None:
             raise
         except Exception as error:  # reported to this op's caller alone
             tx.execute("ROLLBACK TO op")
+            tx.memo, tx.notifications = memo, notifications
             op.result, op.error = None, error
         tx.execute("RELEASE op")
 
