@@ -203,10 +203,6 @@ def drop_staged(tx: Tx, older_than: float | None = None, event_ids: Sequence[str
 # -- attempts ------------------------------------------------------------------------------------
 
 
-def _insert_attempt(tx: Tx, delivery_id: int, webhook_id: str, attempt: AttemptResult) -> None:
-    _insert_attempts(tx, [(delivery_id, webhook_id, attempt)])
-
-
 def _insert_attempts(tx: Tx, attempts: Sequence[tuple[int, str, AttemptResult]]) -> None:
     """Attempts as one multi-row ``INSERT``; callers keep ``attempts`` to ``MAX_MERGED``."""
     params: list[object] = []
@@ -260,9 +256,7 @@ def record_successes(tx: Tx, items: Sequence[Success]) -> None:
         for item in chunk:
             check_fence(tx, item.fence)
         _insert_attempts(tx, [(item.job.delivery_id, item.job.webhook_id, item.attempt) for item in chunk])
-        times: list[object] = []
-        for item in chunk:
-            times += (item.job.delivery_id, item.now)
+        times = [value for item in chunk for value in (item.job.delivery_id, item.now)]
         tx.execute(
             "UPDATE deliveries SET state = ?, attempt_count = attempt_count + 1, last_error = '', "
             f"update_time = CASE id {' '.join(['WHEN ? THEN ?'] * len(chunk))} END "
@@ -293,7 +287,7 @@ def record_failure(
 ) -> None:
     """Record a failed attempt; schedule the retry at ``retry_at``, or mark the delivery FAILED."""
     check_fence(tx, fence)
-    _insert_attempt(tx, job.delivery_id, job.webhook_id, attempt)
+    _insert_attempts(tx, [(job.delivery_id, job.webhook_id, attempt)])
     if retry_at is None:
         tx.execute(
             "UPDATE deliveries SET state = ?, attempt_count = attempt_count + 1, last_error = ?, "

@@ -428,13 +428,14 @@ def _run_merged(tx: Tx, batch: list[_Op[Any]]) -> None:
             op.result, op.error = op.fn(tx), None
             index += 1
             continue
-        write_many = op.merge[0]
+        write_many, item = op.merge
+        items = [item]
         end = index + 1
         while end < len(batch) and (other := batch[end].merge) is not None and other[0] is write_many:
+            items.append(other[1])
             end += 1
-        run = batch[index:end]
-        write_many(tx, [each.merge[1] for each in run if each.merge is not None])
-        for each in run:
+        write_many(tx, items)
+        for each in batch[index:end]:
             each.result, each.error = None, None
         index = end
 
