@@ -259,7 +259,7 @@ class Engine:
     async def health_snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
         """Health figures for the service and the named webhooks and destinations (all when None)."""
         for hook_id in webhook_ids or ():
-            if self.registry.get(hook_id) is None:
+            if await self._find_webhook(hook_id) is None:
                 raise NotFound(f"webhooks/{hook_id} not found")
         return await self._monitor.snapshot(webhook_ids, urls)
 
@@ -315,10 +315,22 @@ class Engine:
         return webhook
 
     async def get_webhook(self, webhook_id: str) -> Webhook:
-        webhook = self.registry.get(webhook_id)
+        webhook = await self._find_webhook(webhook_id)
         if webhook is None:
             raise NotFound(f"webhooks/{webhook_id} not found")
         return webhook
+
+    async def _find_webhook(self, webhook_id: str) -> Webhook | None:
+        """The webhook as last committed, or None.
+
+        On its own, this process makes every change, so its registry is the truth. In a cluster,
+        another node may have just changed the webhook and its notification may not have
+        arrived here yet: a caller who created a webhook through one node and reads it through
+        another must find it, so the database is read.
+        """
+        if self._membership is None:
+            return self.registry.get(webhook_id)
+        return await self._readers.run(partial(webhook_ops.find_webhook, webhook_id=webhook_id))
 
     async def update_webhook(self, webhook_id: str, data: WebhookInput, paths: list[str]) -> Webhook:
         for path in paths:
@@ -363,7 +375,9 @@ class Engine:
         return new
 
     def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
-        old, new = versions
+        stored, new = versions
+        # The actors act on the version in memory, which in a cluster may lag the stored one.
+        old = self.registry.get(new.id) or stored
         self.registry.put(new)
         if old.url != new.url:
             # The old URL's actor lets go of the webhook's jobs and aborts its requests in flight,
@@ -393,8 +407,9 @@ class Engine:
         return await self._maintenance.run_once(now)
 
     def _deleted(self, outcome: tuple[Webhook, int]) -> None:
-        old = outcome[0]
-        self.registry.remove(old.id)
+        stored = outcome[0]
+        # The actors act on the version in memory, which in a cluster may lag the stored one.
+        old = self.registry.remove(stored.id) or stored
         self._dispatcher.cancel_webhook(old.url, old.id)
 
     async def list_webhooks(self, filters: WebhookFilter, size: int, token: str) -> Page:
@@ -639,7 +654,7 @@ class Engine:
         # A deleted webhook's deliveries stay listed under it; only a never-seen id is unknown.
         if (
             webhook_id is not None
-            and self.registry.get(webhook_id) is None
+            and await self._find_webhook(webhook_id) is None
             and not await self._readers.run(partial(queries.has_deliveries, webhook_id=webhook_id))
         ):
             raise NotFound(f"webhooks/{webhook_id} not found")
