@@ -5,6 +5,7 @@ was committed. The acceptance tests start whole nodes (test_cluster.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ import trio
 
 from hookd.engine import Engine, EngineConfig
 from hookd.engine.destinations import DestinationPolicy
-from hookd.engine.errors import NotFound
+from hookd.engine.errors import NotFound, ResourceExhausted
 from hookd.engine.model import Status
 from hookd.engine.validation import WebhookInput
 from tests.support.postgres import PostgresServer
@@ -28,6 +29,7 @@ def _node(database: str, node_id: str) -> Engine:
             database=database,
             node_id=node_id,
             destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
+            max_webhooks_per_type=3,
         )
     )
 
@@ -71,3 +73,25 @@ async def test_a_webhook_made_on_one_node_is_read_as_committed_on_another(
             await reader.get_webhook(hook.id)
         with pytest.raises(NotFound):
             await reader.update_webhook(hook.id, WebhookInput(status=Status.ACTIVE), ["status"])
+
+
+async def test_the_webhooks_per_type_limit_holds_across_nodes(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        # Both nodes create at once, four each, on a type with room for three: the nodes'
+        # transactions count in turn, so three get in between them.
+        created: list[str] = []
+
+        async def create(node: Engine, n: int) -> None:
+            with contextlib.suppress(ResourceExhausted):
+                hook = await node.create_webhook(WebhookInput(resource="order", event="created", url=f"{URL}/{n}"))
+                created.append(hook.id)
+
+        async with trio.open_nursery() as creates:
+            for n in range(8):
+                creates.start_soon(create, (writer, reader)[n % 2], n)
+        assert len(created) == 3
+        # The node that has not heard of them still counts them.
+        with pytest.raises(ResourceExhausted):
+            await reader.create_webhook(WebhookInput(resource="order", event="created", url=f"{URL}/more"))

@@ -14,8 +14,9 @@ import trio
 from hookd.client import InvalidArgument, ResourceExhausted
 from hookd.client.client import event_input
 from hookd.engine import Engine, EventInput
+from hookd.engine.errors import ResourceExhausted as EngineResourceExhausted
 from hookd.engine.jobs import PreparedEvent
-from hookd.engine.model import DeliveryState
+from hookd.engine.model import DeliveryState, WebhookFilter
 from hookd.engine.store import delivery_ops
 from hookd.engine.store.sql import Tx
 from hookd.engine.validation import WebhookInput
@@ -136,6 +137,31 @@ async def test_deliveries_of_an_ordinary_publish_are_due_at_once(tmp_path: Path,
             return len(page.items) == 6
 
         await until(done)
+        nursery.cancel_scope.cancel()
+
+
+async def test_creates_at_once_cannot_pass_the_webhooks_per_type_limit_together(tmp_path: Path) -> None:
+    # Six creates under way together on a type with room for three: each is counted in the
+    # transaction that stores it, so exactly three get in (not all six on one count taken first).
+    engine = local_engine(tmp_path, max_webhooks_per_type=3)
+    outcomes: list[str] = []
+
+    async def create(n: int) -> None:
+        try:
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=f"http://127.0.0.1:9/{n}"))
+            outcomes.append("created")
+        except EngineResourceExhausted as error:
+            assert "order.created already has 3 webhooks" in str(error)
+            outcomes.append("refused")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        async with trio.open_nursery() as creates:
+            for n in range(6):
+                creates.start_soon(create, n)
+        assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 3
+        page = await engine.list_webhooks(WebhookFilter(), 10, "")
+        assert len(page.items) == 3
         nursery.cancel_scope.cancel()
 
 

@@ -26,7 +26,7 @@ from hookd.engine.config import EngineConfig
 from hookd.engine.connections import ConnectionSet
 from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.envelopes import envelope
-from hookd.engine.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from hookd.engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from hookd.engine.http_delivery import post
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
 from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
@@ -280,18 +280,9 @@ class Engine:
 
     # -- webhooks ----------------------------------------------------------------------------------
 
-    def _check_room(self, resource: str, event: str) -> None:
-        limit = self.config.max_webhooks_per_type
-        if self.registry.subscriber_count(resource, event) >= limit:
-            raise ResourceExhausted(
-                f"{resource}.{event} already has {limit} webhooks, the most one event type may have "
-                "(--max-webhooks-per-type)"
-            )
-
     async def create_webhook(self, data: WebhookInput) -> Webhook:
         catalogue.check_event_type(data.resource, data.event, field_prefix="webhook.")
         check_scalars(data, "webhook")
-        self._check_room(data.resource, data.event)
         await self.config.destinations.check_destination(data.url, "webhook.url")
         now = self.clock.now()
         webhook = Webhook(
@@ -310,7 +301,10 @@ class Engine:
             update_time=now,
             ordering=data.ordering or Ordering.UNORDERED,
         )
-        await self._writer.execute(partial(webhook_ops.insert_webhook, webhook=webhook), on_commit=self.registry.put)
+        await self._writer.execute(
+            partial(webhook_ops.insert_webhook, webhook=webhook, limit=self.config.max_webhooks_per_type),
+            on_commit=self.registry.put,
+        )
         log.info("webhook created name=webhooks/%s type=%s.%s", webhook.id, webhook.resource, webhook.event)
         return webhook
 
@@ -359,8 +353,6 @@ class Engine:
             ),
             "webhook",
         )
-        if (new.resource, new.event) != (current.resource, current.event):
-            self._check_room(new.resource, new.event)
         if new.url != current.url:
             await self.config.destinations.check_destination(new.url, "webhook.url")
         now = self.clock.now()
@@ -368,7 +360,13 @@ class Engine:
         # The changes are applied to the row as it is inside the transaction, so a concurrent
         # change to other fields (a secret rotation, say) is never written back over.
         _, new = await self._writer.execute(
-            partial(webhook_ops.update_webhook, webhook_id=webhook_id, changes=changes, now=now),
+            partial(
+                webhook_ops.update_webhook,
+                webhook_id=webhook_id,
+                changes=changes,
+                now=now,
+                limit=self.config.max_webhooks_per_type,
+            ),
             on_commit=self._updated,
         )
         log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))

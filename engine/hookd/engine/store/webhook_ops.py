@@ -12,7 +12,7 @@ from typing import Any
 
 from hookd.engine import catalogue
 from hookd.engine.envelopes import operational_event, rfc3339
-from hookd.engine.errors import AlreadyExists, NotFound
+from hookd.engine.errors import AlreadyExists, NotFound, ResourceExhausted
 from hookd.engine.jobs import PublishResult
 from hookd.engine.model import DeliveryState, InactivePolicy, Status, Webhook
 from hookd.engine.store import delivery_ops, health_ops
@@ -71,19 +71,45 @@ def next_seq(tx: Tx) -> int:
     return int(value)
 
 
-def insert_webhook(tx: Tx, webhook: Webhook) -> Webhook:
+#: PostgreSQL advisory lock key that webhooks joining an event type take in turn (any fixed bigint).
+_TYPE_ROOM_LOCK = 0x686F6F6B64_01
+
+
+def _check_room(tx: Tx, resource: str, event: str, limit: int) -> None:
+    """Refuse a webhook joining an event type that already has ``limit`` of them.
+
+    Counted in the transaction that adds the webhook, so concurrent creates cannot all pass on
+    one count. SQLite runs one write transaction at a time; on PostgreSQL, several nodes' writers
+    run side by side, so they take a transaction-scoped advisory lock first and count in turn.
+    """
+    if tx.backend == "postgresql":
+        tx.scalar("SELECT pg_advisory_xact_lock(?)", [_TYPE_ROOM_LOCK])
+    count = int(tx.scalar("SELECT COUNT(*) FROM webhooks WHERE resource = ? AND event = ?", [resource, event]))
+    if count >= limit:
+        raise ResourceExhausted(
+            f"{resource}.{event} already has {limit} webhooks, the most one event type may have "
+            "(--max-webhooks-per-type)"
+        )
+
+
+def insert_webhook(tx: Tx, webhook: Webhook, limit: int) -> Webhook:
+    """Store a new webhook, within the ``limit`` of webhooks its event type may have."""
+    _check_room(tx, webhook.resource, webhook.event, limit)
     _store(tx, webhook, insert=True)
     return webhook
 
 
-def update_webhook(tx: Tx, webhook_id: str, changes: dict[str, Any], now: float) -> tuple[Webhook, Webhook]:
+def update_webhook(tx: Tx, webhook_id: str, changes: dict[str, Any], now: float, limit: int) -> tuple[Webhook, Webhook]:
     """Apply ``changes`` to the stored version; return (old, new) for the engine to react to.
 
     Activating a webhook again, or giving it a new URL, starts its failure streak afresh (so
-    auto-disable judges the new state of things) and clears why hookd had disabled it.
+    auto-disable judges the new state of things) and clears why hookd had disabled it. A webhook
+    moved to another event type must fit within that type's ``limit``.
     """
     old = load_webhook(tx, webhook_id)
     new = replace(old, **changes)
+    if (new.resource, new.event) != (old.resource, old.event):
+        _check_room(tx, new.resource, new.event, limit)
     reactivated = new.status is Status.ACTIVE and old.status is Status.INACTIVE
     if reactivated or new.url != old.url:
         health_ops.reset_failing(tx, webhook_id)
