@@ -99,16 +99,19 @@ def insert_webhook(tx: Tx, webhook: Webhook, limit: int) -> Webhook:
     return webhook
 
 
-def update_webhook(tx: Tx, webhook_id: str, changes: dict[str, Any], now: float, limit: int) -> tuple[Webhook, Webhook]:
+def update_webhook(
+    tx: Tx, webhook_id: str, changes: dict[str, Any], now: float, limit: int | None = None
+) -> tuple[Webhook, Webhook]:
     """Apply ``changes`` to the stored version; return (old, new) for the engine to react to.
 
     Activating a webhook again, or giving it a new URL, starts its failure streak afresh (so
     auto-disable judges the new state of things) and clears why hookd had disabled it. A webhook
-    moved to another event type must fit within that type's ``limit``.
+    moved to another event type must fit within that type's ``limit`` (None for hookd's own
+    changes, which never move one).
     """
     old = load_webhook(tx, webhook_id)
     new = replace(old, **changes)
-    if (new.resource, new.event) != (old.resource, old.event):
+    if limit is not None and (new.resource, new.event) != (old.resource, old.event):
         _check_room(tx, new.resource, new.event, limit)
     reactivated = new.status is Status.ACTIVE and old.status is Status.INACTIVE
     if reactivated or new.url != old.url:
