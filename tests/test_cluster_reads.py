@@ -8,8 +8,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import trio
 
@@ -17,6 +21,9 @@ from hookd.engine import Engine, EngineConfig
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
 from hookd.engine.model import Status
+from hookd.engine.store import webhook_ops
+from hookd.engine.store.backend import open_backend
+from hookd.engine.store.writer import _Op, partial_batch
 from hookd.engine.validation import WebhookInput
 from tests.support.postgres import PostgresServer
 
@@ -39,15 +46,16 @@ async def _two_nodes(database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
     """Two nodes on one database; the second never hears of the first's webhook changes."""
     writer, reader = _node(database, "writer"), _node(database, "reader")
 
-    async def deaf(webhook_ids: list[str]) -> None:
+    async def deaf(*args: object) -> None:
         return None
 
-    monkeypatch.setattr(reader, "_reload_webhooks", deaf)
-    monkeypatch.setattr(reader, "_catch_up", lambda: trio.lowlevel.checkpoint())
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             await nursery.start(writer.run)
             await nursery.start(reader.run)
+            # What the reader's notifications and its backstop would apply, it never hears.
+            monkeypatch.setattr(reader._sync, "_webhooks", deaf)
+            monkeypatch.setattr(reader._sync, "_catch_up", deaf)
             yield writer, reader
             nursery.cancel_scope.cancel()
 
@@ -59,7 +67,8 @@ async def test_a_webhook_made_on_one_node_is_read_as_committed_on_another(
         hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
         assert reader.registry.get(hook.id) is None  # it has not heard, and it need not have
         assert (await reader.get_webhook(hook.id)).url == URL
-        await reader.health_snapshot([hook.id])  # raised NotFound while the node had not heard
+        snapshot = await reader.health_snapshot([hook.id])  # NotFound, then no figures, before
+        assert [stats.key for stats in snapshot.webhooks] == [f"webhooks/{hook.id}"]
         page = await reader.list_deliveries(hook.id, "", None, 10, "")
         assert page.items == []
 
@@ -95,3 +104,107 @@ async def test_the_webhooks_per_type_limit_holds_across_nodes(
         # The node that has not heard of them still counts them.
         with pytest.raises(ResourceExhausted):
             await reader.create_webhook(WebhookInput(resource="order", event="created", url=f"{URL}/more"))
+
+
+async def test_a_webhook_create_takes_the_type_lock_before_any_other(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch that changes webhook W and then creates one: if the create waited for the type
+    # lock while the batch already held W's row, a node holding the type lock and waiting for
+    # W's row would close a deadlock. The lock is taken first, so W stays free meanwhile.
+    database = postgres_server.new_database()
+    async with _two_nodes(database, monkeypatch) as (writer, _):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+    backend = open_backend(database)
+    backend.open(readers=1)
+    holder = psycopg.connect(database, autocommit=True)
+    checker = psycopg.connect(database, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", [webhook_ops._TYPE_ROOM_LOCK])
+        batch: list[_Op[Any]] = [
+            _Op(partial(webhook_ops.update_webhook, webhook_id=hook.id, changes={"description": "x"}, now=1.0), False),
+            _Op(
+                partial(webhook_ops.insert_webhook, webhook=replace(hook, id="wh_second", url=f"{URL}/2"), limit=10),
+                False,
+                first=webhook_ops.lock_type_room,
+            ),
+        ]
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.to_thread.run_sync, backend.write, partial_batch(batch)))
+                try:
+                    while not checker.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:  # type: ignore[index]
+                        await trio.sleep(0.01)
+                    with checker.transaction():  # raises LockNotAvailable if the batch holds W
+                        locked = checker.execute(
+                            "SELECT id FROM webhooks WHERE id = %s FOR UPDATE NOWAIT", [hook.id]
+                        ).fetchall()
+                finally:  # the batch's thread cannot be cancelled: let it finish whatever happened
+                    holder.execute("SELECT pg_advisory_unlock(%s)", [webhook_ops._TYPE_ROOM_LOCK])
+        assert locked == [(hook.id,)]
+        assert [op.error for op in batch] == [None, None]
+        assert checker.execute("SELECT count(*) FROM webhooks").fetchone() == (2,)
+    finally:
+        holder.close()
+        checker.close()
+        backend.close()
+
+
+async def test_a_reload_read_before_this_nodes_own_change_is_read_again(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        await reader._reload_webhooks([hook.id])
+        original = reader._readers.run
+        read_done, go_on = trio.Event(), trio.Event()
+
+        async def held_after_the_first_read(fn: Any) -> Any:
+            result = await original(fn)
+            if not read_done.is_set():
+                read_done.set()
+                await go_on.wait()
+            return result
+
+        monkeypatch.setattr(reader._readers, "run", held_after_the_first_read)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader._reload_webhooks, [hook.id])  # a notification of some change
+            await read_done.wait()
+            # Meanwhile this node commits a change of its own; then the reload's read lands.
+            await reader.update_webhook(hook.id, WebhookInput(url=f"{URL}/moved"), ["url"])
+            go_on.set()
+        # Applied as read, memory would have gone back to the URL before the change.
+        current = reader.registry.get(hook.id)
+        assert current is not None and current.url == f"{URL}/moved"
+
+
+async def test_a_change_made_on_a_node_that_lags_moves_the_actors_it_knows(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        await reader._reload_webhooks([hook.id])  # the reader knows the first URL ...
+        await writer.update_webhook(hook.id, WebhookInput(url=f"{URL}/moved"), ["url"])  # ... not this
+        cancelled: list[tuple[str, str]] = []
+        poked: list[str] = []
+        monkeypatch.setattr(reader._dispatcher, "cancel_webhook", lambda url, hook_id: cancelled.append((url, hook_id)))
+        monkeypatch.setattr(reader._dispatcher, "poke", poked.append)
+        rotated = await reader.rotate_secret(hook.id, 0.0)
+        assert rotated.url == f"{URL}/moved"
+        # The actor of the URL the reader knew lets the webhook go; the new URL's is woken.
+        assert cancelled == [(URL, hook.id)]
+        assert poked == [f"{URL}/moved"]
+
+
+async def test_a_webhook_heard_of_wakes_its_destination_even_when_inactive(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A ping made through another node waits at the destination's owner for the webhook.
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(
+            WebhookInput(resource="order", event="created", url=URL, status=Status.INACTIVE)
+        )
+        poked: list[str] = []
+        monkeypatch.setattr(reader._dispatcher, "poke", poked.append)
+        await reader._reload_webhooks([hook.id])
+        assert poked == [URL]

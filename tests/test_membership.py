@@ -10,8 +10,9 @@ from typing import Any, cast
 import pytest
 import trio
 
-from hookd.engine.cluster import Membership
+from hookd.engine.cluster import ClusterSync, Membership
 from hookd.engine.dispatcher import Dispatcher
+from hookd.engine.errors import Unavailable
 from hookd.engine.store import cluster_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
 from tests.support.postgres import PostgresServer
@@ -70,3 +71,31 @@ async def test_a_heartbeat_under_way_when_the_node_leaves_does_not_join_it_again
     view = shared_store.control(cluster_ops.view)
     assert [node.id for node in view.nodes] == []
     assert all(slot.node_id is None for slot in view.slots)
+
+
+async def test_a_failed_read_while_catching_up_is_retried_not_fatal(shared_store: SharedBackend) -> None:
+    # The readers turn a store fault into Unavailable; before, it ended the sync task (and with
+    # it the engine) instead of being waited out like a lost connection.
+    catch_ups: list[str] = []
+    caught_up_again = trio.Event()
+
+    async def catch_up() -> None:
+        catch_ups.append("tried")
+        if len(catch_ups) == 1:
+            raise Unavailable("the store cannot be read: gone; retry later")
+        caught_up_again.set()
+
+    sync = ClusterSync(
+        shared_store,
+        node_id="one",
+        deliveries=lambda urls: None,
+        webhooks=lambda ids: None,
+        membership=lambda: None,
+        catch_up=catch_up,
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sync.run)
+            await caught_up_again.wait()
+            nursery.cancel_scope.cancel()
+    assert catch_ups == ["tried", "tried"]

@@ -36,6 +36,7 @@ import trio
 from hookd.engine.actor import ActorStatistics
 from hookd.engine.breaker import BreakerState
 from hookd.engine.dispatcher import Dispatcher
+from hookd.engine.errors import Unavailable
 from hookd.engine.monitor import LiveState, NodeInfo
 from hookd.engine.store import cluster_ops
 from hookd.engine.store.backend import SharedBackend
@@ -371,16 +372,21 @@ class ClusterSync:
                 await self._pump(source)
             except StoreFault as fault:
                 log.warning("notifications interrupted reason=%s; catching up after reconnecting", fault.reason)
+            except Unavailable as error:  # a read for a catch-up or a reload failed: the store is down
+                log.warning("cannot read what changed reason=%s; catching up after reconnecting", error)
             finally:
                 source.close()
             await trio.sleep(RECONNECT_S)
 
     async def _pump(self, source: Any) -> None:
+        # The backstop runs on a schedule, not after a silence: a busy cluster is never silent.
+        backstop_at = trio.current_time() + BACKSTOP_S
         while True:
-            with trio.move_on_after(BACKSTOP_S) as waited:
+            with trio.move_on_at(backstop_at):
                 await trio.lowlevel.wait_readable(source.fileno())
-            if waited.cancelled_caught:
+            if trio.current_time() >= backstop_at:
                 await self._catch_up()
+                backstop_at = trio.current_time() + BACKSTOP_S
                 continue
             changed: list[str] = []
             for channel, origin, items in source.drain():

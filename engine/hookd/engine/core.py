@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import outcome
 import trio
@@ -50,6 +50,7 @@ from hookd.engine.registry import WebhookRegistry
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
 from hookd.engine.store.delivery_ops import RecoveredBatch, RecoveryFilter
+from hookd.engine.store.sql import Tx
 from hookd.engine.store.webhook_ops import Disabled
 from hookd.engine.store.writer import Readers, Reply, StoreStatus, Writer, WriterStatistics
 from hookd.engine.validation import (
@@ -64,6 +65,8 @@ from hookd.engine.validation import (
 )
 
 log = logging.getLogger("hookd.engine")
+
+T = TypeVar("T")
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 #: How long TestWebhook waits for a request slot at a busy destination, beyond two timeouts.
@@ -110,6 +113,10 @@ class Engine:
         self._nursery: trio.Nursery
         # Background recoveries go one after another.
         self._recovery_lock = trio.Lock()
+        # Cluster: reads of webhooks other nodes changed are applied one at a time, in order, and
+        # read again when one of this node's own webhook changes commits meanwhile (the count).
+        self._reload_lock = trio.Lock()
+        self._local_webhook_changes = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the store, resume pending deliveries, and run until cancelled.
@@ -211,11 +218,26 @@ class Engine:
         for url in urls:
             self._dispatcher.poke(url)
 
+    async def _read_settled(self, read: Callable[[Tx], T]) -> T:
+        """``read``'s result, read again until no change of this node's committed meanwhile.
+
+        A read in flight while this node commits a webhook change may return the row as it was
+        before; applied after the commit's hook, it would take memory back a version (or bring
+        back a deleted webhook). Callers hold ``_reload_lock``, so two reads are never applied
+        out of order either.
+        """
+        while True:
+            seen = self._local_webhook_changes
+            result = await self._readers.run(read)
+            if self._local_webhook_changes == seen:
+                return result
+
     async def _reload_webhooks(self, webhook_ids: list[str]) -> None:
         """Another node changed these webhooks: apply the stored versions here."""
-        for webhook_id in dict.fromkeys(webhook_ids):
-            stored = await self._readers.run(partial(webhook_ops.find_webhook, webhook_id=webhook_id))
-            self._apply_stored(webhook_id, stored)
+        async with self._reload_lock:
+            for webhook_id in dict.fromkeys(webhook_ids):
+                stored = await self._read_settled(partial(webhook_ops.find_webhook, webhook_id=webhook_id))
+                self._apply_stored(webhook_id, stored)
 
     def _apply_stored(self, webhook_id: str, stored: Webhook | None) -> None:
         current = self.registry.get(webhook_id)
@@ -224,16 +246,17 @@ class Engine:
                 self._deleted((current, 0))
         elif current is None:
             self.registry.put(stored)
-            if stored.status is Status.ACTIVE:
-                self._dispatcher.poke(stored.url)
+            # Even when inactive: a ping made through another node may be waiting for it here.
+            self._dispatcher.poke(stored.url)
         elif stored != current:
             self._updated((current, stored))
 
     async def _catch_up(self) -> None:
         """After notifications may have been missed: read the webhooks and the work again."""
-        stored = {hook.id: hook for hook in await self._readers.run(queries.all_webhooks)}
-        for webhook_id in {hook.id for hook in self.registry.all()} | set(stored):
-            self._apply_stored(webhook_id, stored.get(webhook_id))
+        async with self._reload_lock:
+            stored = {hook.id: hook for hook in await self._read_settled(queries.all_webhooks)}
+            for webhook_id in {hook.id for hook in self.registry.all()} | set(stored):
+                self._apply_stored(webhook_id, stored.get(webhook_id))
         await self._dispatcher.resume(lambda url: True)
         if self._membership is not None:
             self._membership.wake()
@@ -258,8 +281,12 @@ class Engine:
 
     async def health_snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
         """Health figures for the service and the named webhooks and destinations (all when None)."""
-        for hook_id in webhook_ids or ():
-            if await self._find_webhook(hook_id) is None:
+        unknown = [hook_id for hook_id in webhook_ids or () if self.registry.get(hook_id) is None]
+        if unknown and self._membership is not None:
+            # Made through another node, and not heard of here yet: the figures need it in memory.
+            await self._reload_webhooks(unknown)
+        for hook_id in unknown:
+            if self.registry.get(hook_id) is None:
                 raise NotFound(f"webhooks/{hook_id} not found")
         return await self._monitor.snapshot(webhook_ids, urls)
 
@@ -303,7 +330,8 @@ class Engine:
         )
         await self._writer.execute(
             partial(webhook_ops.insert_webhook, webhook=webhook, limit=self.config.max_webhooks_per_type),
-            on_commit=self.registry.put,
+            on_commit=self._created,
+            first=webhook_ops.lock_type_room,
         )
         log.info("webhook created name=webhooks/%s type=%s.%s", webhook.id, webhook.resource, webhook.event)
         return webhook
@@ -368,11 +396,17 @@ class Engine:
                 limit=self.config.max_webhooks_per_type,
             ),
             on_commit=self._updated,
+            first=webhook_ops.lock_type_room if {"resource", "event"} & set(paths) else None,
         )
         log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
         return new
 
+    def _created(self, webhook: Webhook) -> None:
+        self._local_webhook_changes += 1
+        self.registry.put(webhook)
+
     def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
+        self._local_webhook_changes += 1
         stored, new = versions
         # The actors act on the version in memory, which in a cluster may lag the stored one.
         old = self.registry.get(new.id) or stored
@@ -405,6 +439,7 @@ class Engine:
         return await self._maintenance.run_once(now)
 
     def _deleted(self, outcome: tuple[Webhook, int]) -> None:
+        self._local_webhook_changes += 1
         stored = outcome[0]
         # The actors act on the version in memory, which in a cluster may lag the stored one.
         old = self.registry.remove(stored.id) or stored
@@ -438,7 +473,7 @@ class Engine:
                 previous_expires=now + grace,
                 now=now,
             ),
-            on_commit=self.registry.put,
+            on_commit=lambda rotated: self._updated((rotated, rotated)),
         )
         log.info("secret rotated name=webhooks/%s grace_s=%g", webhook_id, grace)
         return webhook

@@ -30,7 +30,9 @@ def _duplicate(webhook: Webhook) -> AlreadyExists:
 
 
 def load_webhook(tx: Tx, webhook_id: str) -> Webhook:
-    rows = tx.rows("SELECT * FROM webhooks WHERE id = ?", [webhook_id])
+    """The stored webhook, locked for the change the caller makes to it: two nodes changing
+    one webhook at once take turns, so neither writes its row back over the other's change."""
+    rows = tx.rows(f"SELECT * FROM webhooks WHERE id = ?{tx.dialect.for_update}", [webhook_id])
     if not rows:
         raise NotFound(f"webhooks/{webhook_id} not found")
     return webhook_from_row(rows[0])
@@ -71,19 +73,33 @@ def next_seq(tx: Tx) -> int:
     return int(value)
 
 
-#: PostgreSQL advisory lock key that webhooks joining an event type take in turn (any fixed bigint).
+#: PostgreSQL advisory lock key under which transactions that add a webhook to an event type
+#: (any type: one key, so two can never wait for each other's) count that type's webhooks.
 _TYPE_ROOM_LOCK = 0x686F6F6B64_01
+_TYPE_ROOM_LOCKED = "webhook_ops.type_room_locked"
+
+
+def lock_type_room(tx: Tx) -> None:
+    """Take the lock that ``_check_room`` counts under, till the transaction ends.
+
+    SQLite runs one write transaction at a time and needs none. On PostgreSQL, several nodes'
+    writers run side by side: without the lock, two could each count the other's new webhook
+    out and both add theirs. Pass this as the write's ``first`` (``Writer.execute``), so the
+    transaction takes it before any other lock, never while holding one.
+    """
+    if tx.backend == "postgresql" and not tx.memo.get(_TYPE_ROOM_LOCKED):
+        tx.scalar("SELECT pg_advisory_xact_lock(?)", [_TYPE_ROOM_LOCK])
+        tx.memo[_TYPE_ROOM_LOCKED] = True
 
 
 def _check_room(tx: Tx, resource: str, event: str, limit: int) -> None:
     """Refuse a webhook joining an event type that already has ``limit`` of them.
 
-    Counted in the transaction that adds the webhook, so concurrent creates cannot all pass on
-    one count. SQLite runs one write transaction at a time; on PostgreSQL, several nodes' writers
-    run side by side, so they take a transaction-scoped advisory lock first and count in turn.
+    Counted in the transaction that adds the webhook, so creates under way together cannot all
+    pass on one count. The lock is normally held already (``lock_type_room`` run first); taking
+    it here keeps the count right whatever the caller passed.
     """
-    if tx.backend == "postgresql":
-        tx.scalar("SELECT pg_advisory_xact_lock(?)", [_TYPE_ROOM_LOCK])
+    lock_type_room(tx)
     count = int(tx.scalar("SELECT COUNT(*) FROM webhooks WHERE resource = ? AND event = ?", [resource, event]))
     if count >= limit:
         raise ResourceExhausted(

@@ -83,7 +83,7 @@ class _Op(Generic[T]):
     """One write. A caller waits on it through ``done`` (a task) or ``reply`` (a callback), or
     neither (a background write, which is held and retried while the store cannot write)."""
 
-    __slots__ = ("after", "cost", "done", "error", "fn", "merge", "on_commit", "reply", "result")
+    __slots__ = ("after", "cost", "done", "error", "first", "fn", "merge", "on_commit", "reply", "result")
 
     def __init__(
         self,
@@ -94,9 +94,11 @@ class _Op(Generic[T]):
         cost: int = UNKNOWN_COST,
         reply: Reply[T] | None = None,
         merge: tuple[WriteMany, Any] | None = None,
+        first: WriteFn[None] | None = None,
     ) -> None:
         self.fn = fn
         self.merge = merge
+        self.first = first
         self.cost = cost
         self.on_commit = on_commit
         self.after = after
@@ -190,7 +192,12 @@ class Writer:
     # -- entry points ----------------------------------------------------------------------------
 
     async def execute(
-        self, fn: WriteFn[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
+        self,
+        fn: WriteFn[T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        cost: int = UNKNOWN_COST,
+        first: WriteFn[None] | None = None,
     ) -> T:
         """Run ``fn`` in the next transaction and return its result once committed.
 
@@ -198,11 +205,14 @@ class Writer:
         observe the result: the place to hand new deliveries to the actors without a race.
         ``cost`` is about how many rows ``fn`` writes (small batches commit inline). ``fn`` may
         run twice in its transaction (``partial_batch``): it must act through ``tx`` alone.
+        ``first`` runs at the start of the transaction, before any op of the batch (once however
+        many ops bring it): a lock taken there is never waited for while the transaction
+        already holds others, so it cannot close a deadlock with another node's transaction.
         Raises ``Unavailable`` when the store cannot write (then nothing of ``fn`` is stored).
         """
         if not self._status.available:
             raise self._unavailable_error()
-        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit, cost=cost)
+        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit, cost=cost, first=first)
         await self._send.send(op)
         assert op.done is not None
         await op.done.wait()
@@ -384,12 +394,17 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     PostgreSQL a savepoint that writes is a subtransaction, which slows every session once a
     transaction holds more than 64 of them.
 
-    A ``StoreFault`` inside an op is the whole transaction's fault (the disk is full for every
+    What ops ask to run ``first`` runs before all that, outside the savepoints. A ``StoreFault``
+    inside an op is the whole transaction's fault (the disk is full for every
     op), and a ``Conflict`` (a deadlock with another node's transaction) aborts it whole: both
     propagate, and the backend rolls everything back (and runs the batch again on a conflict).
     """
 
+    firsts = list(dict.fromkeys(op.first for op in batch if op.first is not None))
+
     def body(tx: Tx) -> None:
+        for first in firsts:
+            first(tx)
         tx.execute("SAVEPOINT batch")
         try:
             _run_merged(tx, batch)
