@@ -208,3 +208,28 @@ async def test_a_webhook_heard_of_wakes_its_destination_even_when_inactive(
         monkeypatch.setattr(reader._dispatcher, "poke", poked.append)
         await reader._reload_webhooks([hook.id])
         assert poked == [URL]
+
+
+async def test_a_change_waits_for_another_nodes_change_of_the_same_webhook_and_keeps_it(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = postgres_server.new_database()
+    async with _two_nodes(database, monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        other = psycopg.connect(database)  # another node's transaction, caught half-way
+        watcher = psycopg.connect(database, autocommit=True)
+        try:
+            other.execute("UPDATE webhooks SET description = 'changed elsewhere' WHERE id = %s", [hook.id])
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(reader.rotate_secret, hook.id, 0.0)
+                try:
+                    while not watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:  # type: ignore[index]
+                        await trio.sleep(0.01)
+                finally:  # the rotation's thread waits for this: let it go whatever happened
+                    other.commit()
+            stored = watcher.execute("SELECT description FROM webhooks WHERE id = %s", [hook.id]).fetchone()
+            # Read before the other change committed, the row would have been written back over it.
+            assert stored == ("changed elsewhere",)
+        finally:
+            other.close()
+            watcher.close()
