@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from hookd.engine import Engine, EngineConfig
+from hookd.engine import core as core_module
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
 from hookd.engine.model import Status
@@ -233,3 +234,87 @@ async def test_a_change_waits_for_another_nodes_change_of_the_same_webhook_and_k
         finally:
             other.close()
             watcher.close()
+
+
+class _HeldRead:
+    """Holds the reader node's next read of webhooks after it is made, until released: a read
+    under way while the node commits a change of its own."""
+
+    def __init__(self, node: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made, self.release = trio.Event(), trio.Event()
+        original = node._readers.run
+
+        async def run(fn: Any) -> Any:
+            result = await original(fn)
+            if not self.made.is_set():
+                self.made.set()
+                await self.release.wait()
+            return result
+
+        monkeypatch.setattr(node._readers, "run", run)
+
+
+async def test_a_read_from_before_this_node_created_the_webhook_does_not_remove_it(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core_module, "new_webhook_id", lambda: "wh_known_in_advance")
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (_, reader):
+        held = _HeldRead(reader, monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader._reload_webhooks, ["wh_known_in_advance"])
+            await held.made.wait()  # it found no such webhook ...
+            await reader.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+            held.release.set()  # ... and lands after the node created it
+        assert reader.registry.get("wh_known_in_advance") is not None
+
+
+async def test_a_read_from_before_this_node_deleted_the_webhook_does_not_bring_it_back(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (_, reader):
+        hook = await reader.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        held = _HeldRead(reader, monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader._reload_webhooks, [hook.id])
+            await held.made.wait()
+            await reader.delete_webhook(hook.id)
+            held.release.set()
+        assert reader.registry.get(hook.id) is None
+        assert reader.registry.subscriber_count("order", "created") == 0
+
+
+async def test_a_commit_hook_never_takes_memory_back_to_an_older_version(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This node's change commits; before its hook runs, another node's later change is read
+    # and applied. The hook must leave the newer version in place.
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        mine = replace(hook, url=f"{URL}/mine", version=hook.version + 1)
+        theirs = replace(hook, url=f"{URL}/theirs", version=hook.version + 2)
+        reader.registry.put(theirs)
+        reader._updated_here((hook, mine))
+        current = reader.registry.get(hook.id)
+        assert current is not None and current.url == f"{URL}/theirs"
+
+
+async def test_health_of_a_webhook_deleted_through_another_node_is_not_found(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        await reader.health_snapshot([hook.id])
+        await writer.delete_webhook(hook.id)  # the reader does not hear of it
+        with pytest.raises(NotFound):
+            await reader.health_snapshot([hook.id])
+
+
+async def test_a_change_through_a_node_that_never_heard_of_the_webhook_wakes_its_destination(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        poked: list[str] = []
+        monkeypatch.setattr(reader._dispatcher, "poke", poked.append)
+        await reader.rotate_secret(hook.id, 0.0)
+        assert poked == [URL]  # its actor had dropped the webhook's jobs as unknown

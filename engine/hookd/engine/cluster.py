@@ -374,19 +374,19 @@ class ClusterSync:
                 log.warning("notifications interrupted reason=%s; catching up after reconnecting", fault.reason)
             except Unavailable as error:  # a read for a catch-up or a reload failed: the store is down
                 log.warning("cannot read what changed reason=%s; catching up after reconnecting", error)
+                if not started:  # as when it cannot listen: start, and catch up once it can read
+                    task_status.started()
+                    started = True
             finally:
                 source.close()
             await trio.sleep(RECONNECT_S)
 
     async def _pump(self, source: Any) -> None:
-        # The backstop runs on a schedule, not after a silence: a busy cluster is never silent.
-        backstop_at = trio.current_time() + BACKSTOP_S
         while True:
-            with trio.move_on_at(backstop_at):
+            with trio.move_on_after(BACKSTOP_S) as waited:
                 await trio.lowlevel.wait_readable(source.fileno())
-            if trio.current_time() >= backstop_at:
+            if waited.cancelled_caught:
                 await self._catch_up()
-                backstop_at = trio.current_time() + BACKSTOP_S
                 continue
             changed: list[str] = []
             for channel, origin, items in source.drain():

@@ -13,7 +13,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import outcome
 import trio
@@ -66,7 +66,8 @@ from hookd.engine.validation import (
 
 log = logging.getLogger("hookd.engine")
 
-T = TypeVar("T")
+#: Reads of a webhook another node changed, when this node keeps changing it meanwhile.
+RELOAD_ATTEMPTS = 3
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 #: How long TestWebhook waits for a request slot at a busy destination, beyond two timeouts.
@@ -113,10 +114,11 @@ class Engine:
         self._nursery: trio.Nursery
         # Background recoveries go one after another.
         self._recovery_lock = trio.Lock()
-        # Cluster: reads of webhooks other nodes changed are applied one at a time, in order, and
-        # read again when one of this node's own webhook changes commits meanwhile (the count).
-        self._reload_lock = trio.Lock()
-        self._local_webhook_changes = 0
+        # Cluster: this node's own webhook changes, counted, and which webhooks they were while
+        # reads of other nodes' changes were under way (see _reload).
+        self._local_changes = 0
+        self._reads_under_way = 0
+        self._changed_during_reads: dict[str, int] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the store, resume pending deliveries, and run until cancelled.
@@ -218,45 +220,69 @@ class Engine:
         for url in urls:
             self._dispatcher.poke(url)
 
-    async def _read_settled(self, read: Callable[[Tx], T]) -> T:
-        """``read``'s result, read again until no change of this node's committed meanwhile.
+    def _changed_here(self, webhook_id: str) -> None:
+        """This node committed a change of the webhook (its commit hook is running)."""
+        self._local_changes += 1
+        if self._reads_under_way:
+            self._changed_during_reads[webhook_id] = self._local_changes
 
-        A read in flight while this node commits a webhook change may return the row as it was
-        before; applied after the commit's hook, it would take memory back a version (or bring
-        back a deleted webhook). Callers hold ``_reload_lock``, so two reads are never applied
-        out of order either.
+    async def _reload(self, read: Callable[[Tx], dict[str, Webhook]], webhook_ids: list[str] | None) -> list[str]:
+        """Apply what ``read`` finds of ``webhook_ids`` (None: every webhook known or stored);
+        return the ids to read again.
+
+        A read under way while this node commits a change of its own may return the row as it
+        was before. Versions order two copies of a row, but not a row and its absence: which
+        webhooks this node changed meanwhile says when a missing or present row may be stale.
         """
-        while True:
-            seen = self._local_webhook_changes
-            result = await self._readers.run(read)
-            if self._local_webhook_changes == seen:
-                return result
+        self._reads_under_way += 1
+        started = self._local_changes
+        try:
+            stored = await self._readers.run(read)
+            ids = webhook_ids if webhook_ids is not None else [*stored, *(h.id for h in self.registry.all())]
+            again = []
+            for webhook_id in dict.fromkeys(ids):
+                changed_meanwhile = self._changed_during_reads.get(webhook_id, 0) > started
+                if not self._apply_stored(webhook_id, stored.get(webhook_id), changed_meanwhile):
+                    again.append(webhook_id)
+            return again
+        finally:
+            self._reads_under_way -= 1
+            if not self._reads_under_way:
+                self._changed_during_reads.clear()
 
     async def _reload_webhooks(self, webhook_ids: list[str]) -> None:
         """Another node changed these webhooks: apply the stored versions here."""
-        async with self._reload_lock:
-            for webhook_id in dict.fromkeys(webhook_ids):
-                stored = await self._read_settled(partial(webhook_ops.find_webhook, webhook_id=webhook_id))
-                self._apply_stored(webhook_id, stored)
+        ids = list(dict.fromkeys(webhook_ids))
+        for _ in range(RELOAD_ATTEMPTS):
+            if not ids:
+                return
+            ids = await self._reload(partial(webhook_ops.find_webhooks, webhook_ids=ids), ids)
+        # Changed here at every try: each change of this node's is newer anyway, and the
+        # backstop's catch-up reads them again.
 
-    def _apply_stored(self, webhook_id: str, stored: Webhook | None) -> None:
+    def _apply_stored(self, webhook_id: str, stored: Webhook | None, changed_meanwhile: bool) -> bool:
+        """Bring memory to the stored version if it is newer; False when the read may be stale
+        and must be made again."""
         current = self.registry.get(webhook_id)
         if stored is None:
-            if current is not None:
-                self._deleted((current, 0))
+            if current is None:
+                return True
+            if changed_meanwhile:  # the read may be from before this node created it
+                return False
+            self._deleted((current, 0))
         elif current is None:
-            self.registry.put(stored)
-            # Even when inactive: a ping made through another node may be waiting for it here.
-            self._dispatcher.poke(stored.url)
-        elif stored != current:
+            if not changed_meanwhile:  # else this node deleted it after the read
+                self.registry.put(stored)
+                # Even when inactive: a ping made through another node may be waiting for it here.
+                self._dispatcher.poke(stored.url)
+        elif stored.version > current.version:
             self._updated((current, stored))
+        return True
 
     async def _catch_up(self) -> None:
         """After notifications may have been missed: read the webhooks and the work again."""
-        async with self._reload_lock:
-            stored = {hook.id: hook for hook in await self._read_settled(queries.all_webhooks)}
-            for webhook_id in {hook.id for hook in self.registry.all()} | set(stored):
-                self._apply_stored(webhook_id, stored.get(webhook_id))
+        again = await self._reload(_webhooks_by_id, None)
+        await self._reload_webhooks(again)
         await self._dispatcher.resume(lambda url: True)
         if self._membership is not None:
             self._membership.wake()
@@ -281,11 +307,11 @@ class Engine:
 
     async def health_snapshot(self, webhook_ids: list[str] | None = None, urls: list[str] | None = None) -> Snapshot:
         """Health figures for the service and the named webhooks and destinations (all when None)."""
-        unknown = [hook_id for hook_id in webhook_ids or () if self.registry.get(hook_id) is None]
-        if unknown and self._membership is not None:
-            # Made through another node, and not heard of here yet: the figures need it in memory.
-            await self._reload_webhooks(unknown)
-        for hook_id in unknown:
+        if webhook_ids and self._membership is not None:
+            # Made, changed or deleted through another node, maybe not heard of here yet: the
+            # figures come from memory, so bring it up to date first.
+            await self._reload_webhooks(webhook_ids)
+        for hook_id in webhook_ids or ():
             if self.registry.get(hook_id) is None:
                 raise NotFound(f"webhooks/{hook_id} not found")
         return await self._monitor.snapshot(webhook_ids, urls)
@@ -328,7 +354,7 @@ class Engine:
             update_time=now,
             ordering=data.ordering or Ordering.UNORDERED,
         )
-        await self._writer.execute(
+        webhook = await self._writer.execute(
             partial(webhook_ops.insert_webhook, webhook=webhook, limit=self.config.max_webhooks_per_type),
             on_commit=self._created,
             first=webhook_ops.lock_type_room,
@@ -395,22 +421,33 @@ class Engine:
                 now=now,
                 limit=self.config.max_webhooks_per_type,
             ),
-            on_commit=self._updated,
+            on_commit=self._updated_here,
             first=webhook_ops.lock_type_room if {"resource", "event"} & set(paths) else None,
         )
         log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
         return new
 
     def _created(self, webhook: Webhook) -> None:
-        self._local_webhook_changes += 1
-        self.registry.put(webhook)
+        self._changed_here(webhook.id)
+        known = self.registry.get(webhook.id)
+        if known is None or known.version < webhook.version:
+            self.registry.put(webhook)
+
+    def _updated_here(self, versions: tuple[Webhook, Webhook]) -> None:
+        self._changed_here(versions[1].id)
+        self._updated(versions)
 
     def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
-        self._local_webhook_changes += 1
         stored, new = versions
+        known = self.registry.get(new.id)
+        if known is not None and known.version >= new.version:
+            return  # memory holds this version or a newer one already (read from the store meanwhile)
         # The actors act on the version in memory, which in a cluster may lag the stored one.
-        old = self.registry.get(new.id) or stored
+        old = known or stored
         self.registry.put(new)
+        if known is None:
+            # Unheard of here until now: its destination's actor dropped its jobs (a ping, say).
+            self._dispatcher.poke(new.url)
         if old.url != new.url:
             # The old URL's actor lets go of the webhook's jobs and aborts its requests in flight,
             # so the next attempt is the new URL's (and the two actors never send it together).
@@ -422,7 +459,7 @@ class Engine:
         await self.get_webhook(webhook_id)
         now = self.clock.now()
         _, cancelled = await self._writer.execute(
-            partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now), on_commit=self._deleted
+            partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now), on_commit=self._deleted_here
         )
         log.info("webhook deleted name=webhooks/%s cancelled=%d", webhook_id, cancelled)
         return int(cancelled)
@@ -430,7 +467,7 @@ class Engine:
     def _disabled(self, disabled: list[Disabled]) -> None:
         """Webhooks maintenance switched off (committed): apply, say so, send the announcements."""
         for item in disabled:
-            self._updated((item.old, item.new))
+            self._updated_here((item.old, item.new))
             log.warning("webhook disabled name=webhooks/%s reason=%s", item.new.id, item.new.disabled_reason)
             self._offer(item.published)
 
@@ -438,8 +475,11 @@ class Engine:
         """One maintenance run now, judging ages as of ``now`` (epoch seconds; default: now)."""
         return await self._maintenance.run_once(now)
 
+    def _deleted_here(self, outcome: tuple[Webhook, int]) -> None:
+        self._changed_here(outcome[0].id)
+        self._deleted(outcome)
+
     def _deleted(self, outcome: tuple[Webhook, int]) -> None:
-        self._local_webhook_changes += 1
         stored = outcome[0]
         # The actors act on the version in memory, which in a cluster may lag the stored one.
         old = self.registry.remove(stored.id) or stored
@@ -473,7 +513,7 @@ class Engine:
                 previous_expires=now + grace,
                 now=now,
             ),
-            on_commit=lambda rotated: self._updated((rotated, rotated)),
+            on_commit=lambda rotated: self._updated_here((rotated, rotated)),
         )
         log.info("secret rotated name=webhooks/%s grace_s=%g", webhook_id, grace)
         return webhook
@@ -822,3 +862,7 @@ class Engine:
                 )
                 return
         log.info("recovery finished name=webhooks/%s recovered=%d", selection.webhook_id or "-", recovered)
+
+
+def _webhooks_by_id(tx: Tx) -> dict[str, Webhook]:
+    return {webhook.id: webhook for webhook in queries.all_webhooks(tx)}

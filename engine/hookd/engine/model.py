@@ -124,6 +124,8 @@ class Webhook:
     #: Why hookd switched the webhook off by itself (auto-disable), and when; empty and 0 otherwise.
     disabled_reason: str = ""
     disable_time: float = 0.0
+    #: One more with every committed change (the store sets it): which of two copies is newer.
+    version: int = 0
 
     def signing_secrets(self, now: float) -> list[str]:
         """Secrets that sign a request sent at ``now``: the current one, and the previous one in its grace period."""

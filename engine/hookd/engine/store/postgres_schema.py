@@ -172,7 +172,15 @@ _V2 = shared_schema.operations("DOUBLE PRECISION")
 #: SQLite's version 6: ordered delivery.
 _V3 = list(shared_schema.ORDERING)
 
-MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [_statements(_V1), _statements(_V2), _statements(_V3)]
+#: SQLite's version 7: webhook versions.
+_V4 = list(shared_schema.VERSIONS)
+
+MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
+    _statements(_V1),
+    _statements(_V2),
+    _statements(_V3),
+    _statements(_V4),
+]
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:

@@ -62,6 +62,7 @@ WEBHOOK_COLUMNS = (
     "ordering",
     "disabled_reason",
     "disable_time",
+    "version",
 )
 
 
@@ -85,6 +86,7 @@ def webhook_to_row(webhook: Webhook) -> dict[str, Any]:
         "ordering": webhook.ordering.value,
         "disabled_reason": webhook.disabled_reason,
         "disable_time": webhook.disable_time,
+        "version": webhook.version,
     }
 
 
@@ -108,6 +110,7 @@ def webhook_from_row(row: dict[str, Any]) -> Webhook:
         ordering=Ordering(row["ordering"]),
         disabled_reason=row["disabled_reason"],
         disable_time=row["disable_time"],
+        version=row["version"],
     )
 
 

@@ -29,6 +29,10 @@ def operations(real: str) -> list[str]:
     return [statement.format(real=real) for statement in OPERATIONS]
 
 
+#: A webhook's version, one more with every committed change: a node that reads a webhook
+#: another node changed applies the row only if it is newer than the one it holds.
+VERSIONS = ("ALTER TABLE webhooks ADD COLUMN version INTEGER NOT NULL DEFAULT 0",)
+
 #: An ordered webhook sends only its oldest pending delivery: found from this index at once,
 #: however many deliveries the webhook has had.
 ORDERING = ("CREATE INDEX deliveries_pending_webhook ON deliveries(webhook_id, id) WHERE state = 'PENDING'",)

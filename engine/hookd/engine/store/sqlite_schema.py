@@ -181,7 +181,13 @@ def _v6(db: sqlite_utils.Database, dialect: Dialect) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+def _v7(db: sqlite_utils.Database, dialect: Dialect) -> None:
+    # Webhook versions (store/shared_schema.py; PostgreSQL's version 4).
+    for statement in shared_schema.VERSIONS:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 
 
 class SchemaTooNew(RuntimeError):

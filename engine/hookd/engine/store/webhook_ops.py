@@ -44,7 +44,26 @@ def find_webhook(tx: Tx, webhook_id: str) -> Webhook | None:
     return webhook_from_row(rows[0]) if rows else None
 
 
-def _store(tx: Tx, webhook: Webhook, *, insert: bool) -> None:
+def find_webhooks(tx: Tx, webhook_ids: list[str]) -> dict[str, Webhook]:
+    """The stored webhooks of ``webhook_ids`` that exist, by id."""
+    found: dict[str, Webhook] = {}
+    for start in range(0, len(webhook_ids), _IDS_PER_READ):
+        chunk = webhook_ids[start : start + _IDS_PER_READ]
+        rows = tx.rows(f"SELECT * FROM webhooks WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+        found.update((row["id"], webhook_from_row(row)) for row in rows)
+    return found
+
+
+_IDS_PER_READ = 500
+
+
+def _store(tx: Tx, webhook: Webhook, *, insert: bool) -> Webhook:
+    """Write the webhook, one version on from the one it was made from; return what was stored.
+
+    A change starts from the row as locked in this transaction (``load_webhook``), so versions
+    of one webhook never repeat, whichever node writes them.
+    """
+    webhook = replace(webhook, version=webhook.version + 1)
     row = webhook_to_row(webhook)
     values = [row[name] for name in WEBHOOK_COLUMNS]
     try:
@@ -62,6 +81,7 @@ def _store(tx: Tx, webhook: Webhook, *, insert: bool) -> None:
     except UniqueViolation as error:
         raise _duplicate(webhook) from error
     tx.notify(WEBHOOKS_CHANNEL, webhook.id)
+    return webhook
 
 
 def next_seq(tx: Tx) -> int:
@@ -111,8 +131,7 @@ def _check_room(tx: Tx, resource: str, event: str, limit: int) -> None:
 def insert_webhook(tx: Tx, webhook: Webhook, limit: int) -> Webhook:
     """Store a new webhook, within the ``limit`` of webhooks its event type may have."""
     _check_room(tx, webhook.resource, webhook.event, limit)
-    _store(tx, webhook, insert=True)
-    return webhook
+    return _store(tx, webhook, insert=True)
 
 
 def update_webhook(
@@ -134,7 +153,7 @@ def update_webhook(
         health_ops.reset_failing(tx, webhook_id)
     if reactivated:
         new = replace(new, disabled_reason="", disable_time=0.0)
-    _store(tx, new, insert=False)
+    new = _store(tx, new, insert=False)
     if new.url != old.url:
         tx.execute(
             "UPDATE deliveries SET destination = ?, "
@@ -186,8 +205,7 @@ def rotate_secret(tx: Tx, webhook_id: str, secret: str, previous_expires: float,
         previous_secret_expires=previous_expires,
         update_time=now,
     )
-    _store(tx, new, insert=False)
-    return new
+    return _store(tx, new, insert=False)
 
 
 # -- auto-disable ------------------------------------------------------------------------------

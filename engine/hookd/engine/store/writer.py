@@ -405,6 +405,7 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     def body(tx: Tx) -> None:
         for first in firsts:
             first(tx)
+        noted_first = dict(tx.memo)  # what the firsts noted (a lock held) outlives the rollback
         tx.execute("SAVEPOINT batch")
         try:
             _run_merged(tx, batch)
@@ -417,7 +418,7 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
             # read or locked) went with them.
             tx.pending.clear()
             tx.notifications.clear()
-            tx.memo.clear()
+            tx.memo = dict(noted_first)
             _run_each_in_a_savepoint(tx, batch)
         tx.execute("RELEASE batch")
         for name, pending in list(tx.pending.items()):
