@@ -21,14 +21,30 @@ from hookd.engine import Engine, EngineConfig
 from hookd.engine import core as core_module
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
-from hookd.engine.model import Status
+from hookd.engine.model import Auth, InactivePolicy, Status, Webhook
 from hookd.engine.store import webhook_ops
 from hookd.engine.store.backend import open_backend
+from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import _Op, partial_batch
 from hookd.engine.validation import WebhookInput
 from tests.support.postgres import PostgresServer
 
 URL = "http://127.0.0.1:9/hook"
+_HOOK_TEMPLATE = Webhook(
+    id="wh_template",
+    resource="order",
+    event="created",
+    url=URL,
+    auth=Auth(),
+    secret="whsec_template",
+    status=Status.ACTIVE,
+    inactive_policy=InactivePolicy.QUEUE,
+    description="",
+    rate_limit=0.0,
+    timeout_s=10.0,
+    create_time=1.0,
+    update_time=1.0,
+)
 
 
 def _node(database: str, node_id: str) -> Engine:
@@ -318,3 +334,35 @@ async def test_a_change_through_a_node_that_never_heard_of_the_webhook_wakes_its
         monkeypatch.setattr(reader._dispatcher, "poke", poked.append)
         await reader.rotate_secret(hook.id, 0.0)
         assert poked == [URL]  # its actor had dropped the webhook's jobs as unknown
+
+
+def test_the_type_lock_is_taken_once_even_when_the_batch_is_run_again_op_by_op(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After an op fails, the batch is undone to its savepoint and run op by op; the lock taken
+    # first, before the savepoint, is still held, and the memo that says so must survive too.
+    backend = open_backend(postgres_server.new_database())
+    backend.open(readers=1)
+    statements: list[str] = []
+    scalar = Tx.scalar
+
+    def counted(self: Tx, sql: str, params: Any = ()) -> Any:
+        statements.append(sql)
+        return scalar(self, sql, params)
+
+    monkeypatch.setattr(Tx, "scalar", counted)
+
+    def failing(tx: Tx) -> None:
+        raise ValueError("this op fails")
+
+    hook = replace(_HOOK_TEMPLATE, id="wh_after_a_failure", version=0)
+    batch: list[_Op[Any]] = [
+        _Op(failing, False),
+        _Op(partial(webhook_ops.insert_webhook, webhook=hook, limit=10), False, first=webhook_ops.lock_type_room),
+    ]
+    try:
+        backend.write(partial_batch(batch))
+    finally:
+        backend.close()
+    assert isinstance(batch[0].error, ValueError) and batch[1].error is None
+    assert sum("pg_advisory_xact_lock" in sql for sql in statements) == 1
