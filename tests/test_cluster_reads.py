@@ -366,3 +366,51 @@ def test_the_type_lock_is_taken_once_even_when_the_batch_is_run_again_op_by_op(
         backend.close()
     assert isinstance(batch[0].error, ValueError) and batch[1].error is None
     assert sum("pg_advisory_xact_lock" in sql for sql in statements) == 1
+
+
+async def test_an_older_read_never_lands_after_a_newer_one(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A health call's reload reads the webhook; another node deletes it; the notification's
+    # reload reads it gone. Had the first landed last, the deleted webhook would be back in
+    # memory for good (no notification of it will come again).
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        held = _HeldRead(reader, monkeypatch)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader._reload_webhooks, [hook.id])
+            await held.made.wait()  # read: present
+            await writer.delete_webhook(hook.id)
+            nursery.start_soon(reader._reload_webhooks, [hook.id])  # will read: gone
+            await trio.sleep(0.2)
+            held.release.set()
+        assert reader.registry.get(hook.id) is None
+        assert reader.registry.subscriber_count("order", "created") == 0
+
+
+async def test_a_change_that_kept_the_version_is_taken_all_the_same(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A node of the release before versions (during a rolling upgrade), or a hand-made UPDATE,
+    # changes a row without counting its version.
+    database = postgres_server.new_database()
+    async with _two_nodes(database, monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        await reader._reload_webhooks([hook.id])
+        with psycopg.connect(database, autocommit=True) as by_hand:
+            by_hand.execute("UPDATE webhooks SET status = 'INACTIVE' WHERE id = %s", [hook.id])
+        await reader._reload_webhooks([hook.id])
+        current = reader.registry.get(hook.id)
+        assert current is not None and current.status is Status.INACTIVE
+
+
+async def test_every_node_reads_the_webhooks_again_on_a_clock(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whatever it heard: the catch-up after a silence never comes on a busy cluster.
+    monkeypatch.setattr(core_module, "WEBHOOK_REFRESH_S", 0.1)
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        with trio.fail_after(5):
+            while reader.registry.get(hook.id) is None:  # the reader hears nothing of it
+                await trio.sleep(0.05)

@@ -68,6 +68,8 @@ log = logging.getLogger("hookd.engine")
 
 #: Reads of a webhook another node changed, when this node keeps changing it meanwhile.
 RELOAD_ATTEMPTS = 3
+#: Cluster: how often a node reads every webhook again, whatever it has heard.
+WEBHOOK_REFRESH_S = 30.0
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 #: How long TestWebhook waits for a request slot at a busy destination, beyond two timeouts.
@@ -119,6 +121,7 @@ class Engine:
         self._local_changes = 0
         self._reads_under_way = 0
         self._changed_during_reads: dict[str, int] = {}
+        self._reload_lock = trio.Lock()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the store, resume pending deliveries, and run until cancelled.
@@ -170,6 +173,7 @@ class Engine:
                 if self._membership is not None:
                     await nursery.start(self._membership.run)
                     await nursery.start(self._sync.run)
+                    nursery.start_soon(self._refresh_webhooks)
                 await nursery.start(self._monitor.run)
                 await nursery.start(self._maintenance.run)
                 log.info(
@@ -233,22 +237,25 @@ class Engine:
         A read under way while this node commits a change of its own may return the row as it
         was before. Versions order two copies of a row, but not a row and its absence: which
         webhooks this node changed meanwhile says when a missing or present row may be stale.
+        Reloads run one at a time (one query each), so an older read is never applied after a
+        newer one: a row read before another node deleted it cannot land after its absence.
         """
-        self._reads_under_way += 1
-        started = self._local_changes
-        try:
-            stored = await self._readers.run(read)
-            ids = webhook_ids if webhook_ids is not None else [*stored, *(h.id for h in self.registry.all())]
-            again = []
-            for webhook_id in dict.fromkeys(ids):
-                changed_meanwhile = self._changed_during_reads.get(webhook_id, 0) > started
-                if not self._apply_stored(webhook_id, stored.get(webhook_id), changed_meanwhile):
-                    again.append(webhook_id)
-            return again
-        finally:
-            self._reads_under_way -= 1
-            if not self._reads_under_way:
-                self._changed_during_reads.clear()
+        async with self._reload_lock:
+            self._reads_under_way += 1
+            started = self._local_changes
+            try:
+                stored = await self._readers.run(read)
+                ids = webhook_ids if webhook_ids is not None else [*stored, *(h.id for h in self.registry.all())]
+                again = []
+                for webhook_id in dict.fromkeys(ids):
+                    changed_meanwhile = self._changed_during_reads.get(webhook_id, 0) > started
+                    if not self._apply_stored(webhook_id, stored.get(webhook_id), changed_meanwhile):
+                        again.append(webhook_id)
+                return again
+            finally:
+                self._reads_under_way -= 1
+                if not self._reads_under_way:
+                    self._changed_during_reads.clear()
 
     async def _reload_webhooks(self, webhook_ids: list[str]) -> None:
         """Another node changed these webhooks: apply the stored versions here."""
@@ -258,7 +265,7 @@ class Engine:
                 return
             ids = await self._reload(partial(webhook_ops.find_webhooks, webhook_ids=ids), ids)
         # Changed here at every try: each change of this node's is newer anyway, and the
-        # backstop's catch-up reads them again.
+        # periodic refresh reads them again.
 
     def _apply_stored(self, webhook_id: str, stored: Webhook | None, changed_meanwhile: bool) -> bool:
         """Bring memory to the stored version if it is newer; False when the read may be stale
@@ -275,9 +282,24 @@ class Engine:
                 self.registry.put(stored)
                 # Even when inactive: a ping made through another node may be waiting for it here.
                 self._dispatcher.poke(stored.url)
-        elif stored.version > current.version:
-            self._updated((current, stored))
+        elif stored.version > current.version or (stored.version == current.version and stored != current):
+            # Same version, other contents: written by something that does not count versions
+            # (a node of the release before them, during a rolling upgrade; a hand-made UPDATE).
+            # Among nodes that count them, one version has one content.
+            self._updated((current, stored), newer=True)
         return True
+
+    async def _refresh_webhooks(self) -> None:
+        """Read every webhook again every ``WEBHOOK_REFRESH_S``, on a clock: the catch-up after a
+        silence never comes on a busy cluster, and a copy can be wrong without a notification
+        to come (a change made by hand in the database, say). One scan of a small table."""
+        while True:
+            await trio.sleep(WEBHOOK_REFRESH_S)
+            try:
+                again = await self._reload(_webhooks_by_id, None)
+                await self._reload_webhooks(again)
+            except Unavailable as error:
+                log.warning("cannot read the webhooks to refresh them reason=%s", error)
 
     async def _catch_up(self) -> None:
         """After notifications may have been missed: read the webhooks and the work again."""
@@ -437,10 +459,12 @@ class Engine:
         self._changed_here(versions[1].id)
         self._updated(versions)
 
-    def _updated(self, versions: tuple[Webhook, Webhook]) -> None:
+    def _updated(self, versions: tuple[Webhook, Webhook], *, newer: bool = False) -> None:
+        """Apply a committed change to memory and the actors; ``newer``: the caller has judged
+        ``new`` the newer copy already."""
         stored, new = versions
         known = self.registry.get(new.id)
-        if known is not None and known.version >= new.version:
+        if not newer and known is not None and known.version >= new.version:
             return  # memory holds this version or a newer one already (read from the store meanwhile)
         # The actors act on the version in memory, which in a cluster may lag the stored one.
         old = known or stored
