@@ -395,9 +395,9 @@ def partial_batch(batch: list[_Op[Any]]) -> Callable[[Tx], None]:
     transaction holds more than 64 of them.
 
     What ops ask to run ``first`` runs before all that, outside the savepoints. A ``StoreFault``
-    inside an op is the whole transaction's fault (the disk is full for every
-    op), and a ``Conflict`` (a deadlock with another node's transaction) aborts it whole: both
-    propagate, and the backend rolls everything back (and runs the batch again on a conflict).
+    inside an op is the whole transaction's fault (the disk is full for every op), and a
+    ``Conflict`` (a deadlock with another node's transaction) aborts it whole: both propagate,
+    and the backend rolls everything back (and runs the batch again on a conflict).
     """
 
     firsts = list(dict.fromkeys(op.first for op in batch if op.first is not None))
