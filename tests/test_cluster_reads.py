@@ -167,29 +167,38 @@ async def test_a_webhook_create_takes_the_type_lock_before_any_other(
         backend.close()
 
 
+class _HeldRead:
+    """Holds the reader node's next reload read (of named webhooks) after it is made, until
+    released: a read under way while the node commits a change of its own. The node's other
+    reads (its monitor's, its dispatcher's) go through untouched."""
+
+    def __init__(self, node: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.made, self.release = trio.Event(), trio.Event()
+        original = node._readers.run
+
+        async def run(fn: Any) -> Any:
+            result = await original(fn)
+            if getattr(fn, "func", None) is webhook_ops.find_webhooks and not self.made.is_set():
+                self.made.set()
+                await self.release.wait()
+            return result
+
+        monkeypatch.setattr(node._readers, "run", run)
+
+
 async def test_a_reload_read_before_this_nodes_own_change_is_read_again(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
         hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
         await reader._reload_webhooks([hook.id])
-        original = reader._readers.run
-        read_done, go_on = trio.Event(), trio.Event()
-
-        async def held_after_the_first_read(fn: Any) -> Any:
-            result = await original(fn)
-            if not read_done.is_set():
-                read_done.set()
-                await go_on.wait()
-            return result
-
-        monkeypatch.setattr(reader._readers, "run", held_after_the_first_read)
+        held = _HeldRead(reader, monkeypatch)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader._reload_webhooks, [hook.id])  # a notification of some change
-            await read_done.wait()
+            await held.made.wait()
             # Meanwhile this node commits a change of its own; then the reload's read lands.
             await reader.update_webhook(hook.id, WebhookInput(url=f"{URL}/moved"), ["url"])
-            go_on.set()
+            held.release.set()
         # Applied as read, memory would have gone back to the URL before the change.
         current = reader.registry.get(hook.id)
         assert current is not None and current.url == f"{URL}/moved"
@@ -250,24 +259,6 @@ async def test_a_change_waits_for_another_nodes_change_of_the_same_webhook_and_k
         finally:
             other.close()
             watcher.close()
-
-
-class _HeldRead:
-    """Holds the reader node's next read of webhooks after it is made, until released: a read
-    under way while the node commits a change of its own."""
-
-    def __init__(self, node: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.made, self.release = trio.Event(), trio.Event()
-        original = node._readers.run
-
-        async def run(fn: Any) -> Any:
-            result = await original(fn)
-            if not self.made.is_set():
-                self.made.set()
-                await self.release.wait()
-            return result
-
-        monkeypatch.setattr(node._readers, "run", run)
 
 
 async def test_a_read_from_before_this_node_created_the_webhook_does_not_remove_it(
