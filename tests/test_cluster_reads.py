@@ -405,3 +405,21 @@ async def test_every_node_reads_the_webhooks_again_on_a_clock(
         with trio.fail_after(5):
             while reader.registry.get(hook.id) is None:  # the reader hears nothing of it
                 await trio.sleep(0.05)
+
+
+async def test_a_commit_hook_that_runs_after_another_nodes_delete_does_not_bring_the_webhook_back(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This node's change of W commits; another node deletes W and the pump applies that; then
+    # the change's hook runs. Versions cannot say the hook is stale: W is simply not in memory.
+    async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
+        changed = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        made = await writer.create_webhook(WebhookInput(resource="order", event="created", url=f"{URL}/2"))
+        await reader._reload_webhooks([changed.id, made.id])
+        reader._apply_stored(changed.id, None, changed_meanwhile=False)  # the pump: deleted elsewhere
+        reader._apply_stored(made.id, None, changed_meanwhile=False)
+        reader._updated_here((changed, replace(changed, description="late", version=changed.version + 1)))
+        reader._created(replace(made, version=made.version + 1))
+        assert reader.registry.get(changed.id) is None
+        assert reader.registry.get(made.id) is None
+        assert reader.registry.subscriber_count("order", "created") == 0

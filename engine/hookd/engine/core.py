@@ -70,6 +70,9 @@ log = logging.getLogger("hookd.engine")
 RELOAD_ATTEMPTS = 3
 #: Cluster: how often a node reads every webhook again, whatever it has heard.
 WEBHOOK_REFRESH_S = 30.0
+#: Cluster: how long a node remembers a webhook was deleted, against commit hooks that run late
+#: (they run right after their commit; this is far beyond that).
+GONE_KEPT_S = 600.0
 
 MAX_GRACE_S = 7 * 24 * 3600.0
 #: How long TestWebhook waits for a request slot at a busy destination, beyond two timeouts.
@@ -122,6 +125,9 @@ class Engine:
         self._reads_under_way = 0
         self._changed_during_reads: dict[str, int] = {}
         self._reload_lock = trio.Lock()
+        # Webhooks this node learned were deleted, and when (ids are never reused): a commit hook
+        # of this node's that runs later must not bring one back.
+        self._gone: dict[str, float] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the store, resume pending deliveries, and run until cancelled.
@@ -452,7 +458,7 @@ class Engine:
     def _created(self, webhook: Webhook) -> None:
         self._changed_here(webhook.id)
         known = self.registry.get(webhook.id)
-        if known is None or known.version < webhook.version:
+        if webhook.id not in self._gone and (known is None or known.version < webhook.version):
             self.registry.put(webhook)
 
     def _updated_here(self, versions: tuple[Webhook, Webhook]) -> None:
@@ -466,6 +472,8 @@ class Engine:
         known = self.registry.get(new.id)
         if not newer and known is not None and known.version >= new.version:
             return  # memory holds this version or a newer one already (read from the store meanwhile)
+        if new.id in self._gone:
+            return  # deleted through another node, heard of between this commit and its hook
         # The actors act on the version in memory, which in a cluster may lag the stored one.
         old = known or stored
         self.registry.put(new)
@@ -508,6 +516,12 @@ class Engine:
         # The actors act on the version in memory, which in a cluster may lag the stored one.
         old = self.registry.remove(stored.id) or stored
         self._dispatcher.cancel_webhook(old.url, old.id)
+        if self._membership is not None:
+            now = trio.current_time()
+            self._gone.pop(stored.id, None)  # kept in the order they went, oldest first
+            self._gone[stored.id] = now
+            while (oldest := next(iter(self._gone.items()), None)) is not None and oldest[1] < now - GONE_KEPT_S:
+                del self._gone[oldest[0]]
 
     async def list_webhooks(self, filters: WebhookFilter, size: int, token: str) -> Page:
         catalogue.check_filter(filters.resource, filters.event)
