@@ -21,30 +21,16 @@ from hookd.engine import Engine, EngineConfig
 from hookd.engine import core as core_module
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
-from hookd.engine.model import Auth, InactivePolicy, Status, Webhook
+from hookd.engine.model import Status, Webhook
 from hookd.engine.store import webhook_ops
 from hookd.engine.store.backend import open_backend
 from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import _Op, partial_batch
 from hookd.engine.validation import WebhookInput
 from tests.support.postgres import PostgresServer
+from tests.support.webhooks import stored_webhook
 
 URL = "http://127.0.0.1:9/hook"
-_HOOK_TEMPLATE = Webhook(
-    id="wh_template",
-    resource="order",
-    event="created",
-    url=URL,
-    auth=Auth(),
-    secret="whsec_template",
-    status=Status.ACTIVE,
-    inactive_policy=InactivePolicy.QUEUE,
-    description="",
-    rate_limit=0.0,
-    timeout_s=10.0,
-    create_time=1.0,
-    update_time=1.0,
-)
 
 
 def _node(database: str, node_id: str) -> Engine:
@@ -56,6 +42,19 @@ def _node(database: str, node_id: str) -> Engine:
             max_webhooks_per_type=3,
         )
     )
+
+
+async def _create(node: Engine) -> Webhook:
+    """An order.created webhook to ``URL``, made through ``node``."""
+    return await node.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+
+
+async def _until_a_lock_is_waited_for(conn: psycopg.Connection[Any]) -> None:
+    """Return once a session of this test's database waits for a lock (other tests' databases
+    share the server, and their lock waits must not count)."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    while not conn.execute(query).fetchone()[0]:  # type: ignore[index]
+        await trio.sleep(0.01)
 
 
 @asynccontextmanager
@@ -81,7 +80,7 @@ async def test_a_webhook_made_on_one_node_is_read_as_committed_on_another(
     postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         assert reader.registry.get(hook.id) is None  # it has not heard, and it need not have
         assert (await reader.get_webhook(hook.id)).url == URL
         snapshot = await reader.health_snapshot([hook.id])  # NotFound, then no figures, before
@@ -131,7 +130,7 @@ async def test_a_webhook_create_takes_the_type_lock_before_any_other(
     # W's row would close a deadlock. The lock is taken first, so W stays free meanwhile.
     database = postgres_server.new_database()
     async with _two_nodes(database, monkeypatch) as (writer, _):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
     backend = open_backend(database)
     backend.open(readers=1)
     holder = psycopg.connect(database, autocommit=True)
@@ -150,8 +149,7 @@ async def test_a_webhook_create_takes_the_type_lock_before_any_other(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(trio.to_thread.run_sync, backend.write, partial_batch(batch)))
                 try:
-                    while not checker.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:  # type: ignore[index]
-                        await trio.sleep(0.01)
+                    await _until_a_lock_is_waited_for(checker)
                     with checker.transaction():  # raises LockNotAvailable if the batch holds W
                         locked = checker.execute(
                             "SELECT id FROM webhooks WHERE id = %s FOR UPDATE NOWAIT", [hook.id]
@@ -190,7 +188,7 @@ async def test_a_reload_read_before_this_nodes_own_change_is_read_again(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         await reader._reload_webhooks([hook.id])
         held = _HeldRead(reader, monkeypatch)
         async with trio.open_nursery() as nursery:
@@ -208,7 +206,7 @@ async def test_a_change_made_on_a_node_that_lags_moves_the_actors_it_knows(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         await reader._reload_webhooks([hook.id])  # the reader knows the first URL ...
         await writer.update_webhook(hook.id, WebhookInput(url=f"{URL}/moved"), ["url"])  # ... not this
         cancelled: list[tuple[str, str]] = []
@@ -241,7 +239,7 @@ async def test_a_change_waits_for_another_nodes_change_of_the_same_webhook_and_k
 ) -> None:
     database = postgres_server.new_database()
     async with _two_nodes(database, monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         other = psycopg.connect(database)  # another node's transaction, caught half-way
         watcher = psycopg.connect(database, autocommit=True)
         try:
@@ -249,8 +247,7 @@ async def test_a_change_waits_for_another_nodes_change_of_the_same_webhook_and_k
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(reader.rotate_secret, hook.id, 0.0)
                 try:
-                    while not watcher.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:  # type: ignore[index]
-                        await trio.sleep(0.01)
+                    await _until_a_lock_is_waited_for(watcher)
                 finally:  # the rotation's thread waits for this: let it go whatever happened
                     other.commit()
             stored = watcher.execute("SELECT description FROM webhooks WHERE id = %s", [hook.id]).fetchone()
@@ -270,7 +267,7 @@ async def test_a_read_from_before_this_node_created_the_webhook_does_not_remove_
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader._reload_webhooks, ["wh_known_in_advance"])
             await held.made.wait()  # it found no such webhook ...
-            await reader.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+            await _create(reader)
             held.release.set()  # ... and lands after the node created it
         assert reader.registry.get("wh_known_in_advance") is not None
 
@@ -279,7 +276,7 @@ async def test_a_read_from_before_this_node_deleted_the_webhook_does_not_bring_i
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (_, reader):
-        hook = await reader.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(reader)
         held = _HeldRead(reader, monkeypatch)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader._reload_webhooks, [hook.id])
@@ -296,7 +293,7 @@ async def test_a_commit_hook_never_takes_memory_back_to_an_older_version(
     # This node's change commits; before its hook runs, another node's later change is read
     # and applied. The hook must leave the newer version in place.
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         mine = replace(hook, url=f"{URL}/mine", version=hook.version + 1)
         theirs = replace(hook, url=f"{URL}/theirs", version=hook.version + 2)
         reader.registry.put(theirs)
@@ -309,7 +306,7 @@ async def test_health_of_a_webhook_deleted_through_another_node_is_not_found(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         await reader.health_snapshot([hook.id])
         await writer.delete_webhook(hook.id)  # the reader does not hear of it
         with pytest.raises(NotFound):
@@ -320,7 +317,7 @@ async def test_a_change_through_a_node_that_never_heard_of_the_webhook_wakes_its
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         poked: list[str] = []
         monkeypatch.setattr(reader._dispatcher, "poke", poked.append)
         await reader.rotate_secret(hook.id, 0.0)
@@ -346,7 +343,7 @@ def test_the_type_lock_is_taken_once_even_when_the_batch_is_run_again_op_by_op(
     def failing(tx: Tx) -> None:
         raise ValueError("this op fails")
 
-    hook = replace(_HOOK_TEMPLATE, id="wh_after_a_failure", version=0)
+    hook = stored_webhook("wh_after_a_failure")
     batch: list[_Op[Any]] = [
         _Op(failing, False),
         _Op(partial(webhook_ops.insert_webhook, webhook=hook, limit=10), False, first=webhook_ops.lock_type_room),
@@ -366,7 +363,7 @@ async def test_an_older_read_never_lands_after_a_newer_one(
     # reload reads it gone. Had the first landed last, the deleted webhook would be back in
     # memory for good (no notification of it will come again).
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         held = _HeldRead(reader, monkeypatch)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(reader._reload_webhooks, [hook.id])
@@ -386,7 +383,7 @@ async def test_a_change_that_kept_the_version_is_taken_all_the_same(
     # changes a row without counting its version.
     database = postgres_server.new_database()
     async with _two_nodes(database, monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         await reader._reload_webhooks([hook.id])
         with psycopg.connect(database, autocommit=True) as by_hand:
             by_hand.execute("UPDATE webhooks SET status = 'INACTIVE' WHERE id = %s", [hook.id])
@@ -401,7 +398,7 @@ async def test_every_node_reads_the_webhooks_again_on_a_clock(
     # Whatever it heard: the catch-up after a silence never comes on a busy cluster.
     monkeypatch.setattr(core_module, "WEBHOOK_REFRESH_S", 0.1)
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        hook = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        hook = await _create(writer)
         with trio.fail_after(5):
             while reader.registry.get(hook.id) is None:  # the reader hears nothing of it
                 await trio.sleep(0.05)
@@ -413,7 +410,7 @@ async def test_a_commit_hook_that_runs_after_another_nodes_delete_does_not_bring
     # This node's change of W commits; another node deletes W and the pump applies that; then
     # the change's hook runs. Versions cannot say the hook is stale: W is simply not in memory.
     async with _two_nodes(postgres_server.new_database(), monkeypatch) as (writer, reader):
-        changed = await writer.create_webhook(WebhookInput(resource="order", event="created", url=URL))
+        changed = await _create(writer)
         made = await writer.create_webhook(WebhookInput(resource="order", event="created", url=f"{URL}/2"))
         await reader._reload_webhooks([changed.id, made.id])
         reader._apply_stored(changed.id, None, changed_meanwhile=False)  # the pump: deleted elsewhere

@@ -6,30 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from hookd.engine.model import Auth, InactivePolicy, Status, Webhook
 from hookd.engine.store import postgres_schema, sqlite_schema, webhook_ops
 from hookd.engine.store.backend import open_backend
 from hookd.engine.store.rows import WEBHOOK_COLUMNS, webhook_to_row
 from hookd.engine.store.sql import Tx
 from tests.support.server import default_database
+from tests.support.webhooks import stored_webhook
 
 pytestmark = pytest.mark.backends
 
-HOOK = Webhook(
-    id="wh_from_before",
-    resource="order",
-    event="created",
-    url="http://127.0.0.1:9/hook",
-    auth=Auth(),
-    secret="whsec_before",
-    status=Status.ACTIVE,
-    inactive_policy=InactivePolicy.QUEUE,
-    description="kept",
-    rate_limit=0.0,
-    timeout_s=10.0,
-    create_time=1.0,
-    update_time=1.0,
-)
+HOOK = stored_webhook("wh_from_before", description="kept")
 
 
 def _insert_without_version(tx: Tx) -> None:

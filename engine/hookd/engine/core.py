@@ -518,10 +518,10 @@ class Engine:
         self._dispatcher.cancel_webhook(old.url, old.id)
         if self._membership is not None:
             now = trio.current_time()
-            self._gone.pop(stored.id, None)  # kept in the order they went, oldest first
             self._gone[stored.id] = now
-            while (oldest := next(iter(self._gone.items()), None)) is not None and oldest[1] < now - GONE_KEPT_S:
-                del self._gone[oldest[0]]
+            expired = [hook_id for hook_id, gone_at in self._gone.items() if gone_at < now - GONE_KEPT_S]
+            for hook_id in expired:
+                del self._gone[hook_id]
 
     async def list_webhooks(self, filters: WebhookFilter, size: int, token: str) -> Page:
         catalogue.check_filter(filters.resource, filters.event)
