@@ -144,6 +144,16 @@ def test_token_is_required_and_checked(guarded: HookdProcess) -> None:
     # The stream too: refused before any snapshot.
     [(flags, end)] = stream_messages(guarded, {}, 2)
     assert flags == 0x02 and end["error"]["code"] == "unauthenticated"
+    # Refused before the body is read: a caller without a token cannot make the loop decode a
+    # large message (this one is not even JSON, and the answer is still 401, not 400).
+    request = urllib.request.Request(
+        guarded.http_url + SERVICE + "PublishEvent",
+        data=b"{not json" * 100_000,
+        headers={"content-type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused_early:
+        urllib.request.urlopen(request, timeout=10)
+    assert (refused_early.value.code, json.loads(refused_early.value.read())) == (401, refused)
     # Refusals are logged as gRPC's are (method, peer, reason), never with a token.
     log = wait_until(lambda: "method=/hookd.v1.WebhookService/ListWebhooks" in guarded.log() and guarded.log())
     assert "authentication failed" in log and "peer=ipv4:127.0.0.1:" in log

@@ -3,10 +3,13 @@
 The ASGI application is the one connectrpc generates from the proto (``hookd.v1.hookd_connect``).
 Each call it routes goes to the same ``WebhookServicer`` method that grpc.aio calls, with a small
 context standing in for grpc.aio's: ``abort`` raises the Connect error of the same code,
-``invocation_metadata`` is the request's headers (where the bearer token is), ``write`` hands a
-streamed message to the HTTP response. Validation, error mapping, token checks (and the log of
-refused ones) and the limits on health watchers are therefore gRPC's own; nothing here knows
-about webhooks.
+``invocation_metadata`` is the request's headers, ``write`` hands a streamed message to the HTTP
+response. Validation, error mapping, token checks (and the log of refused ones) and the limits on
+health watchers are therefore gRPC's own; nothing here knows about webhooks.
+
+The bearer token is checked as gRPC's interceptor checks it, before the request's body is read:
+connectrpc runs a leading metadata interceptor (``TokenInterceptor``) before it reads or decodes
+the message, so a caller without a token cannot make the loop decode megabytes of JSON.
 """
 
 from __future__ import annotations
@@ -84,48 +87,53 @@ class ConnectContext:
         await self.messages.put(message)
 
 
+class TokenInterceptor:
+    """Refuses a call without a valid bearer token before its body is read (a connectrpc
+    ``MetadataInterceptor`` placed first), and logs the refusal as gRPC's interceptor does."""
+
+    def __init__(self, check: TokenCheck, failures: FailureLog) -> None:
+        self._check = check
+        self._failures = failures
+
+    async def on_start(self, ctx: RequestContext[Any, Any]) -> None:
+        reason = self._check.refusal(ctx.request_headers.get("authorization"))
+        if reason is not None:
+            method = ctx.method
+            self._failures.refused(f"/{method.service_name}/{method.name}", grpc_peer(ctx.client_address), reason)
+            raise ConnectError(Code.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+
+    async def on_end(self, token: None, ctx: RequestContext[Any, Any], error: Exception | None) -> None:
+        return None
+
+
 class ServicerRoutes:
     """What the generated application calls, method by method (``list_webhooks(request, ctx)``):
-    a check of the bearer token when tokens are set, then the servicer's own method.
+    the servicer's own method, with a context that stands in for grpc.aio's.
 
     A stream ends as soon as ``closing`` is set: a dashboard left open on the health page must
     not hold a shutdown for its whole grace period.
     """
 
-    def __init__(
-        self, servicer: WebhookServicer, auth: tuple[TokenCheck, FailureLog] | None, closing: asyncio.Event
-    ) -> None:
-        self._auth = auth
+    def __init__(self, servicer: WebhookServicer, closing: asyncio.Event) -> None:
         self._closing = closing
         for method in SERVICE.methods:
             handler = getattr(servicer, method.name)
-            path = PATH_PREFIX + method.name
-            route = self._streaming(handler, path) if method.server_streaming else self._unary(handler, path)
+            route = self._streaming(handler) if method.server_streaming else self._unary(handler)
             setattr(self, snake_case(method.name), route)
 
-    def _context(self, ctx: RequestContext[Any, Any], path: str) -> ConnectContext:
-        context = ConnectContext(ctx)
-        if self._auth is not None:
-            check, failures = self._auth
-            reason = check.refusal(ctx.request_headers.get("authorization"))
-            if reason is not None:
-                failures.refused(path, context.peer(), reason)
-                raise ConnectError(Code.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
-        return context
-
-    def _unary(self, handler: Handler, path: str) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
+    def _unary(self, handler: Handler) -> Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]:
         async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-            return await handler(request, cast(Context, self._context(ctx, path)))
+            return await handler(request, cast(Context, ConnectContext(ctx)))
 
         return call
 
-    def _streaming(self, handler: Handler, path: str) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
+    def _streaming(self, handler: Handler) -> Callable[[Any, RequestContext[Any, Any]], AsyncIterator[Any]]:
         """The servicer writes a stream with ``context.write`` from a coroutine (as grpc.aio
         allows); connectrpc wants a generator. The coroutine runs as a task, and the generator
         yields what it writes until it returns, fails or aborts, or hookd shuts down."""
 
         async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
-            context = self._context(ctx, path)
+            context = ConnectContext(ctx)
             task = asyncio.ensure_future(handler(request, cast(Context, context)))
             closing = asyncio.ensure_future(self._closing.wait())
             try:
@@ -161,6 +169,8 @@ def snake_case(name: str) -> str:
 def connect_application(
     servicer: WebhookServicer, auth: tuple[TokenCheck, FailureLog] | None, closing: asyncio.Event
 ) -> WebhookServiceASGIApplication:
-    """The ASGI application serving the service under ``PATH_PREFIX``, with gRPC's message limit."""
-    routes = cast(WebhookService, ServicerRoutes(servicer, auth, closing))
-    return WebhookServiceASGIApplication(routes, read_max_bytes=MAX_MESSAGE_BYTES)
+    """The ASGI application serving the service under ``PATH_PREFIX``, with gRPC's message limit
+    and, when tokens are set, their check ahead of everything else."""
+    routes = cast(WebhookService, ServicerRoutes(servicer, closing))
+    interceptors = [TokenInterceptor(*auth)] if auth is not None else []
+    return WebhookServiceASGIApplication(routes, interceptors=interceptors, read_max_bytes=MAX_MESSAGE_BYTES)
