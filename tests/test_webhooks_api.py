@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 
 from hookd.client import AlreadyExists, HookdClient, InvalidArgument, NotFound
+from hookd.engine.errors import InvalidArgument as InvalidArgumentError
+from hookd.engine.model import Auth
+from hookd.engine.store import rows, webhook_ops
+from hookd.engine.store.backend import Backend, open_backend
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.server import HookdProcess
+from tests.support.webhooks import stored_webhook
 
 pytestmark = pytest.mark.backends
 
@@ -53,6 +60,67 @@ def test_update_with_mask_changes_only_named_fields(client: HookdClient) -> None
     updated = client.set_status(hook.name, pb.Webhook.INACTIVE)
     assert updated.status == pb.Webhook.INACTIVE
     assert client.get_webhook(hook.name).status == pb.Webhook.INACTIVE
+
+
+def test_update_ignores_fields_outside_the_mask(client: HookdClient) -> None:
+    """AIP-134: what the mask leaves out is not read, so not checked either."""
+    hook = client.create_webhook("order", "created", URL, description="before")
+    change = pb.Webhook(
+        name=hook.name,
+        description="after",
+        status=pb.Webhook.Status.ValueType(7),
+        rate_limit=float("nan"),
+        ordering=pb.Webhook.Ordering.ValueType(9),
+    )
+    change.timeout.seconds = -3
+    change.auth.headers.headers["Host"] = "not-allowed"
+    updated = client.update_webhook(change, ["description"])
+    assert updated.description == "after" and updated.status == pb.Webhook.ACTIVE
+    with pytest.raises(InvalidArgument, match="webhook.status"):
+        client.update_webhook(change, ["description", "status"])
+
+
+def test_update_keeps_what_it_does_not_touch_even_under_newer_rules(hookd: HookdProcess) -> None:
+    """A webhook stored before a rule was tightened (here: a header hookd now reserves) can still
+    be deactivated or moved; only the fields being changed are checked."""
+    client = hookd.client()
+    hook = client.create_webhook("order", "created", URL, auth=_header_auth("X-Api-Key", "k"))
+    hookd.stop()
+    legacy = rows.auth_to_json(Auth(kind="headers", headers={"Proxy-Authorization": "Basic old"}))
+    backend = open_backend(hookd.database)
+    backend.open(readers=1)
+    try:
+        backend.write(lambda tx: tx.execute("UPDATE webhooks SET auth = ?", [legacy]))
+    finally:
+        backend.close()
+    client = hookd.start().client()
+    assert client.set_status(hook.name, pb.Webhook.INACTIVE).status == pb.Webhook.INACTIVE
+    moved = client.update_webhook(pb.Webhook(name=hook.name, url="http://127.0.0.1:9/v2"), ["url"])
+    assert moved.url == "http://127.0.0.1:9/v2"
+    with pytest.raises(InvalidArgument, match="is set by hookd"):
+        client.update_webhook(pb.Webhook(name=hook.name, auth=_header_auth("Proxy-Authorization", "x")), ["auth"])
+
+
+def test_an_event_type_is_checked_on_the_row_the_update_changes(store: Backend) -> None:
+    """Two updates at once, one moving a webhook to payment.completed and one changing only its
+    event to 'fulfilled', each pass the engine's check against the webhook as it was (order.*);
+    together they make payment.fulfilled, which does not exist. The transaction checks the pair
+    it would store."""
+    store.write(lambda tx: webhook_ops.insert_webhook(tx, stored_webhook("wh_moved"), limit=10))
+    moved = {"resource": "payment", "event": "completed"}
+    store.write(partial(webhook_ops.update_webhook, webhook_id="wh_moved", changes=moved, now=2.0, limit=10))
+    with pytest.raises(InvalidArgumentError, match="webhook.event"):
+        store.write(
+            partial(
+                webhook_ops.update_webhook, webhook_id="wh_moved", changes={"event": "fulfilled"}, now=3.0, limit=10
+            )
+        )
+    stored = store.read(partial(webhook_ops.find_webhook, webhook_id="wh_moved"))
+    assert stored is not None and (stored.resource, stored.event) == ("payment", "completed")
+
+
+def _header_auth(name: str, value: str) -> pb.DestinationAuth:
+    return pb.DestinationAuth(headers=pb.HeaderAuth(headers={name: value}))
 
 
 def test_update_rejects_unknown_and_output_only_paths(client: HookdClient) -> None:

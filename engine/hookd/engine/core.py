@@ -55,11 +55,11 @@ from hookd.engine.store.webhook_ops import Disabled
 from hookd.engine.store.writer import Readers, Reply, StoreStatus, Writer, WriterStatistics
 from hookd.engine.validation import (
     DEFAULT_TIMEOUT_S,
-    UPDATABLE,
     WebhookInput,
     check_idempotency_key,
     check_query,
     check_scalars,
+    check_update_paths,
     event_payload,
     to_json,
 )
@@ -409,11 +409,9 @@ class Engine:
         return await self._readers.run(partial(webhook_ops.find_webhook, webhook_id=webhook_id))
 
     async def update_webhook(self, webhook_id: str, data: WebhookInput, paths: list[str]) -> Webhook:
-        for path in paths:
-            if path not in UPDATABLE:
-                raise InvalidArgument(
-                    "update_mask", f"cannot update {path!r}; updatable fields: {', '.join(UPDATABLE)}"
-                )
+        """Change the fields named in ``paths``, checking those alone: a field left out of the
+        mask is kept as stored, even one stored under rules that have since been tightened."""
+        check_update_paths(paths)
         current = await self.get_webhook(webhook_id)
         changes: dict[str, Any] = {}
         for path in paths:
@@ -431,7 +429,10 @@ class Engine:
         catalogue.check_event_type(new.resource, new.event, field_prefix="webhook.")
         check_scalars(
             WebhookInput(
-                description=new.description, rate_limit=new.rate_limit, timeout_s=new.timeout_s, auth=new.auth
+                description=changes.get("description", ""),
+                rate_limit=changes.get("rate_limit", 0.0),
+                timeout_s=changes.get("timeout_s"),
+                auth=changes.get("auth", Auth()),
             ),
             "webhook",
         )

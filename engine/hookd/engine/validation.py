@@ -98,6 +98,13 @@ def _printable(value: str, field_name: str, limit: int) -> None:
         raise InvalidArgument(field_name, "must not contain control characters")
 
 
+def check_update_paths(paths: Sequence[str]) -> None:
+    """Every path of an update mask names a field that can be updated."""
+    for path in paths:
+        if path not in UPDATABLE:
+            raise InvalidArgument("update_mask", f"cannot update {path!r}; updatable fields: {', '.join(UPDATABLE)}")
+
+
 def _not_masked(value: str, field_name: str) -> None:
     """Answers show credentials masked (``****abcd``); writing such a value back would replace
     the real credential with the mask, so it is refused."""

@@ -9,12 +9,13 @@ import asyncio
 from typing import Any
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from hookd.engine import Engine, EventInput, Snapshot, catalogue
 from hookd.engine.errors import InvalidArgument
 from hookd.engine.jobs import PublishResult
 from hookd.engine.model import WebhookFilter
-from hookd.engine.validation import UPDATABLE, health_filter
+from hookd.engine.validation import UPDATABLE, check_update_paths, health_filter
 from hookd.server import convert
 from hookd.server.bridge import TrioBridge
 from hookd.server.errors import grpc_errors, lenient_decoder, refuse_undecodable, status_of
@@ -74,7 +75,11 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
             paths = list(UPDATABLE)
         elif not paths:
             paths = convert.populated_paths(request.webhook)
-        data = convert.webhook_input(request.webhook)
+        check_update_paths(paths)
+        # Fields outside the mask are ignored, not checked (AIP-134): only the masked ones are read.
+        masked = pb.Webhook()
+        field_mask_pb2.FieldMask(paths=paths).MergeMessage(request.webhook, masked)
+        data = convert.webhook_input(masked)
         webhook = await self._bridge.call(self._engine.update_webhook, hook_id, data, paths)
         return convert.webhook_to_proto(webhook, now=self._engine.now())
 

@@ -10,7 +10,8 @@ Resource names follow Google's API design guide (https://google.aip.dev/122):
   events/{event}
 Lists are paged with `page_size` / `page_token` (https://google.aip.dev/158) and
 updates take an `update_mask` (https://google.aip.dev/134). Page tokens are opaque and at
-most 256 characters; one hookd did not make is INVALID_ARGUMENT on `page_token`.
+most 256 characters; one that does not decode, or was made for other filters, is
+INVALID_ARGUMENT on `page_token`.
 """
 
 from collections import abc as _abc
@@ -506,6 +507,7 @@ class UpdateWebhookRequest(_message.Message):
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Fields to change: resource, event, url, auth, status, inactive_policy, description,
         rate_limit, timeout, ordering. Empty means every field set to a non-default value; `*` means all of them.
+        Fields outside the mask are ignored, and not checked.
         """
 
     def __init__(

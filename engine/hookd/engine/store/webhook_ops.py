@@ -140,14 +140,19 @@ def update_webhook(
     """Apply ``changes`` to the stored version; return (old, new) for the engine to react to.
 
     Activating a webhook again, or giving it a new URL, starts its failure streak afresh (so
-    auto-disable judges the new state of things) and clears why hookd had disabled it. A webhook
-    moved to another event type must fit within that type's ``limit`` (None for hookd's own
-    changes, which never move one).
+    auto-disable judges the new state of things); activating it clears why hookd had disabled
+    it (an inactive webhook keeps the reason it is inactive). A webhook moved to another event
+    type must fit within that type's ``limit`` (None for hookd's own changes, which never move
+    one), and the type must exist: checked here, on the row as it is in the transaction, because
+    two updates at once, one of the resource and one of the event, could each pass a check made
+    before and together make a type that does not.
     """
     old = load_webhook(tx, webhook_id)
     new = replace(old, **changes)
-    if limit is not None and (new.resource, new.event) != (old.resource, old.event):
-        _check_room(tx, new.resource, new.event, limit)
+    if (new.resource, new.event) != (old.resource, old.event):
+        catalogue.check_event_type(new.resource, new.event, field_prefix="webhook.")
+        if limit is not None:
+            _check_room(tx, new.resource, new.event, limit)
     reactivated = new.status is Status.ACTIVE and old.status is Status.INACTIVE
     if reactivated or new.url != old.url:
         health_ops.reset_failing(tx, webhook_id)
