@@ -16,13 +16,15 @@ from hookd.client.client import event_input
 from hookd.engine import Engine, EventInput
 from hookd.engine.errors import ResourceExhausted as EngineResourceExhausted
 from hookd.engine.jobs import PreparedEvent
-from hookd.engine.model import DeliveryState, WebhookFilter
-from hookd.engine.store import delivery_ops
+from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Status, WebhookFilter
+from hookd.engine.store import delivery_ops, queries, webhook_ops
+from hookd.engine.store.backend import Backend
 from hookd.engine.store.sql import Tx
 from hookd.engine.validation import WebhookInput
 from tests.support.engine import local_engine, until
 from tests.support.receiver import Receiver
 from tests.support.server import HookdProcess
+from tests.support.webhooks import stored_webhook
 
 pytestmark = pytest.mark.backends
 
@@ -182,3 +184,57 @@ def test_limits_on_webhooks_per_type_and_deliveries_per_call(tmp_path: Path, rec
         receiver.wait_for(9)
     finally:
         server.stop()
+
+
+def _event(event_id: str, event: str = "created") -> PreparedEvent:
+    return PreparedEvent(event_id, f"order.{event}", "order", event, 1.0, "{}", "")
+
+
+def test_a_staged_chunk_is_written_from_its_webhooks_as_they_are_when_it_commits(store: Backend) -> None:
+    """A staged publish reads its subscribers before each chunk's commit, outside it. Webhooks
+    changed in between get their deliveries as they are now: the new URL, held or discarded
+    while inactive, none once deleted or moved to another event type (a stale copy left them
+    PENDING for ever, where no change of the webhook would reach them)."""
+    policies = {"wh_discarding": InactivePolicy.DISCARD}
+    for name in ("wh_moved_url", "wh_deleted", "wh_discarding", "wh_retyped", "wh_unchanged"):
+        hook = stored_webhook(
+            name, url=f"http://127.0.0.1:9/{name}", inactive_policy=policies.get(name, InactivePolicy.QUEUE)
+        )
+        store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+    read_before = store.read(partial(delivery_ops.subscribers, resource="order", event="created"))
+    assert len(read_before) == 5
+
+    def change(tx: Tx) -> None:
+        webhook_ops.update_webhook(tx, "wh_moved_url", {"url": "http://127.0.0.1:9/new"}, now=2.0)
+        webhook_ops.delete_webhook(tx, "wh_deleted", now=2.0)
+        webhook_ops.update_webhook(tx, "wh_discarding", {"status": Status.INACTIVE}, now=2.0)
+        webhook_ops.update_webhook(tx, "wh_retyped", {"event": "updated"}, now=2.0)
+
+    store.write(change)
+    event = _event("evt_staged")
+    store.write(partial(delivery_ops.stage_deliveries, parts=[(event, read_before)]))
+    [result], _ = store.write(partial(delivery_ops.finish_staged, events=[event], counts=[len(read_before)]))
+    rows = store.read(
+        lambda tx: tx.all("SELECT webhook_id, destination, state FROM deliveries WHERE event_id = 'evt_staged'")
+    )
+    assert sorted(rows) == [
+        ("wh_discarding", "http://127.0.0.1:9/wh_discarding", DeliveryState.DISCARDED.value),
+        ("wh_moved_url", "http://127.0.0.1:9/new", DeliveryState.PENDING.value),
+        ("wh_unchanged", "http://127.0.0.1:9/wh_unchanged", DeliveryState.PENDING.value),
+    ]
+    assert result.delivery_count == 3
+
+
+def test_an_unfinished_staged_publish_does_not_hold_up_an_ordered_webhook(store: Backend) -> None:
+    """A delivery whose event is not stored (its publish still being written, or abandoned by a
+    crash until housekeeping drops it) is not published, so it is not the ordered webhook's
+    head: the publishes that completed go out meanwhile."""
+    hook = stored_webhook("wh_ordered", ordering=Ordering.ORDERED)
+    store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+    subscribed = store.read(partial(delivery_ops.subscribers, resource="order", event="created"))
+    store.write(partial(delivery_ops.stage_deliveries, parts=[(_event("evt_unfinished"), subscribed)]))
+    [published] = store.write(partial(delivery_ops.publish, events=[_event("evt_complete")]))
+    [(_, job)] = published.jobs
+    due = store.read(partial(queries.due_jobs, destination=hook.url, now=10.0, limit=10, ordered=[hook.id]))
+    assert [j.delivery_id for j in due] == [job.delivery_id]
+    assert store.read(partial(queries.ordered_heads, webhook_ids=[hook.id])) == {hook.id: (job.delivery_id, 0)}

@@ -145,14 +145,37 @@ def publish(tx: Tx, events: Sequence[PreparedEvent]) -> list[PublishResult]:
 # -- staged publishing: a fan-out too large for one short commit ---------------------------------
 
 
+def _still_subscribed(tx: Tx, event: PreparedEvent, hooks: Sequence[Subscriber]) -> list[Subscriber]:
+    """``hooks`` as they are stored now: a webhook deleted or moved to another event type since
+    they were read is left out, and one whose URL, status or policy changed is taken as it is.
+
+    The subscribers of a staged publish are read before each chunk is written, outside its
+    transaction; a delivery written from a stale copy would go to the old URL, or stay PENDING
+    for a webhook that is gone or inactive, where no change of the webhook would ever reach it.
+    """
+    current: dict[str, Subscriber] = {}
+    ids = [hook.webhook_id for hook in hooks]
+    for index in range(0, len(ids), 500):
+        chunk = ids[index : index + 500]
+        for row in tx.all(
+            f"SELECT id, url, status, inactive_policy FROM webhooks WHERE id IN ({marks(len(chunk))}) "
+            "AND resource = ? AND event = ?",
+            [*chunk, event.resource, event.event],
+        ):
+            current[row[0]] = Subscriber(*row)
+    return [current[hook_id] for hook_id in ids if hook_id in current]
+
+
 def stage_deliveries(tx: Tx, parts: Sequence[tuple[PreparedEvent, Sequence[Subscriber]]]) -> None:
-    """Write one chunk of deliveries ahead of their events (invisible to actors until then)."""
+    """Write one chunk of deliveries ahead of their events (invisible to actors until then),
+    each from its webhook as stored when the chunk commits; a later change of the webhook
+    reaches these rows as it reaches any of its deliveries."""
     for event, hooks in parts:
         tx.execute(
             "INSERT INTO publishing (event_id, create_time) VALUES (?, ?) ON CONFLICT (event_id) DO NOTHING",
             [event.id, event.create_time],
         )
-        _insert_deliveries(tx, event, hooks, None)
+        _insert_deliveries(tx, event, _still_subscribed(tx, event, hooks), None)
 
 
 def finish_staged(
@@ -163,7 +186,9 @@ def finish_staged(
     Returns the results and the destinations that now have deliveries due (all announced)."""
     results: list[PublishResult] = []
     published: list[str] = []
-    for event, count in zip(events, counts, strict=True):
+    for event, read in zip(events, counts, strict=True):
+        # Webhooks deleted while the chunks were written have no row: count what was written.
+        count = int(tx.scalar("SELECT COUNT(*) FROM deliveries WHERE event_id = ?", [event.id])) if read else 0
         seen = _seen_key(tx, event) or _insert_event(tx, event, count)
         tx.execute("DELETE FROM publishing WHERE event_id = ?", [event.id])
         if seen is not None:

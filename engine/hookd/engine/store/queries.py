@@ -125,15 +125,26 @@ def list_attempts(tx: Tx, delivery_id: int, after_id: int | None, limit: int) ->
     return [attempt_from_row(row) for row in rows]
 
 
+#: Of an ordered webhook's deliveries (``h``), those that take part in its order: pending, not a
+#: test ping, and published (their event is stored; see ``_in_order``).
+_PUBLISHED_PENDING = (
+    f"h.state = 'PENDING' AND h.event_type != '{PING_TYPE}' AND EXISTS (SELECT 1 FROM events e WHERE e.id = h.event_id)"
+)
+
+
 def _in_order(ordered: Sequence[str]) -> tuple[str, list[str]]:
     """The condition (and its parameters) that lets through, of an ordered webhook's deliveries,
-    only its oldest pending one; test pings stand outside any order."""
+    only its oldest pending one; test pings stand outside any order.
+
+    A delivery whose event is not stored yet (a large publish still being written, or one
+    abandoned by a crash until housekeeping drops it) is no one's head: it is not published,
+    and the deliveries behind it must not wait on it. Order is therefore the order publishes
+    complete in."""
     if not ordered:
         return "", []
     return (
         f" AND (d.event_type = '{PING_TYPE}' OR d.webhook_id NOT IN ({marks(len(ordered))}) OR d.id = "
-        "(SELECT MIN(h.id) FROM deliveries h WHERE h.webhook_id = d.webhook_id AND h.state = 'PENDING' "
-        f"AND h.event_type != '{PING_TYPE}'))",
+        f"(SELECT MIN(h.id) FROM deliveries h WHERE h.webhook_id = d.webhook_id AND {_PUBLISHED_PENDING}))",
         list(ordered),
     )
 
@@ -166,14 +177,15 @@ def next_due(tx: Tx, destination: str, after: float, ordered: Sequence[str] = ()
 
 
 def ordered_heads(tx: Tx, webhook_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """Of each ordered webhook, its oldest pending delivery: webhook -> (delivery id, attempts).
+    """Of each ordered webhook, its oldest pending published delivery: webhook -> (delivery id,
+    attempts).
     The deliveries behind a head with attempts wait for it."""
     heads: dict[str, tuple[int, int]] = {}
     for start in range(0, len(webhook_ids), 500):
         chunk = list(webhook_ids[start : start + 500])
         for webhook_id, delivery_id, attempts in tx.all(
             "SELECT d.webhook_id, d.id, d.attempt_count FROM deliveries d WHERE d.id IN ("
-            f"SELECT MIN(h.id) FROM deliveries h WHERE h.state = 'PENDING' AND h.event_type != '{PING_TYPE}' "
+            f"SELECT MIN(h.id) FROM deliveries h WHERE {_PUBLISHED_PENDING} "
             f"AND h.webhook_id IN ({marks(len(chunk))}) GROUP BY h.webhook_id)",
             chunk,
         ):
