@@ -1,13 +1,17 @@
-"""Retry schedule, circuit breaker and rate limiter, driven by trio's MockClock (no real sleeps)."""
+"""Retry schedule, circuit breaker, rate limiter and the engine's wall clock, driven by trio's MockClock
+(no real sleeps)."""
 
 from __future__ import annotations
 
 import random
+import time
 
+import pytest
 import trio
 import trio.testing
 
 from hookd.engine.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from hookd.engine.clock import Clock
 from hookd.engine.ratelimit import TokenBucket
 from hookd.engine.retry import RetryPolicy
 
@@ -92,3 +96,27 @@ async def test_released_probe_lets_the_next_request_probe(autojump_clock: trio.t
     breaker.release_probe()  # the probe was never sent
     assert state(breaker) is BreakerState.HALF_OPEN
     assert breaker.allow()
+
+
+def test_wall_time_follows_a_stepped_system_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The system clock stepped ten minutes after start-up (NTP correcting a clock that booted
+    wrong): signed timestamps and stored times follow it, and a wall time still maps to the trio
+    time at which the wall clock will read it. The step is the one stand-in: this machine's clock
+    cannot be stepped by a test."""
+
+    async def main() -> None:
+        clock = Clock()
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 600.0)
+        assert abs(clock.now() - (real() + 600.0)) < 1.0
+        assert abs(clock.to_trio(clock.now() + 5.0) - (trio.current_time() + 5.0)) < 1.0
+
+    trio.run(main)
+
+
+async def test_under_the_mock_clock_wall_time_is_the_mock_clocks(autojump_clock: trio.testing.MockClock) -> None:
+    clock = Clock()
+    start = clock.now()
+    await trio.sleep(3600)
+    assert clock.now() - start == pytest.approx(3600)
+    assert clock.to_trio(start + 7200) == pytest.approx(trio.current_time() + 3600)
