@@ -12,8 +12,11 @@ import trio.testing
 
 from hookd.engine.breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from hookd.engine.clock import Clock
+from hookd.engine.model import Status
 from hookd.engine.ratelimit import TokenBucket
+from hookd.engine.registry import WebhookRegistry
 from hookd.engine.retry import RetryPolicy
+from tests.support.webhooks import stored_webhook
 
 
 def test_retry_schedule_is_capped_full_jitter() -> None:
@@ -120,3 +123,19 @@ async def test_under_the_mock_clock_wall_time_is_the_mock_clocks(autojump_clock:
     await trio.sleep(3600)
     assert clock.now() - start == pytest.approx(3600)
     assert clock.to_trio(start + 7200) == pytest.approx(trio.current_time() + 3600)
+
+
+def test_a_shared_url_takes_the_lowest_rate_a_webhook_without_one_counting_as_the_default() -> None:
+    registry = WebhookRegistry(default_rate=1000.0)
+    url = "https://example.com/hooks"
+    registry.put(stored_webhook("wh_default", url=url))
+    assert registry.rate_for(url) == 1000.0
+    registry.put(stored_webhook("wh_fast", url=url, event="updated", rate_limit=50_000.0))
+    assert registry.rate_for(url) == 1000.0  # the webhook without a rate asks for the default
+    registry.put(stored_webhook("wh_slow", url=url, event="deleted", rate_limit=5.0))
+    assert registry.rate_for(url) == 5.0
+    registry.put(stored_webhook("wh_slow", url=url, event="deleted", rate_limit=5.0, status=Status.INACTIVE))
+    registry.remove("wh_default")
+    assert registry.rate_for(url) == 50_000.0  # alone, a webhook sets its own rate, above the default too
+    registry.remove("wh_fast")
+    assert registry.rate_for(url) == 1000.0  # no active webhook: the default

@@ -50,13 +50,15 @@ class WebhookRegistry:
                 del self._by_url[webhook.url]
 
     def rate_for(self, url: str) -> float:
-        """The URL's request rate: the lowest set by its active webhooks, else the default."""
+        """The URL's request rate: the lowest among its active webhooks, each at its own rate or,
+        when it sets none (0), the default; the default when none is active. A webhook that sets
+        no rate asks for the default, so another on the same URL cannot raise it past that."""
         rates = [
-            hook.rate_limit
+            hook.rate_limit or self._default_rate
             for hook_id in self._by_url.get(url, ())
-            if (hook := self._by_id[hook_id]).rate_limit > 0 and hook.status is Status.ACTIVE
+            if (hook := self._by_id[hook_id]).status is Status.ACTIVE
         ]
-        return min(rates) if rates else self._default_rate
+        return min(rates, default=self._default_rate)
 
     def subscriber_count(self, resource: str, event: str) -> int:
         """How many webhooks (active or not) subscribe to the event type."""
