@@ -304,6 +304,7 @@ def test_prometheus_endpoint(tmp_path: Path) -> None:
     try:
         client = server.client()
         client.create_webhook("order", "created", receiver.url(), timeout_s=1)
+        idle = client.create_webhook("order", "updated", receiver.url("/idle"))
         client.publish_event("order", "created", data={})
         receiver.wait_for(1)
         port = int((tmp_path / "port.metrics").read_text())
@@ -324,6 +325,12 @@ def test_prometheus_endpoint(tmp_path: Path) -> None:
             if labels["scope"] == "service"
         )
         assert ratio == {"5m": 0.0, "1h": 0.0, "1d": 0.0}
+        # A webhook without attempts has a count of 0 and no ratio or durations (0 would read as
+        # every attempt failing, and fire an alert on every idle webhook).
+        idle_attempts = [value for labels, value in metrics["hookd_window_attempts"] if labels["key"] == idle.name]
+        assert idle_attempts == [0.0, 0.0, 0.0]
+        for family in ("hookd_success_ratio", "hookd_attempt_duration_seconds"):
+            assert not [labels for labels, _ in metrics[family] if labels["key"] == idle.name]
         states = {labels["state"]: value for labels, value in metrics["hookd_breaker_state"]}
         assert states == {"closed": 1.0, "open": 0.0, "half_open": 0.0}
         assert "hookd_backlog_deliveries" in metrics and "hookd_attempt_duration_seconds" in metrics

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from functools import partial
 
 import pytest
 
 from hookd.engine.health import DESTINATION, WEBHOOK, WINDOWS_S, HealthAggregates
 from hookd.engine.model import Outcome
-from hookd.engine.store import health_ops
+from hookd.engine.store import health_ops, webhook_ops
 from hookd.engine.store.backend import Backend
 from hookd.engine.store.sql import Tx
+from tests.support.webhooks import stored_webhook
 
 pytestmark = pytest.mark.backends
 
@@ -100,3 +102,43 @@ def test_applying_the_same_rows_twice_counts_them_once(store: Backend) -> None:
             result.set_minute(kind, key, minute, cells, NOW)
     assert day(result, WEBHOOK, "wh_c") == (1, 1)
     assert result.totals == Counter({("https://c.example/", "SUCCESS"): 1})
+
+
+def test_last_seen_facts_of_keys_gone_for_a_day_are_dropped(store: Backend) -> None:
+    """Every start loads all of ``health_last``: the rows of a deleted webhook, or of a URL no
+    webhook uses, go once a day old; those of webhooks and URLs in use stay however old."""
+    kept = stored_webhook("wh_kept", url="https://kept.example/")
+    store.write(partial(webhook_ops.insert_webhook, webhook=kept, limit=10))
+    record(
+        store,
+        ("wh_kept", "https://kept.example/", NOW - 10, 3.0, Outcome.SUCCESS),
+        ("wh_gone", "https://gone.example/", NOW - 10, 3.0, Outcome.SUCCESS),
+    )
+
+    def last_keys(now: float) -> set[tuple[str, str]]:
+        while store.write(partial(health_ops.compact, now=now)):
+            pass
+        return {(kind, key) for kind, key, *_ in store.read(lambda tx: health_ops.load(tx, now)).last}
+
+    everything = {
+        (WEBHOOK, "wh_kept"),
+        (DESTINATION, kept.url),
+        (WEBHOOK, "wh_gone"),
+        (DESTINATION, "https://gone.example/"),
+    }
+    assert last_keys(NOW) == everything
+    assert last_keys(NOW + 2 * health_ops.DAY_S) == {(WEBHOOK, "wh_kept"), (DESTINATION, kept.url)}
+
+
+def test_counters_of_a_destination_unused_for_a_day_are_forgotten() -> None:
+    """The Prometheus counters name destinations: one without an attempt for a day leaves them,
+    so their number does not grow with every URL ever used."""
+    result = HealthAggregates()
+    result.start_counting()
+    minute = int(NOW // 60)
+    result.set_minute(DESTINATION, "https://old.example/", minute - 1, {("SUCCESS", 3): 2}, NOW)
+    later = NOW + health_ops.DAY_S + 3600
+    result.set_minute(DESTINATION, "https://busy.example/", int(later // 60), {("SUCCESS", 3): 1}, later)
+    assert set(result.totals) == {("https://old.example/", "SUCCESS"), ("https://busy.example/", "SUCCESS")}
+    result.prune(later)
+    assert result.totals == Counter({("https://busy.example/", "SUCCESS"): 1})

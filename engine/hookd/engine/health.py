@@ -362,3 +362,7 @@ class HealthAggregates:
                 if group[key].empty():
                     del group[key]
         self.service.prune(now)
+        # A destination without an attempt for a day has no series left; its counters go with it,
+        # so the metrics do not name every URL ever used (Prometheus takes a series that ends).
+        for total in [total for total in self.totals if total[0] not in self.destinations]:
+            del self.totals[total]

@@ -92,9 +92,10 @@ class _SnapshotCollector(Collector):
             for figures in stats.windows:
                 window = [scope, stats.key, WINDOW_LABEL.get(figures.window_s, f"{figures.window_s}s")]
                 window_attempts.add_metric(window, figures.attempts)
-                success.add_metric(window, figures.success_rate)
-                for quantile, field in QUANTILES:
-                    duration.add_metric([*window, quantile], getattr(figures, field) / 1000.0)
+                if figures.attempts:  # a window without attempts has no ratio and no durations, not 0
+                    success.add_metric(window, figures.success_rate)
+                    for quantile, field in QUANTILES:
+                        duration.add_metric([*window, quantile], getattr(figures, field) / 1000.0)
                 for outcome, count in sorted(figures.errors.items()):
                     errors.add_metric([*window, outcome], count)
             key = [scope, stats.key]

@@ -212,10 +212,17 @@ def changed_since(tx: Tx, since: float) -> HealthRows:
 
 def compact(tx: Tx, now: float, keys: int = 500) -> int:
     """Fold the minute rows of up to ``keys`` keys older than ``MINUTE_ROWS_KEPT`` minutes into
-    hour rows (whole hours only), drop hours older than a day; return how many keys were folded
-    (call again while it is not 0)."""
+    hour rows (whole hours only), drop hours older than a day and the last-seen facts of keys
+    gone for a day; return how many keys were folded (call again while it is not 0)."""
     cutoff = (int(now // 60) - MINUTE_ROWS_KEPT) // 60 * 60
     tx.execute("DELETE FROM health_hours WHERE hour < ?", [int((now - DAY_S) // 3600) - 1])
+    # The last-seen facts of a webhook deleted, or a URL no webhook uses any more, once a day
+    # old: every start loads them all, so keys that came and went must not pile up for ever.
+    tx.execute(
+        "DELETE FROM health_last WHERE updated_at < ? AND ((kind = ? AND key NOT IN (SELECT id FROM webhooks)) "
+        "OR (kind = ? AND key NOT IN (SELECT url FROM webhooks)))",
+        [now - DAY_S, WEBHOOK, DESTINATION],
+    )
     batch = tx.all("SELECT DISTINCT kind, key FROM health_minutes WHERE minute < ? LIMIT ?", [cutoff, keys])
     if not batch:
         return 0
