@@ -221,6 +221,31 @@ def test_test_webhook_tries_unsaved_settings_and_records_nothing(server: HookdPr
         receiver.close()
 
 
+def test_stored_credentials_go_only_to_the_stored_urls_origin(server: HookdProcess) -> None:
+    """A trial of another URL does not carry the stored credentials (which no answer shows):
+    whoever may call TestWebhook could otherwise have them sent to a server of its choosing."""
+    receiver = Receiver(always(Reply(status=202)))
+    try:
+        auth = pb.DestinationAuth(bearer=pb.BearerAuth(token="stored-secret-token"))
+        stored = server.client().create_webhook("order", "created", receiver.url("/saved"), auth=auth)
+        assert post(server, "TestWebhook", {"name": stored.name, "webhook": {"url": receiver.url("/other")}})[0] == 200
+        # Same origin, another path: the destination's own server, so its credentials go along.
+        [same_origin] = receiver.received()
+        assert same_origin.headers["authorization"] == "Bearer stored-secret-token"
+        elsewhere = receiver.url("/x").replace("127.0.0.1", "localhost")
+        answer = post(server, "TestWebhook", {"name": stored.name, "webhook": {"url": elsewhere}})
+        assert answer[0] == 200 and answer[1]["attempt"]["statusCode"] == 202
+        [_, other_origin] = receiver.received()
+        assert "authorization" not in other_origin.headers
+        Verifier(stored.signing_secret).verify(other_origin.body, other_origin.headers)
+        # Credentials given with the trial go wherever the trial goes.
+        given = {"url": elsewhere, "auth": {"bearer": {"token": "typed-again"}}}
+        assert post(server, "TestWebhook", {"name": stored.name, "webhook": given})[0] == 200
+        assert receiver.received()[2].headers["authorization"] == "Bearer typed-again"
+    finally:
+        receiver.close()
+
+
 def test_dashboard_files_are_served_with_a_strict_policy(server: HookdProcess) -> None:
     with urllib.request.urlopen(server.http_url + "/", timeout=10) as answer:
         page = answer.read().decode()

@@ -27,6 +27,7 @@ from hookd.engine.connections import ConnectionSet
 from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.envelopes import envelope
 from hookd.engine.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from hookd.engine.http11 import RequestNotEncodable, target_of
 from hookd.engine.http_delivery import post
 from hookd.engine.ids import new_event_id, new_signing_secret, new_webhook_id
 from hookd.engine.jobs import AttemptResult, Job, PreparedEvent, PublishResult
@@ -604,8 +605,11 @@ class Engine:
     async def try_settings(self, data: WebhookInput, webhook_id: str = "") -> AttemptResult:
         """Send a signed ping to a URL, auth and timeout not saved yet, and record nothing.
 
-        With ``webhook_id`` the stored webhook fills what ``data`` leaves unset (an auth without a
-        method keeps the stored one) and its secrets sign, so its receiver can verify the ping.
+        With ``webhook_id`` the stored webhook fills what ``data`` leaves unset and its secrets
+        sign, so its receiver can verify the ping. An auth without a method keeps the stored
+        credentials only for the stored URL's origin (scheme, host and port): they are the
+        destination's, and a caller who may not read them must not be able to send them to a
+        server of its choosing; for another origin the caller sends them itself.
         """
         stored = await self.get_webhook(webhook_id) if webhook_id else None
         now = self.clock.now()
@@ -624,10 +628,12 @@ class Engine:
             create_time=now,
             update_time=now,
         )
+        url = data.url or trial.url
+        kept_auth = trial.auth if stored is not None and _same_origin(url, stored.url) else Auth()
         trial = replace(
             trial,
-            url=data.url or trial.url,
-            auth=data.auth if data.auth.kind != "none" else trial.auth,
+            url=url,
+            auth=data.auth if data.auth.kind != "none" else kept_auth,
             timeout_s=data.timeout_s if data.timeout_s is not None else trial.timeout_s,
         )
         check_scalars(WebhookInput(url=trial.url, auth=trial.auth, timeout_s=trial.timeout_s), "webhook")
@@ -635,6 +641,7 @@ class Engine:
         event_id = new_event_id()
         data_json = to_json({"webhook": f"webhooks/{webhook_id}" if webhook_id else None})
         payload = envelope(event_id, catalogue.PING_TYPE, now, data_json, "{}").encode()
+        log.info("webhook settings tried name=%s url=%s", f"webhooks/{webhook_id}" if webhook_id else "-", trial.url)
         async with ConnectionSet(self.config.destinations) as client:
             headers = request_headers(trial, f"msg_{event_id}", payload, now)
             return await post(client, trial.url, headers, payload, trial.timeout_s, self.clock.now())
@@ -905,3 +912,11 @@ class Engine:
 
 def _webhooks_by_id(tx: Tx) -> dict[str, Webhook]:
     return {webhook.id: webhook for webhook in queries.all_webhooks(tx)}
+
+
+def _same_origin(url: str, other: str) -> bool:
+    """Whether requests to both URLs go to the same scheme, host and port."""
+    try:
+        return target_of(url).origin == target_of(other).origin
+    except RequestNotEncodable:
+        return False

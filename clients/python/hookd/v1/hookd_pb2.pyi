@@ -728,7 +728,8 @@ class TestWebhookRequest(_message.Message):
         """Settings to try before saving them (the dashboard's "Test connection"): `url`, `auth` and
         `timeout` are used instead of the stored ones, and nothing is recorded. With `name`, the
         stored webhook fills what is not set here (an `auth` without a method keeps the stored
-        credentials) and its secret signs the ping; without `name`, a one-off secret signs it.
+        credentials if the URL has the stored URL's scheme, host and port; to another origin they
+        are not sent) and its secret signs the ping; without `name`, a one-off secret signs it.
         """
 
     def __init__(
