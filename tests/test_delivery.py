@@ -5,14 +5,20 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import standardwebhooks
 import svix.webhooks
+import trio
 
 from hookd.client import FailedPrecondition, HookdClient, InvalidArgument, NotFound
+from hookd.engine import EventInput, core
+from hookd.engine.errors import Unavailable
+from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
+from tests.support.engine import local_engine
 from tests.support.receiver import Receiver, Reply, always, fail_first, wait_until
 from tests.support.server import HookdProcess
 
@@ -415,3 +421,24 @@ def test_envelope_numbers_keep_their_type(client: HookdClient, receiver: Receive
     body = json.loads(receiver.wait_for(1)[0].body)
     assert body["data"]["qty"] == 3 and isinstance(body["data"]["qty"], int)
     assert body["data"]["price"] == 2.5
+
+
+async def test_a_ping_given_up_on_is_never_sent(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TestWebhook gives up on a ping that found no turn in time and tells the caller to try
+    again; the ping it gave up on must not arrive later beside the new one (it stayed queued,
+    waiting for its rate-limit token, and went out once it came)."""
+    monkeypatch.setattr(core, "PING_QUEUE_WAIT_S", 0.3)
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        data = WebhookInput(resource="order", event="created", url=receiver.url("/limited"), rate_limit=1.0)
+        hook = await engine.create_webhook(replace(data, timeout_s=0.1))
+        await engine.publish([EventInput("order", "created", {}, {})], batch=False)  # takes the one token
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
+        with pytest.raises(Unavailable):
+            await engine.test_webhook(hook.id)  # waits 0.5 s for a token a second away
+        await trio.sleep(1.5)  # the token it waited for has come
+        assert [json.loads(r.body)["type"] for r in receiver.received()] == ["order.created"]
+        nursery.cancel_scope.cancel()

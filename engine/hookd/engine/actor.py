@@ -239,6 +239,19 @@ class DestinationActor:
                 entry.scope.cancel()
         self._nudge()
 
+    def forget_job(self, delivery_id: int) -> None:
+        """No one wants this job any more (a test ping its caller gave up on): drop it from the
+        queue, or stop its request if it is waiting for its turn or under way."""
+        for job in self.queue:
+            if job.delivery_id == delivery_id:
+                self.queue.remove(job)
+                self.known.pop(delivery_id, None)
+                break
+        entry = self.in_flight.get(delivery_id)
+        if entry is not None:
+            entry.scope.cancel()
+        self._nudge()
+
     def drain(self) -> None:
         """Start nothing new; retire once every request in flight has its outcome committed
         (a clean hand-over of the destination to another node)."""

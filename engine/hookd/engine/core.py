@@ -581,6 +581,9 @@ class Engine:
             partial(queries.list_attempts, delivery_id=job.delivery_id, after_id=None, limit=1)
         )
         if not attempts:
+            # Given up on, so never to be sent: the caller is told to try again, and must not
+            # find the ping it gave up on arriving later beside the new one.
+            self._dispatcher.forget_job(webhook.url, job.delivery_id)
             with trio.CancelScope(shield=True):
                 await self._writer.submit(partial(delivery_ops.abandon_ping, delivery_id=job.delivery_id, now=now))
             raise Unavailable(

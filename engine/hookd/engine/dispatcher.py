@@ -102,6 +102,11 @@ class Dispatcher:
             actor.poke()
             self._run(actor)
 
+    def forget_job(self, url: str, delivery_id: int) -> None:
+        actor = self._actors.get(url)
+        if actor is not None:
+            actor.forget_job(delivery_id)
+
     def cancel_webhook(self, url: str, webhook_id: str) -> None:
         actor = self._actors.get(url)
         if actor is not None:
