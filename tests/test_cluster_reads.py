@@ -1,4 +1,5 @@
-"""Reading a webhook through one node right after another node changed it, in-process on a real
+"""Reading a webhook through one node right after another node changed it (and a ping asked for
+through a node that does not own its destination), in-process on a real
 PostgreSQL database. The node that reads has not heard of the change (its notifications are
 held back, as they are for a moment in a running cluster): what it answers must still be what
 was committed. The acceptance tests start whole nodes (test_cluster.py)."""
@@ -17,8 +18,9 @@ import psycopg
 import pytest
 import trio
 
-from hookd.engine import Engine, EngineConfig
+from hookd.engine import Engine, EngineConfig, EventInput
 from hookd.engine import core as core_module
+from hookd.engine.breaker import BreakerPolicy
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
 from hookd.engine.model import Status, Webhook
@@ -27,19 +29,22 @@ from hookd.engine.store.backend import open_backend
 from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import _Op, partial_batch
 from hookd.engine.validation import WebhookInput
+from tests.support.engine import until
 from tests.support.postgres import PostgresServer
+from tests.support.receiver import Receiver, Reply, always
 from tests.support.webhooks import stored_webhook
 
 URL = "http://127.0.0.1:9/hook"
 
 
-def _node(database: str, node_id: str) -> Engine:
+def _node(database: str, node_id: str, **settings: Any) -> Engine:
     return Engine(
         EngineConfig(
             database=database,
             node_id=node_id,
             destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
             max_webhooks_per_type=3,
+            **settings,
         )
     )
 
@@ -420,3 +425,38 @@ async def test_a_commit_hook_that_runs_after_another_nodes_delete_does_not_bring
         assert reader.registry.get(changed.id) is None
         assert reader.registry.get(made.id) is None
         assert reader.registry.subscriber_count("order", "created") == 0
+
+
+async def test_a_ping_through_another_node_goes_ahead_of_what_a_breaker_holds(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ping asked for through a node that does not own the destination reaches the owner from
+    disk. Like a ping offered on the owner itself, it goes to the front of the queue: pings are
+    sent while the breaker is open, and a delivery the open breaker holds must not hold it."""
+    monkeypatch.setattr(core_module, "PING_QUEUE_WAIT_S", 3.0)
+    database = postgres_server.new_database()
+    receiver = Receiver(always(Reply(status=500)))
+    config = {"breaker": BreakerPolicy(failure_threshold=1)}
+    one, two = _node(database, "one", **config), _node(database, "two", **config)
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                await nursery.start(one.run)
+                await nursery.start(two.run)
+                url = receiver.url("/held")
+                hook = await one.create_webhook(WebhookInput(resource="order", event="created", url=url, timeout_s=0.5))
+                owner = await until(lambda: _owner_of(url, one, two))
+                other = two if owner is one else one
+                await owner.publish([EventInput("order", "created", {}, {})], batch=False)
+                await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))  # fails: the breaker opens
+                await owner.publish([EventInput("order", "created", {}, {})], batch=False)  # held by it
+                _, attempt = await other.test_webhook(hook.id)
+                assert attempt.status_code == 500
+                nursery.cancel_scope.cancel()
+    finally:
+        receiver.close()
+
+
+async def _owner_of(url: str, *nodes: Engine) -> Engine | None:
+    owners = [node for node in nodes if node._membership is not None and node._membership.owns(url)]
+    return owners[0] if len(owners) == 1 else None

@@ -434,12 +434,19 @@ class DestinationActor:
 
     def end_refill(self, refill: Refill, window: tuple[list[Job], float | None]) -> None:
         """Queue what the read found (but what settled meanwhile, or is already in memory); the
-        backlog is known to be empty when the read came back short and nothing poked since."""
+        backlog is known to be empty when the read came back short and nothing poked since.
+
+        A test ping read from disk (asked for through another node of a cluster) goes to the
+        front, as one offered here does: not behind the backlog, nor behind a breaker that holds
+        the queue."""
         jobs, next_due = window
         added = 0
         for job in jobs:
             if added < refill.room and job.delivery_id not in self.known and job.delivery_id not in refill.settled:
-                self.queue.append(job)
+                if job.single_attempt:
+                    self.queue.insert(0, job)
+                else:
+                    self.queue.append(job)
                 self.known[job.delivery_id] = None
                 added += 1
         if len(jobs) < refill.limit and refill.pokes == self._pokes:
