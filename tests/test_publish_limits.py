@@ -14,6 +14,7 @@ import trio
 from hookd.client import InvalidArgument, ResourceExhausted
 from hookd.client.client import event_input
 from hookd.engine import Engine, EventInput
+from hookd.engine.errors import NotFound
 from hookd.engine.errors import ResourceExhausted as EngineResourceExhausted
 from hookd.engine.jobs import PreparedEvent
 from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Status, WebhookFilter
@@ -238,3 +239,25 @@ def test_an_unfinished_staged_publish_does_not_hold_up_an_ordered_webhook(store:
     due = store.read(partial(queries.due_jobs, destination=hook.url, now=10.0, limit=10, ordered=[hook.id]))
     assert [j.delivery_id for j in due] == [job.delivery_id]
     assert store.read(partial(queries.ordered_heads, webhook_ids=[hook.id])) == {hook.id: (job.delivery_id, 0)}
+
+
+def test_deliveries_of_a_publish_still_being_written_are_not_listed(store: Backend) -> None:
+    """They are not sent yet and may be dropped (the publish abandoned): not shown either."""
+    store.write(partial(webhook_ops.insert_webhook, webhook=stored_webhook("wh_listed"), limit=10))
+    subscribed = store.read(partial(delivery_ops.subscribers, resource="order", event="created"))
+    event = _event("evt_being_written")
+    store.write(partial(delivery_ops.stage_deliveries, parts=[(event, subscribed)]))
+    [staged_id] = store.read(lambda tx: [row[0] for row in tx.all("SELECT id FROM deliveries")])
+
+    def listed() -> list[int]:
+        page = store.read(
+            partial(queries.list_deliveries, webhook_id=None, event_id="", state=None, before_id=None, limit=10)
+        )
+        return [delivery.id for delivery in page]
+
+    assert listed() == []
+    with pytest.raises(NotFound):
+        store.read(partial(queries.get_delivery, webhook_id=None, delivery_id=staged_id))
+    store.write(partial(delivery_ops.finish_staged, events=[event], counts=[1]))
+    assert listed() == [staged_id]
+    assert store.read(partial(queries.get_delivery, webhook_id=None, delivery_id=staged_id)).id == staged_id

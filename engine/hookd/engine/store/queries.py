@@ -75,9 +75,17 @@ def get_event(tx: Tx, event_id: str) -> EventRecord:
     return event_from_row(rows[0])
 
 
+#: Deliveries but those of a large publish still being written (staged: listed in
+#: ``publishing`` until their event is stored), which are not sent and may yet be dropped if the
+#: publish is abandoned. (Not "whose event exists": retention may remove an event before a
+#: delivery of it that settled later.)
+_OF_PUBLISHED = "NOT EXISTS (SELECT 1 FROM publishing p WHERE p.event_id = deliveries.event_id)"
+
+
 def get_delivery(tx: Tx, webhook_id: str | None, delivery_id: int) -> DeliveryRecord:
-    """One delivery; ``webhook_id`` None (the ``webhooks/-`` wildcard) matches any webhook."""
-    rows = tx.rows("SELECT * FROM deliveries WHERE id = ?", [delivery_id])
+    """One delivery; ``webhook_id`` None (the ``webhooks/-`` wildcard) matches any webhook.
+    Like every listing, it shows only deliveries of published events (``_OF_PUBLISHED``)."""
+    rows = tx.rows(f"SELECT * FROM deliveries WHERE id = ? AND {_OF_PUBLISHED}", [delivery_id])
     if not rows or (webhook_id is not None and rows[0]["webhook_id"] != webhook_id):
         raise NotFound(f"webhooks/{webhook_id or '-'}/deliveries/{delivery_id} not found")
     return delivery_from_row(rows[0])
@@ -96,8 +104,8 @@ def list_deliveries(
     before_id: int | None,
     limit: int,
 ) -> list[DeliveryRecord]:
-    """A page of deliveries, newest first."""
-    where: list[str] = []
+    """A page of deliveries of published events, newest first."""
+    where: list[str] = [_OF_PUBLISHED]
     params: list[Any] = []
     if webhook_id is not None:
         where.append("webhook_id = ?")
