@@ -1,7 +1,7 @@
 """hookd's HTTP client (``http_delivery.post`` over a ``ConnectionSet``) against trio servers on
 127.0.0.1 in the test itself: keep-alive, framing, the stale-connection retry, timeouts, TLS,
-the SSRF guard, and every failure as one outcome. In-process and fast; the subprocess suites
-cover the same behaviours end to end.
+the SSRF guard, name lookups, happy eyeballs, and every failure as one outcome. In-process and
+fast; the subprocess suites cover the same behaviours end to end.
 """
 
 from __future__ import annotations
@@ -9,25 +9,32 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import logging
+import socket
 import ssl
 import struct
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 import trustme
 
-from hookd.engine import http_delivery
-from hookd.engine.connections import ConnectionSet
-from hookd.engine.destinations import DestinationPolicy
+from hookd.engine import EventInput, connections, destinations, http_delivery
+from hookd.engine.breaker import BreakerPolicy, BreakerState
+from hookd.engine.connections import CONNECT_STAGGER_S, KEEPALIVE_S, ConnectionSet
+from hookd.engine.destinations import DestinationPolicy, DestinationUnresolvable
 from hookd.engine.http_delivery import EXCERPT_CHARS, MAX_RESPONSE_BYTES, post
 from hookd.engine.jobs import AttemptResult
 from hookd.engine.model import Outcome
+from hookd.engine.retry import RetryPolicy
+from hookd.engine.validation import WebhookInput
+from tests.support.engine import local_engine
 
 LOCAL = DestinationPolicy(allow_http=True, allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
 BODY = b'{"id":"evt_1"}'
@@ -276,6 +283,61 @@ async def test_an_idle_connection_the_peer_closed_is_not_reused() -> None:
     assert [r.connection for r in server.requests] == [1, 2]  # checked before use: no wasted send
 
 
+def held_until_connections(count: int, closed: list[int]) -> Handler:
+    """Answer; but hold each connection's first answer until ``count`` connections are open (a
+    burst that needs as many), and note the connections the client closes."""
+    everyone = trio.Event()
+
+    async def handler(peer: Peer) -> None:
+        if peer.number == count:
+            everyone.set()
+        while await peer.read_request() is not None:
+            if peer.requests == 1:
+                await everyone.wait()
+            await peer.send(OK)
+        closed.append(peer.number)
+
+    return handler
+
+
+async def burst(client: ConnectionSet, url: str, count: int) -> None:
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(send, client, url)
+
+
+async def test_connections_of_a_burst_are_closed_once_idle_for_the_limit_under_steady_traffic(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Steady traffic after a burst of 16 takes the top of the stack again and again: the 15
+    connections under it are closed once idle for KEEPALIVE_S, not kept open for ever."""
+    closed: list[int] = []
+    async with serve(held_until_connections(16, closed)) as server, ConnectionSet(LOCAL) as client:
+        await burst(client, server.url(), 16)
+        assert server.connections == 16 and repr(client) == "<ConnectionSet idle=16>"
+        for _ in range(8):  # one request every 5 s for 40 s
+            await trio.sleep(5)
+            assert (await send(client, server.url())).outcome is Outcome.SUCCESS
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.connections == 16 and len(closed) == 15 and repr(client) == "<ConnectionSet idle=1>"
+        assert len(server.requests) == 16 + 8
+
+
+async def test_close_expired_closes_what_no_request_takes(autojump_clock: trio.testing.MockClock) -> None:
+    """An actor that sends nothing (parked, or waiting out an open breaker) has its idle
+    connections closed by its sweep once they are idle for KEEPALIVE_S, and not before."""
+    closed: list[int] = []
+    async with serve(held_until_connections(4, closed)) as server, ConnectionSet(LOCAL) as client:
+        await burst(client, server.url(), 4)
+        await trio.sleep(KEEPALIVE_S - 1)
+        client.close_expired()
+        assert repr(client) == "<ConnectionSet idle=4>"
+        await trio.sleep(1)
+        client.close_expired()
+        await trio.testing.wait_all_tasks_blocked()
+        assert repr(client) == "<ConnectionSet idle=0>" and sorted(closed) == [1, 2, 3, 4]
+
+
 async def test_timeout_bounds_the_whole_exchange_and_drops_the_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -429,14 +491,24 @@ async def test_the_guard_refuses_before_connecting() -> None:
     assert server.connections == 0
 
 
+async def test_plain_http_is_refused_at_connection_time_unless_allowed() -> None:
+    """A webhook saved with http while --allow-http was on, delivered after it was removed."""
+    https_only = DestinationPolicy(allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    async with serve(answer(OK)) as server, ConnectionSet(https_only) as client:
+        result = await send(client, server.url())
+    assert result.outcome is Outcome.BLOCKED and "--allow-http" in result.error, result
+    assert server.connections == 0
+
+
 @dataclass(frozen=True)
 class PinnedNames(DestinationPolicy):
     """The guard, with a resolver that knows one extra name (the tests have no DNS of their own)."""
 
     pinned: str = ""
+    addresses: tuple[str, ...] = ("127.0.0.1",)
 
     async def resolve(self, host: str, port: int) -> list[str]:
-        return ["127.0.0.1"] if host == self.pinned else await super().resolve(host, port)
+        return list(self.addresses) if host == self.pinned else await super().resolve(host, port)
 
 
 @pytest.fixture(scope="module")
@@ -490,3 +562,185 @@ async def test_plain_http_on_an_https_url_is_a_tls_failure(ca: trustme.CA) -> No
     async with serve(plain) as server, ConnectionSet(LOCAL, client_context(ca)) as client:
         result = await send(client, server.url(scheme="https"))
     assert result.outcome is Outcome.TLS, result
+
+
+# -- name lookups -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Resolver:
+    """The system resolver's stand-in in the lookup threads: every name is 127.0.0.1, but a
+    lookup of a name in ``held`` blocks until ``release`` is set, as when its name servers do
+    not answer; ``calls`` lists the names looked up."""
+
+    held: set[str] = field(default_factory=set)
+    release: threading.Event = field(default_factory=threading.Event)
+    calls: list[str] = field(default_factory=list)
+
+    def __call__(self, name: bytes) -> list[str]:
+        host = name.decode()
+        self.calls.append(host)
+        if host in self.held:
+            self.release.wait()
+        if host.startswith("nx."):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return ["127.0.0.1"]
+
+
+@pytest.fixture
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Resolver]:
+    fake = Resolver()
+    monkeypatch.setattr(destinations, "_getaddrinfo", fake)
+    yield fake
+    fake.release.set()  # the held lookups' threads end
+
+
+async def test_names_whose_lookups_hang_delay_only_their_own_destinations(resolver: Resolver) -> None:
+    """Three destinations whose lookups hang, 16 requests each, all abandoned at their timeout:
+    they hold one lookup thread each, none of trio's default ones, and a healthy destination
+    that needs a connection still gets one at once."""
+    hanging = [f"hang-{n}.test" for n in range(3)]
+    resolver.held.update(hanging)
+    async with serve(answer(OK)) as server:
+        async with trio.open_nursery() as nursery:
+            for name in hanging:
+                client = ConnectionSet(LOCAL)
+                for _ in range(16):
+                    nursery.start_soon(partial(send, client, server.url(host=name), timeout_s=0.5))
+        assert sorted(resolver.calls) == hanging
+        assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+        start = trio.current_time()
+        async with ConnectionSet(LOCAL) as client:
+            result = await send(client, server.url(host="healthy.test"), timeout_s=3)
+        assert result.outcome is Outcome.SUCCESS, result
+        assert trio.current_time() - start < 1
+
+
+async def test_concurrent_lookups_of_one_name_share_one_call(resolver: Resolver) -> None:
+    """Ten requests want one name while its lookup runs: one call, one answer for all, even for
+    those still waiting when the request that started it gave up."""
+    resolver.held.update({"slow.test", "nx.slow.test"})
+    answers: list[list[str]] = []
+    failures: list[str] = []
+
+    async def resolve(name: str) -> None:
+        try:
+            answers.append(await LOCAL.resolve(name, 443))
+        except DestinationUnresolvable as error:
+            failures.append(str(error))
+
+    async def gives_up() -> None:
+        with trio.move_on_after(0.05):
+            await LOCAL.resolve("slow.test", 443)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(gives_up)
+        await trio.testing.wait_all_tasks_blocked()
+        for name in ["slow.test"] * 9 + ["nx.slow.test"] * 3:
+            nursery.start_soon(resolve, name)
+        await trio.sleep(0.1)
+        resolver.release.set()
+    assert sorted(resolver.calls) == ["nx.slow.test", "slow.test"]
+    assert answers == [["127.0.0.1"]] * 9
+    assert failures == ["host 'nx.slow.test' did not resolve: [Errno -2] Name or service not known"] * 3
+
+
+async def test_a_lookup_whose_starter_gave_up_waiting_for_a_thread_is_started_again(
+    resolver: Resolver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(destinations, "LOOKUP_THREADS", 1)
+    resolver.held.add("hang.test")
+    answers: list[list[str]] = []
+
+    async def resolve(name: str, timeout_s: float = 10.0) -> None:
+        with trio.move_on_after(timeout_s):
+            answers.append(await LOCAL.resolve(name, 443))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(resolve, "hang.test")  # holds the only thread
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(resolve, "ok.test", 0.05)  # waits for the thread, then gives up
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(resolve, "ok.test")  # waits for that lookup
+        await trio.sleep(0.1)
+        assert resolver.calls == ["hang.test"]
+        resolver.release.set()
+    assert resolver.calls == ["hang.test", "ok.test"] and answers == [["127.0.0.1"]] * 2
+
+
+# -- happy eyeballs ---------------------------------------------------------------------------------
+
+
+async def test_an_address_that_drops_packets_costs_the_stagger_not_the_attempt(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The name's first address never answers (its SYNs vanish): the second is tried beside it
+    after the stagger, wins, and the first attempt is cancelled."""
+    connect = connections._connect_address
+    attempts: list[str] = []
+
+    async def black_hole_first(address: str, port: int) -> trio.SocketStream:
+        attempts.append(address)
+        if address == "127.0.0.2":
+            await trio.sleep_forever()
+        return await connect(address, port)
+
+    monkeypatch.setattr(connections, "_connect_address", black_hole_first)
+    policy = PinnedNames(allow_http=True, allow_hosts=frozenset({"two.test"}), pinned="two.test")
+    policy = replace(policy, addresses=("127.0.0.2", "127.0.0.1"))
+    async with serve(answer(OK)) as server, ConnectionSet(policy) as client:
+        start = trio.current_time()
+        result = await send(client, server.url(host="two.test"), timeout_s=5)
+        elapsed = trio.current_time() - start
+    assert result.outcome is Outcome.SUCCESS, result
+    assert CONNECT_STAGGER_S <= elapsed < CONNECT_STAGGER_S + 0.05
+    assert attempts == ["127.0.0.2", "127.0.0.1"] and server.connections == 1
+
+
+async def test_a_refused_address_moves_on_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    policy = PinnedNames(allow_http=True, allow_hosts=frozenset({"two.test"}), pinned="two.test")
+    policy = replace(policy, addresses=("127.0.0.2", "127.0.0.1"))  # the server listens on 127.0.0.1 only
+    async with serve(answer(OK)) as server, ConnectionSet(policy) as client:
+        start = trio.current_time()
+        result = await send(client, server.url(host="two.test"))
+        elapsed = trio.current_time() - start
+    assert result.outcome is Outcome.SUCCESS and elapsed < CONNECT_STAGGER_S
+
+
+async def test_no_address_answers() -> None:
+    policy = PinnedNames(allow_http=True, allow_hosts=frozenset({"two.test"}), pinned="two.test")
+    policy = replace(policy, addresses=("127.0.0.2", "127.0.0.3"))
+    async with serve(answer(OK)) as server, ConnectionSet(policy) as client:
+        result = await send(client, server.url(host="two.test"))
+    assert result.outcome is Outcome.CONNECTION, result
+    assert "('127.0.0.2', " in result.error and "('127.0.0.3', " in result.error
+
+
+async def test_an_actor_waiting_out_an_open_breaker_closes_its_idle_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An actor kept because its breaker is open sends nothing, so no request takes (and
+    prunes) its idle connections: the dispatcher's sweep closes them once past their keep-alive."""
+    monkeypatch.setattr(connections, "KEEPALIVE_S", 0.3)
+    closed: list[int] = []
+    failing = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+
+    async def fails_and_keeps_alive(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(failing)
+        closed.append(peer.number)
+
+    engine = local_engine(
+        tmp_path, actor_idle_s=0.4, breaker=BreakerPolicy(failure_threshold=1), retry=RetryPolicy(base_s=60)
+    )
+    async with serve(fails_and_keeps_alive) as server, trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=server.url()))
+        await engine.publish([EventInput("order", "created", {}, {})], batch=False)
+        with trio.fail_after(10):
+            while not closed:
+                await trio.sleep(0.05)
+        assert closed == [1] and len(server.requests) == 1
+        [stats] = (await engine.health_snapshot(urls=[server.url()])).destinations
+        assert stats.breaker_state is BreakerState.OPEN  # the actor is still there
+        nursery.cancel_scope.cancel()

@@ -1,5 +1,5 @@
-"""Whom hookd may call: https only unless allowed, no internal addresses unless allow-listed, checked
-when a webhook is saved and again at every delivery.
+"""Whom hookd may call: https only unless allowed, no internal addresses unless allow-listed, both
+checked when a webhook is saved and again at every delivery.
 
 Test traffic only ever goes to 127.0.0.0/8. The other addresses below are refused before any
 connection is made, which is the point; the ones an allow-list opens are only saved, never called.
@@ -130,9 +130,17 @@ def test_https_only_unless_allow_http(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_guard_runs_again_at_delivery_time(tmp_path: Path) -> None:
-    """A webhook saved while 127.0.0.0/8 was allowed, after a restart without the allow-list: its
-    attempts are BLOCKED and nothing reaches the receiver."""
+#: What a restart takes away from a saved http webhook to 127.0.0.1, and what its attempts then say.
+GUARD_CHANGES = {
+    "allow-list-removed": (("--allow-http",), "not a public address"),
+    "allow-http-removed": (("--allow-destination", "127.0.0.0/8"), "plain http is not allowed"),
+}
+
+
+@pytest.mark.parametrize(("flags", "error"), list(GUARD_CHANGES.values()), ids=list(GUARD_CHANGES))
+def test_guard_runs_again_at_delivery_time(tmp_path: Path, flags: tuple[str, ...], error: str) -> None:
+    """A webhook saved while http and 127.0.0.0/8 were allowed, after a restart without one of
+    them: its attempts are BLOCKED and nothing reaches the receiver."""
     receiver = Receiver()
     retries = ("--max-attempts", "2", "--retry-base", "0.05", "--retry-cap", "0.1")
     open_server = HookdProcess(tmp_path, "--allow-http", "--allow-destination", "127.0.0.0/8", *retries, local=False)
@@ -141,7 +149,7 @@ def test_guard_runs_again_at_delivery_time(tmp_path: Path) -> None:
         hook = client.create_webhook("customer", "deleted", receiver.url())
         open_server.stop()
 
-        closed_server = HookdProcess(tmp_path, "--allow-http", *retries, local=False).start()
+        closed_server = HookdProcess(tmp_path, *flags, *retries, local=False).start()
         try:
             client = closed_server.client()
             client.publish_event("customer", "deleted", data={"id": 7})
@@ -151,7 +159,7 @@ def test_guard_runs_again_at_delivery_time(tmp_path: Path) -> None:
             (delivery,) = client.list_deliveries(hook.name).deliveries
             attempts = client.list_attempts(delivery.name).attempts
             assert [a.outcome for a in attempts] == [pb.BLOCKED, pb.BLOCKED]
-            assert all("not a public address" in a.error and a.status_code == 0 for a in attempts)
+            assert all(error in a.error and a.status_code == 0 for a in attempts), attempts
             ping = client.test_webhook(hook.name).attempt
             assert ping.outcome == pb.BLOCKED
             stream = client.stream_health(webhooks=[hook.name])

@@ -239,6 +239,12 @@ class DestinationActor:
                 entry.scope.cancel()
         self._nudge()
 
+    def close_expired_connections(self) -> None:
+        """Close the idle connections past their keep-alive (a request taking one does it too,
+        but an actor that sends nothing takes none)."""
+        if self._connections is not None:
+            self._connections.close_expired()
+
     def forget_job(self, delivery_id: int) -> None:
         """No one wants this job any more (a test ping its caller gave up on): drop it from the
         queue, or stop its request if it is waiting for its turn or under way."""

@@ -7,7 +7,17 @@ stack of idle connections: a request takes the most recently used one, checks th
 and gives it back when its response was read to the end and the peer keeps it alive.
 
 Every connection goes to an address the destination policy resolved and checked itself, never
-to a name, so a DNS answer that changes between check and connect reaches nothing new.
+to a name, so a DNS answer that changes between check and connect reaches nothing new; and a
+plain-http one only while the policy allows http, so a webhook saved under ``--allow-http`` stops
+once the flag is gone. A name with several addresses is connected to as RFC 8305 says (happy
+eyeballs): the next address is tried after a short stagger, or at once when one fails, and the
+first to connect wins, so an address that drops packets costs a quarter second, not the attempt.
+
+The stack is ordered by the time each connection went idle, oldest at the bottom. A request
+takes from the top, so under steady traffic the connections of a past burst sink and are never
+taken again: each take closes those at the bottom idle past ``KEEPALIVE_S`` (one comparison when
+none is), and ``close_expired`` does it for an actor that takes nothing (parked, or waiting out
+an open breaker), so no connection stays open, or half-closed by its peer, for ever.
 
 A destination may close an idle connection just as it is reused (its keep-alive timeout ran
 out, the close is still on the wire). A request that fails that way, on a reused connection and
@@ -21,12 +31,15 @@ import ssl
 
 import trio
 
-from hookd.engine.destinations import DestinationPolicy, DestinationUnresolvable
+from hookd.engine.destinations import DestinationBlocked, DestinationPolicy, DestinationUnresolvable
 from hookd.engine.http11 import ConnectionLost, ResponseParser, Target, target_of
 
 #: An idle connection older than this is closed instead of reused.
 KEEPALIVE_S = 30.0
 RECEIVE_BYTES = 65536
+#: How long a connection attempt to one address goes unanswered before the next address is
+#: tried beside it (RFC 8305 recommends 250 ms).
+CONNECT_STAGGER_S = 0.25
 
 
 class TLSFailure(Exception):
@@ -101,17 +114,66 @@ class Connection:
         return response.reusable
 
 
+async def _connect_address(address: str, port: int) -> trio.SocketStream:
+    """A TCP connection to one checked address (never a name). Raises OSError."""
+    family = trio.socket.AF_INET6 if ":" in address else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        await sock.connect((address, port))  # its OSError names the address
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+def _interleaved(addresses: list[str]) -> list[str]:
+    """The resolver's order with the first address of the other family moved second (RFC 8305
+    section 4), so a broken IPv6 path costs one stagger, not one per IPv6 address."""
+    first_v6 = ":" in addresses[0]
+    other = next((i for i, address in enumerate(addresses) if (":" in address) != first_v6), None)
+    if other is None or other == 1:
+        return addresses
+    return [addresses[0], addresses[other], *addresses[1:other], *addresses[other + 1 :]]
+
+
 async def _open_tcp(addresses: list[str], port: int) -> trio.SocketStream:
-    """A TCP connection to the first of ``addresses`` that answers. Raises OSError."""
-    failure: OSError | None = None
-    for address in addresses:
-        try:
-            return await trio.open_tcp_stream(address, port)
-        except OSError as error:
-            failure = error
-    if failure is None:
+    """A TCP connection to the first of ``addresses`` that answers, trying them staggered by
+    ``CONNECT_STAGGER_S`` (or at once after a failure). Raises OSError."""
+    if not addresses:
         raise DestinationUnresolvable("the host name resolved to no address")
-    raise failure
+    if len(addresses) == 1:
+        return await _connect_address(addresses[0], port)
+    winner: trio.SocketStream | None = None
+    failures: list[OSError] = []
+
+    async def attempt(address: str, failed: trio.Event) -> None:
+        nonlocal winner
+        try:
+            stream = await _connect_address(address, port)
+        except OSError as error:
+            failures.append(error)
+            failed.set()
+            return
+        if winner is not None:  # two connected in one scheduling round: keep the first
+            stream.socket.close()
+            return
+        winner = stream
+        nursery.cancel_scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for address in _interleaved(addresses):
+                failed = trio.Event()
+                nursery.start_soon(attempt, address, failed)
+                with trio.move_on_after(CONNECT_STAGGER_S):
+                    await failed.wait()
+    except BaseException:
+        if winner is not None:  # cancelled from outside just as one connected
+            winner.socket.close()
+        raise
+    if winner is None:
+        raise OSError(f"no address of the host answered: {'; '.join(map(str, failures))}")
+    return winner
 
 
 class ConnectionSet:
@@ -161,8 +223,19 @@ class ConnectionSet:
                     raise
         await self._run(await self._connect(target), request, response)
 
+    def close_expired(self) -> None:
+        """Close the idle connections past ``KEEPALIVE_S``: for an owner that takes none for a
+        while (a parked actor, one waiting out an open breaker), from a periodic sweep."""
+        self._close_expired(trio.current_time())
+
+    def _close_expired(self, now: float) -> None:
+        idle = self._idle
+        while idle and now - idle[0].idle_since >= KEEPALIVE_S:
+            idle.pop(0).close()
+
     def _take_idle(self, origin: tuple[bool, str, int]) -> Connection | None:
         now = trio.current_time()
+        self._close_expired(now)
         while self._idle:
             connection = self._idle.pop()
             if connection.is_usable(origin, now):
@@ -182,7 +255,10 @@ class ConnectionSet:
                 connection.close()
 
     async def _connect(self, target: Target) -> Connection:
-        """A new connection to an address the policy checked, TLS verified when https."""
+        """A new connection to an address the policy checked, TLS verified when https; plain
+        http only while the policy allows it. Raises DestinationBlocked."""
+        if not target.tls and not self._policy.allow_http:
+            raise DestinationBlocked("plain http is not allowed (https only; see --allow-http)")
         addresses = await self._policy.resolve(target.host, target.port)
         tcp = await _open_tcp(addresses, target.port)
         if not target.tls:

@@ -7,18 +7,31 @@ and the connection goes to the very address that was checked, so a DNS answer th
 between check and connect (DNS rebinding) gains nothing.
 
 https destinations must present a certificate the system trusts, or one signed by the extra CA
-file the operator names (an internal CA), never anything less.
+file the operator names (an internal CA), never anything less; plain http is refused unless
+allowed, at every connection too (``ConnectionSet``).
+
+Names are looked up in worker threads, and a lookup cannot be interrupted: one abandoned at its
+request's timeout keeps its thread until the system resolver gives up (tens of seconds when a
+name server does not answer). So lookups have threads of their own (``LOOKUP_THREADS``, not
+trio's default limiter, which the store's reads use too), and the requests that want one name
+while its lookup runs wait for that lookup instead of starting another: a destination whose name
+servers hang holds one thread, not one per request in flight, and the healthy ones find threads
+free. Nothing is cached beyond that: each connection is still made to addresses resolved and
+checked for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import urlsplit
 
+import outcome
 import trio
 
 from hookd.engine.errors import InvalidArgument
@@ -28,6 +41,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
 RESOLVE_TIMEOUT_S = 5.0
+#: Threads for name lookups at once. Names whose lookups hang hold one each (until the resolver
+#: gives up); the others share the rest.
+LOOKUP_THREADS = 32
 
 
 class DestinationBlocked(Exception):
@@ -65,6 +81,116 @@ def _is_public(address: IPAddress) -> bool:
         if embedded is not None:
             return _is_public(embedded)
     return address.is_global and not address.is_multicast
+
+
+def _getaddrinfo(name: bytes) -> list[str]:
+    """The addresses the system resolver gives for ``name``, in its order, without repeats.
+    Blocks: a lookup thread runs it. Raises OSError."""
+    infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _numeric(name: bytes) -> list[str] | None:
+    """The address a numeric form the resolver reads without DNS stands for (``0177.0.0.1``,
+    ``0x7f000001``, ``2130706433``, ``10.1``), at once and with no thread; None for a name."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class _Lookup:
+    """One name's lookup in a thread, shared by every request that wants the name meanwhile."""
+
+    __slots__ = ("addresses", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.addresses: list[str] | None = None
+        self.error: BaseException | None = None
+
+
+class _Lookups:
+    """A trio run's lookups in progress, one per name, and the threads they may hold.
+
+    A lookup belongs to no one request: any of those waiting for it may give up (its timeout)
+    while the others still want the answer, and its thread ends only when the resolver answers.
+    So it is not run by ``trio.to_thread`` in one request's task, but in a thread from trio's cache
+    whose answer comes back through the run's token; the thread holds a token of ``threads`` until
+    then. Entries leave ``pending`` when their thread ends, or at once if their starter gave up
+    before a thread was free: at most ``LOOKUP_THREADS`` plus the requests waiting for a thread.
+    """
+
+    def __init__(self) -> None:
+        self.threads = trio.CapacityLimiter(LOOKUP_THREADS)
+        self.pending: dict[bytes, _Lookup] = {}
+
+    def __repr__(self) -> str:
+        return f"<_Lookups pending={len(self.pending)} threads={self.threads.borrowed_tokens}/{LOOKUP_THREADS}>"
+
+    async def addresses(self, name: bytes) -> list[str]:
+        """What ``_getaddrinfo`` says for ``name``. Raises what it raises (OSError)."""
+        while True:
+            lookup = self.pending.get(name)
+            if lookup is None:
+                lookup = await self._start(name)
+            await lookup.done.wait()
+            if lookup.error is not None:
+                raise lookup.error
+            if lookup.addresses is not None:
+                return lookup.addresses
+            # Its starter gave up waiting for a thread: start it again.
+
+    async def _start(self, name: bytes) -> _Lookup:
+        lookup = self.pending[name] = _Lookup()
+        try:
+            await self.threads.acquire_on_behalf_of(lookup)
+        except BaseException:
+            del self.pending[name]
+            lookup.done.set()  # no answer: whoever waits for it asks again
+            raise
+        deliver = partial(self._deliver, trio.lowlevel.current_trio_token(), name, lookup)
+        trio.lowlevel.start_thread_soon(partial(_getaddrinfo, name), deliver, name="hookd lookup")
+        return lookup
+
+    def _deliver(
+        self, token: trio.lowlevel.TrioToken, name: bytes, lookup: _Lookup, result: outcome.Outcome[list[str]]
+    ) -> None:
+        """In the lookup's thread: hand its answer to the run (which may have ended meanwhile)."""
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(self._finish, name, lookup, result)
+
+    def _finish(self, name: bytes, lookup: _Lookup, result: outcome.Outcome[list[str]]) -> None:
+        self.threads.release_on_behalf_of(lookup)
+        del self.pending[name]
+        try:
+            lookup.addresses = result.unwrap()
+        except BaseException as error:  # given to every waiter; raising here would end the run
+            lookup.error = error
+        lookup.done.set()
+
+
+_LOOKUPS: trio.lowlevel.RunVar[_Lookups] = trio.lowlevel.RunVar("hookd_lookups")
+
+
+def _lookups() -> _Lookups:
+    """This run's lookups (a run's limiter and events cannot serve another run, as in tests)."""
+    try:
+        return _LOOKUPS.get()
+    except LookupError:
+        lookups = _Lookups()
+        _LOOKUPS.set(lookups)
+        return lookups
+
+
+async def _lookup(name: str) -> list[str]:
+    """The addresses of ``name``. Raises OSError, or UnicodeError when it has no IDNA form."""
+    encoded = name.encode("ascii") if name.isascii() else name.encode("idna")
+    numeric = _numeric(encoded)
+    if numeric is not None:
+        return numeric
+    return await _lookups().addresses(encoded)
 
 
 def _check_host_name(host: str, field_name: str) -> None:
@@ -171,10 +297,9 @@ class DestinationPolicy:
                 return [str(literal)]
             raise DestinationBlocked(f"address {literal} is not a public address")
         try:
-            infos = await trio.socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            addresses = await _lookup(name)
         except (OSError, UnicodeError) as error:  # UnicodeError: the name has no IDNA form
             raise DestinationUnresolvable(f"host {host!r} did not resolve: {error}") from error
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         if name in self.allow_hosts:
             return addresses
         for address in addresses:

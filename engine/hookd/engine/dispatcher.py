@@ -226,12 +226,15 @@ class Dispatcher:
 
     async def _sweep(self) -> None:
         """Retire actors parked for ``actor_idle_s``; one whose breaker is not closed remembers a
-        failing destination (and its growing cool-down) while the URL still has webhooks."""
+        failing destination (and its growing cool-down) while the URL still has webhooks. Every
+        actor's idle connections past their keep-alive are closed on the way: one that sends
+        nothing (parked, or waiting out an open breaker) would otherwise keep them open."""
         idle = self._ctx.config.actor_idle_s
         while True:
             await trio.sleep(max(0.05, idle / 4))
             now = trio.current_time()
             for actor in list(self._actors.values()):
+                actor.close_expired_connections()
                 if actor.running or now - actor.parked_at < idle:
                     continue
                 if actor.breaker.state is BreakerState.CLOSED or not self._ctx.registry.webhooks_at(actor.url):
