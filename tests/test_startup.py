@@ -1,4 +1,5 @@
-"""Start-up failures an operator can fix: one clear line on stderr and exit status 1, no traceback.
+"""Start-up failures an operator can fix: one clear line on stderr and exit status 1, no traceback;
+a setting out of range is argparse's one-line usage error, exit status 2.
 
 Each case runs the real ``hookd serve``. Root ignores file modes, so as root the server runs
 without the capabilities that let it (``setpriv``): it then meets the modes as their owner does.
@@ -22,14 +23,17 @@ import trustme
 OVERRIDES = "-dac_override,-dac_read_search,-fowner"
 
 
-def hookd_serve(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def hookd_serve(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "hookd.server", "serve", *args]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("running as root without setpriv: file modes cannot be tested")
         command = [setpriv, "--inh-caps=-all", f"--bounding-set={OVERRIDES}", "--", *command]
-    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=60, check=False)
+    environment = {**os.environ, **(env or {})}
+    return subprocess.run(
+        command, cwd=workdir, env=environment, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 @pytest.fixture
@@ -91,6 +95,15 @@ def tls_key_of_another_certificate(workdir: Path) -> list[str]:
     return tls_files(workdir, one.cert_chain_pems[0].bytes(), other.private_key_pem.bytes())
 
 
+def port_file_in_missing_folder(workdir: Path) -> list[str]:
+    return [*database_args(workdir / "hookd.db"), "--port-file", str(workdir / "missing" / "port")]
+
+
+def port_file_is_a_folder(workdir: Path) -> list[str]:
+    (workdir / "port").mkdir()
+    return [*database_args(workdir / "hookd.db"), "--port-file", str(workdir / "port")]
+
+
 CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "read-only database": (read_only_database, "cannot open database"),
     "read-only folder": (read_only_folder, "cannot open database"),
@@ -100,6 +113,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "TLS file missing": (tls_missing, "--tls-key key.pem"),
     "TLS files not PEM": (tls_not_pem, "--tls-cert cert.pem"),
     "TLS key of another certificate": (tls_key_of_another_certificate, "--tls-key key.pem"),
+    "port file in a missing folder": (port_file_in_missing_folder, "--port-file"),
+    "port file is a folder": (port_file_is_a_folder, "--port-file"),
 }
 
 
@@ -130,3 +145,21 @@ def test_a_port_in_use_is_one_clear_line(tmp_path: Path, busy_port: int, flag: s
     args = ["--listen", "127.0.0.1:0", "--database", str(tmp_path / "hookd.db"), flag, f"127.0.0.1:{busy_port}"]
     line = assert_one_clear_line(hookd_serve(tmp_path, *args), f"127.0.0.1:{busy_port}")
     assert "in use" in line and flag in line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--default-rate-limit", "0"], {}, "argument --default-rate-limit: 0 is out of range"),
+        (["--queue-size", "0"], {}, "argument --queue-size: 0 is out of range"),
+        ([], {"HOOKD_MAX_ATTEMPTS": "eight"}, "HOOKD_MAX_ATTEMPTS"),
+        ([], {"HOOKD_LOG_LEVEL": "verbose"}, "HOOKD_LOG_LEVEL"),
+    ],
+)
+def test_a_bad_setting_is_one_usage_error(tmp_path: Path, args: list[str], env: dict[str, str], expected: str) -> None:
+    """Refused before anything starts, never a traceback nor a server that cannot deliver."""
+    result = hookd_serve(tmp_path, *database_args(tmp_path / "hookd.db"), *args, env=env)
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert "Traceback" not in result.stderr and "serving" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("hookd serve: error: ") and expected in last, last

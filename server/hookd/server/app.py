@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import socket
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -159,6 +161,20 @@ def _freeze_startup_heap() -> None:
     gc.freeze()
 
 
+def _check_port_file(path: Path | None) -> None:
+    """``CannotServe`` unless the port files can be written where ``--port-file`` says: they are
+    written once hookd serves, too late to stop the start with one clear line."""
+    if path is None:
+        return
+    folder = path.parent
+    if not folder.is_dir():
+        raise CannotServe(f"--port-file {path}: {folder} is not an existing folder")
+    if path.is_dir():
+        raise CannotServe(f"--port-file {path}: is a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CannotServe(f"--port-file {path}: cannot write in {folder}")
+
+
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set or SIGINT / SIGTERM arrives."""
     loop = asyncio.get_running_loop()
@@ -181,7 +197,8 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
             ("grpc.so_reuseport", 0),
         ],
     )
-    # Listen first: a port in use or a bad TLS file stops the start before the engine runs.
+    # Listen first: a port in use, a bad TLS file or port file stops the start before the engine runs.
+    _check_port_file(config.port_file)
     credentials = tls_credentials(config.tls_cert, config.tls_key)
     port = listen(server, config.listen, credentials)
     if config.metrics_listen:

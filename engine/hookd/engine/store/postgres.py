@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 import psycopg.errors
@@ -74,13 +74,27 @@ DIALECT = Dialect(
 )
 
 
+#: Query parameters that carry a password: libpq takes any connection keyword in the query.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
+def _masked_parameter(item: str) -> str:
+    """One ``key=value`` of a URL's query, its value masked if the key names a password."""
+    key, equals, _ = item.partition("=")
+    return f"{key}=****" if equals and unquote(key).strip().lower() in _SECRET_PARAMETERS else item
+
+
 def redact(url: str) -> str:
-    """The URL without its password, for logs."""
+    """The URL without its passwords, for logs and error messages: the one in ``user:password@``
+    and those given as query parameters (``?password=``, ``?sslpassword=``)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":****@", 1)
+    query = "&".join(_masked_parameter(item) for item in parts.query.split("&"))
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # nothing to hide: exactly as given
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def payloads(origin: str, items: set[str]) -> list[str]:
