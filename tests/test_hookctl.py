@@ -12,14 +12,20 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import standardwebhooks
 
-from hookd.client import HookdClient
+from hookd.client import DeadlineExceeded, HookdClient, cli, limits
+from hookd.engine import core, validation
+from hookd.server import servicer
 from hookd.v1 import hookd_pb2 as pb
+from hookd.v1 import hookd_pb2_grpc as pb_grpc
 from tests.support.receiver import Receiver, Reply, always, wait_until
 from tests.support.server import HookdProcess
 
@@ -30,6 +36,13 @@ URL = "http://127.0.0.1:9/hooks"
 #: Subprocesses see neither a terminal width nor a server address from the environment running the tests.
 ENV = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "HOOKD_ADDRESS", "HOOKD_TOKEN")}
 FULL_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=]{20,}")
+#: What a terminal acts on rather than shows: C0 controls but tab and newline, DEL, C1 controls.
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: A destination's answer that would clear the screen, set the clipboard (OSC 52), turn the text
+#: red with an 8-bit CSI and overwrite the line with a carriage return, were it printed as it is.
+HOSTILE = "\x1b[2J\x1b]52;c;aGFja2Vk\x1b\\ \x9b31mred\rover"
+#: How hookctl must show it instead.
+HOSTILE_SHOWN = r"\x1b[2J\x1b]52;c;aGFja2Vk\x1b\ \x9b31mred\x0dover"
 
 
 def hookctl(
@@ -341,6 +354,48 @@ def test_activate_deactivate_test_and_rotate_secret(
         standardwebhooks.Webhook(rotated["signingSecret"]).verify(last.body, last.headers)
 
 
+# -- text others chose ---------------------------------------------------------------------------
+
+
+def test_text_a_destination_sends_is_shown_escaped(hookd: HookdProcess, client: HookdClient) -> None:
+    """hookd stores the start of every answer as it came; hookctl prints it for people with its
+    control characters escaped, so a receiver cannot clear the screen or set the clipboard."""
+    hostile = Receiver(always(Reply(status=500, body=HOSTILE.encode())))
+    try:
+        # The server refuses C0 controls in a description or a user name, not C1 ones: those must
+        # be escaped too (the user name goes through a rich Text, the description does not).
+        auth = pb.DestinationAuth(basic=pb.BasicAuth(username="erp\x9b8m", password="hunter2"))
+        hook = client.create_webhook("order", "created", hostile.url(), auth=auth, description="caf\x9b2J")
+        assert data(hookd, "webhooks", "test", hook.name)["responseExcerpt"] == HOSTILE  # stored as sent
+        shown = ok(hookd, "webhooks", "test", hook.name)
+        assert not CONTROL.search(shown), repr(shown)
+        assert re.search(r"Status code\s+500", shown) and HOSTILE_SHOWN in shown
+        described = ok(hookd, "webhooks", "get", hook.name)
+        assert not CONTROL.search(described), repr(described)
+        assert r"caf\x9b2J" in described and r"basic erp\x9b8m:" in described
+    finally:
+        hostile.close()
+
+
+def test_listen_shows_what_it_receives_escaped(hookd: HookdProcess) -> None:
+    """Anyone who can reach ``hookctl listen`` chooses the body, the headers and the event type it
+    prints."""
+    listener = Background(hookd, "listen", "--port", "0")
+    try:
+        url = listening_url(listener)
+        envelope = json.dumps({"type": "order.\x1b]0;retitled\x07created", "id": "evt_1"}).encode()
+        for body, message_id in ((envelope, "msg_\x1b[8m"), (HOSTILE.encode(), "msg_2")):
+            request = urllib.request.Request(url + "/hooks", data=body, headers={"webhook-id": message_id})
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                assert answer.status == 200
+        listener.wait_for(lambda: listener.stdout.count("-> 200") == 2)
+    finally:
+        assert listener.stop(signal.SIGINT) == 0
+    assert not CONTROL.search(listener.stdout), repr(listener.stdout)
+    assert r"order.\x1b]0;retitled\x07created" in listener.stdout and r"msg_\x1b[8m" in listener.stdout
+    assert HOSTILE_SHOWN.replace(r"\x0d", " ") in listener.stdout  # listen folds whitespace, CR among it
+
+
 # -- events and deliveries -----------------------------------------------------------------------
 
 
@@ -614,6 +669,88 @@ def test_errors_are_one_line_without_traceback(hookd: HookdProcess) -> None:
         line = single_error_line(fails(closed, *command))
         assert line.startswith(f"error: UNAVAILABLE: cannot reach hookd at {closed}"), line
     assert "No such command" in fails(hookd, "webhook", code=2)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("webhooks", "create", "--resource", "order", "--event", "created", "--url", URL, "--timeout", "nan"),
+        ("webhooks", "create", "--resource", "order", "--event", "created", "--url", URL, "--timeout", "inf"),
+        ("webhooks", "edit", "wh_x", "--timeout", "31"),
+        ("webhooks", "edit", "wh_x", "--timeout", "inf"),
+        ("webhooks", "edit", "wh_x", "--rate-limit", "nan"),
+        ("webhooks", "rotate-secret", "wh_x", "--grace", "inf"),
+        ("webhooks", "rotate-secret", "wh_x", "--grace", "604801"),
+        ("health", "--watch", "--interval", "inf"),
+        ("health", "--watch", "--interval", "nan"),
+        ("deliveries", "recover", "--since", "99999999999d"),
+        ("deliveries", "recover", "--until", "9999-12-31T23:59:59-01:00"),
+        ("listen", "--delay", "inf"),
+    ],
+    ids=lambda command: " ".join(command[:2] + command[-2:]),
+)
+def test_numbers_out_of_range_are_usage_errors(command: tuple[str, ...]) -> None:
+    """``nan``, ``inf`` and values the server would refuse stop before anything is sent, as a
+    usage error naming the option, where they used to end in a traceback (or a round trip)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"  # nothing is sent: no server needed
+    assert f"Invalid value for '{command[-2]}'" in fails(closed, *command, code=2)
+
+
+def test_client_limits_are_the_servers() -> None:
+    """hookd-client cannot import the server's packages; its copies of their limits must agree."""
+    assert (limits.MIN_TIMEOUT_S, limits.MAX_TIMEOUT_S) == (validation.MIN_TIMEOUT_S, validation.MAX_TIMEOUT_S)
+    assert (limits.MIN_RATE_LIMIT, limits.MAX_RATE_LIMIT) == (validation.MIN_RATE_LIMIT, validation.MAX_RATE_LIMIT)
+    assert limits.MAX_GRACE_S == core.MAX_GRACE_S
+    assert limits.PING_QUEUE_WAIT_S == core.PING_QUEUE_WAIT_S
+    assert limits.MIN_HEALTH_INTERVAL_S == servicer.MIN_HEALTH_INTERVAL_S
+
+
+class Deadlines(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Records the deadline each call really goes out with, by method name."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, float | None] = {}
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        self.seen[details.method.rsplit("/", 1)[1]] = details.timeout
+        return continuation(details, request)
+
+
+def test_test_webhook_outlasts_the_servers_wait(hookd: HookdProcess, client: HookdClient, receiver: Receiver) -> None:
+    """TestWebhook may rightly take two of the webhook's timeouts plus the wait for a request slot
+    (up to 70 s); the default 30 s deadline gave up first, with a bare DEADLINE_EXCEEDED."""
+    hook = client.create_webhook("order", "created", receiver.url(), timeout_s=validation.MAX_TIMEOUT_S)
+
+    def deadlines(timeout: float | None) -> dict[str, float | None]:
+        recorder = Deadlines()
+        with HookdClient(hookd.address, timeout=timeout) as watched:
+            watched.stub = pb_grpc.WebhookServiceStub(grpc.intercept_channel(watched.channel, recorder))
+            assert watched.test_webhook(hook.name).attempt.status_code == 200
+            watched.get_webhook(hook.name)
+        return recorder.seen
+
+    default = deadlines(30.0)
+    ping = default["TestWebhook"]
+    assert ping is not None and ping >= 2 * validation.MAX_TIMEOUT_S + core.PING_QUEUE_WAIT_S + 10, ping
+    assert default["GetWebhook"] == 30.0  # the others keep the client's own
+    assert deadlines(None) == {"TestWebhook": None, "GetWebhook": None}  # no deadline stays none
+    assert deadlines(300.0) == {"TestWebhook": 300.0, "GetWebhook": 300.0}  # a longer one is kept
+
+
+def test_a_call_past_its_deadline_is_one_named_error() -> None:
+    """A server that takes the connection and never answers: the call ends at its deadline as
+    ``DeadlineExceeded``, and hookctl's line for it says which server and after how long."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel accepts connections; nobody ever speaks HTTP/2 on them
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        with HookdClient(address, timeout=0.5) as client, pytest.raises(DeadlineExceeded) as raised:
+            client.get_webhook("wh_x")
+    assert raised.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and raised.value.deadline_s == 0.5
+    line = cli._one_line(raised.value, address)
+    assert line == f"DEADLINE_EXCEEDED: hookd at {address}: no answer within 0.5 s"
 
 
 def test_token_and_address_from_options_or_environment(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ with HookdClient("127.0.0.1:50051") as hookd:
 from hookd.client.client import HookdClient
 from hookd.client.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     HookdError,
     InvalidArgument,
@@ -21,6 +22,7 @@ from hookd.client.errors import (
 
 __all__ = [
     "AlreadyExists",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "HookdClient",
     "HookdError",

@@ -21,9 +21,9 @@ import grpc
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from hookd.client import inputs, render
+from hookd.client import inputs, limits, render
 from hookd.client.client import HookdClient, webhook_name
-from hookd.client.errors import HookdError, Unavailable, from_rpc_error
+from hookd.client.errors import DeadlineExceeded, HookdError, Unavailable, from_rpc_error
 from hookd.client.listen import Delivery, Listener, secret_checker
 from hookd.v1 import hookd_pb2 as pb
 
@@ -40,9 +40,10 @@ class Failure(click.ClickException):
 
 def _console() -> Console:
     """A console that prints server data verbatim (no markup, emoji codes or highlighting in names,
-    URLs, descriptions), with tables at their natural width in a file or pipe rather than 80 columns.
+    URLs, descriptions) but with control characters escaped (see ``render.EscapingConsole``), with
+    tables at their natural width in a file or pipe rather than 80 columns.
     """
-    console = Console(markup=False, emoji=False, highlight=False)
+    console = render.EscapingConsole(markup=False, emoji=False, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console.width = 200
     return console
@@ -83,9 +84,13 @@ pass_app = click.make_pass_decorator(App)
 
 
 def _one_line(error: HookdError, address: str) -> str:
-    details = " ".join(error.details.split())
+    """The server's message on one line, its control characters escaped (it may quote what a
+    caller or a destination sent); for the failures of the call itself, which server it was."""
+    details = render.printable(" ".join(error.details.split()))
     if isinstance(error, Unavailable):
         return f"{error.code.name}: cannot reach hookd at {address}: {details}"
+    if isinstance(error, DeadlineExceeded):
+        return f"{error.code.name}: hookd at {address}: {details}"
     return f"{error.code.name}: {details}"
 
 
@@ -207,8 +212,17 @@ def webhook_options(*, create: bool) -> Callable[[F], F]:
             help="While inactive, drop events or hold them until activated [create: queue].",
         ),
         click.option("--description", help="Free text for people."),
-        click.option("--rate-limit", type=click.FloatRange(min=0), help="Most requests per second; 0: default."),
-        click.option("--timeout", type=float, metavar="SECONDS", help="Time allowed per request (0.1 to 30)."),
+        click.option(
+            "--rate-limit",
+            type=inputs.Finite(0, limits.MAX_RATE_LIMIT),
+            help=f"Most requests per second, {limits.MIN_RATE_LIMIT:g} to {limits.MAX_RATE_LIMIT:g}; 0: default.",
+        ),
+        click.option(
+            "--timeout",
+            type=inputs.Finite(limits.MIN_TIMEOUT_S, limits.MAX_TIMEOUT_S),
+            metavar="SECONDS",
+            help=f"Time allowed per request ({limits.MIN_TIMEOUT_S:g} to {limits.MAX_TIMEOUT_S:g}).",
+        ),
         click.option(
             "--ordered/--unordered",
             default=None,
@@ -285,7 +299,8 @@ def delete(app: App, name: str, yes: bool) -> None:
         hook = app.client.get_webhook(name)  # a missing webhook fails before anyone is asked
         if not sys.stdin.isatty():
             raise Failure(f"not deleting {name}: nobody can confirm (stdin is not a terminal); pass --yes")
-        click.confirm(f"Delete {name} ({hook.resource}.{hook.event} -> {hook.url})?", abort=True, err=True)
+        target = render.printable(f"{hook.resource}.{hook.event} -> {hook.url}")
+        click.confirm(f"Delete {name} ({target})?", abort=True, err=True)
     answer = app.client.delete_webhook(name)
     app.show(
         {"name": name, **render.jsonable(answer)},
@@ -330,9 +345,9 @@ def test(app: App, name: str) -> None:
 @click.argument("name")
 @click.option(
     "--grace",
-    type=click.FloatRange(min=0),
+    type=inputs.Finite(0, limits.MAX_GRACE_S),
     metavar="SECONDS",
-    help="How long the old secret keeps signing too [server default: 24 h].",
+    help=f"How long the old secret keeps signing too, up to {limits.MAX_GRACE_S:g} (7 days) [server default: 24 h].",
 )
 @json_option
 @pass_app
@@ -491,7 +506,12 @@ def _watch(app: App, stream: Iterator[pb.HealthSnapshot]) -> None:
 @click.option("--webhook", "webhooks", multiple=True, metavar="NAME", help="Only this webhook; repeatable.")
 @click.option("--destination", "destinations", multiple=True, metavar="URL", help="Only this URL; repeatable.")
 @click.option("--watch", is_flag=True, help="Keep updating until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(min=0.1), metavar="SECONDS", help="Between updates [1].")
+@click.option(
+    "--interval",
+    type=inputs.Finite(limits.MIN_HEALTH_INTERVAL_S, inputs.MAX_HEALTH_INTERVAL_S),
+    metavar="SECONDS",
+    help=f"Between updates, {limits.MIN_HEALTH_INTERVAL_S:g} to {inputs.MAX_HEALTH_INTERVAL_S:g} [1].",
+)
 @json_option
 @pass_app
 def health(
@@ -540,7 +560,13 @@ def _reporter(app: App) -> Callable[[Delivery], None]:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--secret", metavar="whsec_...", callback=_check_secret, help="The webhook's secret: check signatures.")
 @click.option("--status", type=click.IntRange(100, 599), default=200, show_default=True, help="Status to answer.")
-@click.option("--delay", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS", help="Wait before answering.")
+@click.option(
+    "--delay",
+    type=inputs.Finite(0, inputs.MAX_LISTEN_DELAY_S),
+    default=0.0,
+    metavar="SECONDS",
+    help=f"Wait before answering, up to {inputs.MAX_LISTEN_DELAY_S:g}.",
+)
 @json_option
 @pass_app
 def listen(app: App, port: int, host: str, secret: str | None, status: int, delay: float) -> None:

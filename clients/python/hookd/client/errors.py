@@ -42,6 +42,19 @@ class ResourceExhausted(HookdError):
     """A limit was reached: the request was too large, or the server holds too many watchers."""
 
 
+class DeadlineExceeded(HookdError):
+    """No answer came within the call's deadline (``HookdClient(timeout=...)``): the server is
+    hung or far too busy, or the network lost the call. hookd itself never answers with this code,
+    so it always means the client gave up waiting; ``deadline_s`` says after how long, when known.
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str, deadline_s: float | None = None) -> None:
+        if deadline_s is not None:
+            details = f"no answer within {deadline_s:g} s"
+        super().__init__(code, details)
+        self.deadline_s = deadline_s
+
+
 _BY_CODE: dict[grpc.StatusCode, type[HookdError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -50,10 +63,16 @@ _BY_CODE: dict[grpc.StatusCode, type[HookdError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
 
-def from_rpc_error(error: grpc.RpcError) -> HookdError:
+def from_rpc_error(error: grpc.RpcError, deadline_s: float | None = None) -> HookdError:
+    """The named exception for ``error``; ``deadline_s`` is the deadline the call was given, which
+    gRPC's own message for an expired one ("Deadline Exceeded") does not say."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    return _BY_CODE.get(code, HookdError)(code, details or "")
+    named = _BY_CODE.get(code, HookdError)
+    if named is DeadlineExceeded:
+        return DeadlineExceeded(code, details or "", deadline_s)
+    return named(code, details or "")

@@ -8,6 +8,7 @@ before anything is sent.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -28,20 +29,53 @@ FINISHED_STATES = {
 }
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([dhms])$")
 _AGE_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+#: The span a protobuf Timestamp can hold, 0001-01-01 to 9999-12-31 UTC, in epoch seconds:
+#: converting a time outside it raises ValueError deep in protobuf, after the command started.
+TIMESTAMP_MIN_S = -62_135_596_800
+TIMESTAMP_MAX_S = 253_402_300_799
+#: Most seconds between ``health --watch`` updates. The server sets no upper limit, but the value
+#: must fit a Duration, and a snapshot covers the last 5 minutes: an hour is plenty.
+MAX_HEALTH_INTERVAL_S = 3600.0
+#: Longest ``listen --delay``: far past hookd's longest request timeout (30 s), so any slow
+#: answer can be tried, while staying a wait the clock can keep.
+MAX_LISTEN_DELAY_S = 3600.0
+
+
+class Finite(click.FloatRange):
+    """A number within ``min``..``max``, both given. ``click.FloatRange`` lets ``nan`` through
+    (every comparison with it is false), and ``nan`` or an infinite value would fail only later,
+    with a traceback, when made into a Duration; here both are usage errors like any value out of
+    range. The bounds are the server's (``limits``), so a value it would refuse fails here first.
+    """
+
+    def __init__(self, min: float, max: float) -> None:
+        super().__init__(min, max)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value} is not in the range {self._describe_range()}.", param, ctx)
+        return number
 
 
 def point_in_time(value: str, option: str, now: float | None = None) -> float:
     """Epoch seconds from an RFC 3339 time (``2026-01-31T08:00:00Z``; without a zone, local
-    time) or an age (``2h``: two hours ago; ``d``, ``h``, ``m``, ``s``)."""
+    time) or an age (``2h``: two hours ago; ``d``, ``h``, ``m``, ``s``), within the years a
+    Timestamp can hold."""
+    hint = f"'{option}'"
     age = _AGE.match(value.strip().lower())
-    if age:
-        return (time.time() if now is None else now) - float(age.group(1)) * _AGE_UNITS[age.group(2)]
     try:
-        return datetime.fromisoformat(value.strip()).timestamp()
-    except ValueError:
+        if age:
+            seconds = (time.time() if now is None else now) - float(age.group(1)) * _AGE_UNITS[age.group(2)]
+        else:
+            seconds = datetime.fromisoformat(value.strip()).timestamp()
+    except (ValueError, OverflowError, OSError):
         raise click.BadParameter(
-            f"expected a time like 2026-01-31T08:00:00Z or an age like 2h, got {value!r}", param_hint=f"'{option}'"
+            f"expected a time like 2026-01-31T08:00:00Z or an age like 2h, got {value!r}", param_hint=hint
         ) from None
+    if not TIMESTAMP_MIN_S <= seconds <= TIMESTAMP_MAX_S:
+        raise click.BadParameter(f"{value!r} is not a time between the years 1 and 9999", param_hint=hint)
+    return seconds
 
 
 def header(value: str) -> tuple[str, str]:

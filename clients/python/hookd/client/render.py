@@ -2,11 +2,14 @@
 
 Commands only fetch data and pick a renderer here, so the look of a webhook or a delivery is
 the same wherever it appears, and ``--json`` always means the canonical protobuf JSON mapping.
+Everything printed for people goes through ``EscapingConsole``, which shows control characters
+as escapes, since much of it is text a destination or a caller chose.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -14,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
+from rich.segment import Segment
 from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 
 from hookd.v1 import hookd_pb2 as pb
 
@@ -36,6 +40,69 @@ _DELIVERY_STYLES = {
 }
 _BREAKER_STYLES = {pb.CLOSED: "green", pb.OPEN: "red", pb.HALF_OPEN: "yellow"}
 FIVE_MINUTES = 300
+
+
+# -- control characters --------------------------------------------------------------------------
+
+#: C0 controls but tab and newline, DEL, and C1 controls: what a terminal may act on rather than
+#: show. Carriage return is among them: it lets a line overwrite what came before it on screen.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with each control character shown as an escape (ESC as ``\\x1b``), so printing
+    it cannot move the cursor, clear the screen, retitle the window or set the clipboard (OSC 52).
+    hookd stores the start of every answer a destination sends, unchanged, and hookctl prints it."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _printable_text(text: Text) -> Text:
+    """A copy of ``text`` with its control characters escaped and its styles kept on the same
+    characters (each escape is four characters where the control was one)."""
+    plain = text.plain
+    if not _CONTROL.search(plain):
+        return text
+    offsets = [0]
+    for char in plain:
+        offsets.append(offsets[-1] + (4 if _CONTROL.match(char) else 1))
+    spans = [
+        Span(offsets[min(span.start, len(plain))], offsets[min(span.end, len(plain))], span.style)
+        for span in text.spans
+    ]
+    return Text(
+        printable(plain),
+        style=text.style,
+        justify=text.justify,
+        overflow=text.overflow,
+        no_wrap=text.no_wrap,
+        end=text.end,
+        tab_size=text.tab_size,
+        spans=spans,
+    )
+
+
+class EscapingConsole(Console):
+    """The console hookctl prints with: every string and ``Text`` it renders, at any depth of a
+    table or group, has its control characters escaped (``printable``). Doing it here rather
+    than field by field means no value a server or a destination supplies can be missed by a
+    renderer written later. rich itself strips only BEL, BS, VT, FF and CR from text, not ESC.
+
+    Strings are escaped before tables measure them, so columns fit; ``Text`` built by the
+    renderers is escaped as it is drawn (its escapes fold within the width measured for it).
+    rich's own control output (styles, cursor moves of a live display) is not text and passes.
+    """
+
+    def render_str(self, text: str, **options: Any) -> Text:
+        return super().render_str(printable(text), **options)
+
+    def render(self, renderable: RenderableType, options: ConsoleOptions | None = None) -> Iterable[Segment]:
+        if isinstance(renderable, Text):
+            renderable = _printable_text(renderable)
+        return super().render(renderable, options)
 
 
 # -- JSON ----------------------------------------------------------------------------------------
@@ -77,8 +144,10 @@ def seconds(value: duration_pb2.Duration) -> str:
     return f"{value.ToNanoseconds() / 1e9:g} s"
 
 
-def optional(value: str) -> Text:
-    return Text(value) if value else NONE
+def optional(value: str) -> RenderableType:
+    """The value, or a dim dash when empty. A plain string, so the console escapes it whole
+    (carriage returns too, which a ``Text`` would already have dropped)."""
+    return value if value else NONE
 
 
 def webhook_status(status: pb.Webhook.Status.ValueType, disabled_reason: str = "") -> Text:
@@ -408,7 +477,11 @@ _SIGNATURE_STYLES = {"ok": "green", "invalid": "bold red", "unchecked": "dim"}
 
 
 def received(delivery: Delivery) -> Text:
-    """One request seen by ``hookctl listen``: what it was, whether its signature holds, the answer."""
+    """One request seen by ``hookctl listen``: what it was, whether its signature holds, the answer.
+
+    Whoever sent it chose all but the time and the answer, so each part is escaped before it goes
+    into the ``Text``, where rich would drop a carriage return or a backspace unseen.
+    """
     clock = datetime.fromtimestamp(delivery.time).strftime("%H:%M:%S")
     signature = f"signature {delivery.signature}"
     if delivery.signature_error:
@@ -416,13 +489,13 @@ def received(delivery: Delivery) -> Text:
     answer_style = "green" if 200 <= delivery.status < 300 else "red"
     return Text.assemble(
         (clock, "dim"),
-        f"  {delivery.method} {delivery.path}  ",
-        (delivery.event_type or "?", "bold"),
-        f"  {delivery.event_id or '-'}  msg {delivery.message_id or '-'}  ",
-        (signature, _SIGNATURE_STYLES.get(delivery.signature, "")),
+        printable(f"  {delivery.method} {delivery.path}  "),
+        (printable(delivery.event_type or "?"), "bold"),
+        printable(f"  {delivery.event_id or '-'}  msg {delivery.message_id or '-'}  "),
+        (printable(signature), _SIGNATURE_STYLES.get(delivery.signature, "")),
         "  -> ",
         (str(delivery.status), answer_style),
         f" after {delivery.delay:g} s" if delivery.delay else "",
         "\n  ",
-        (" ".join(delivery.body.split()), "dim"),
+        (printable(" ".join(delivery.body.split())), "dim"),
     )
