@@ -27,7 +27,7 @@ from hookd.engine.store.writer import Readers
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.engine import local_engine, until
-from tests.support.receiver import Receiver, Reply, always, wait_until
+from tests.support.receiver import Receiver, Reply, always, fail_first, wait_until
 from tests.support.server import HookdProcess
 
 pytestmark = pytest.mark.backends
@@ -448,3 +448,43 @@ async def test_an_unreadable_store_makes_actors_wait_not_crash(
     messages = [record.getMessage() for record in caplog.records]
     assert sum("reading due deliveries failed" in message for message in messages) == 2  # once per actor
     assert not any("actor crashed" in message for message in messages)
+
+
+async def test_a_crash_charges_each_delivery_in_flight_once(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The actor's own loop fails (a bug) while a request is under way: the nursery cancels that
+    request, which may have reached the destination. It is charged an INTERNAL attempt before the
+    restart sends it again, as for a crash anywhere else, not sent again as if never tried."""
+    original = DestinationActor._next_job
+    crashed: list[int] = []
+
+    def crash_while_one_is_in_flight(self: DestinationActor) -> tuple[int, Job] | None:
+        if self.in_flight and not crashed:
+            crashed.append(len(self.in_flight))
+            raise RuntimeError("injected crash")
+        return original(self)
+
+    monkeypatch.setattr(DestinationActor, "_next_job", crash_while_one_is_in_flight)
+    slow_first = Receiver(fail_first(1, Reply(delay=1.0)))
+    engine = local_engine(tmp_path, retry=RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.05))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            await engine.create_webhook(WebhookInput(resource="order", event="created", url=slow_first.url()))
+            [first] = await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+            await trio.to_thread.run_sync(lambda: slow_first.wait_for(1))  # under way, answer held
+            await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)  # wakes the loop
+
+            async def both_succeeded() -> bool:
+                page = await engine.list_deliveries(None, "", DeliveryState.SUCCEEDED, 10, "")
+                return len(page.items) == 2
+
+            await until(both_succeeded)
+            assert crashed == [1]
+            [delivery] = (await engine.list_deliveries(None, first.event_id, None, 10, "")).items
+            attempts = (await engine.list_attempts(None, delivery.id, 10, "")).items
+            assert [a.outcome for a in attempts] == [Outcome.INTERNAL, Outcome.SUCCESS]
+            nursery.cancel_scope.cancel()
+    finally:
+        slow_first.close()

@@ -88,6 +88,8 @@ class _InFlight:
     job: Job
     scope: trio.CancelScope
     fence: Fence | None
+    #: Its outcome is queued for the writer: a crash from then on owes it nothing.
+    recorded: bool = False
 
 
 @dataclass(slots=True)
@@ -133,6 +135,7 @@ class DestinationActor:
     # Slots: ten thousand destinations may each have an actor at once.
     __slots__ = (
         "_connections",
+        "_crashed",
         "_ctx",
         "_draining",
         "_on_retire",
@@ -158,6 +161,8 @@ class DestinationActor:
         self.url = url
         self._ctx = ctx
         self._on_retire = on_retire
+        #: What was in flight, unrecorded, when the actor's task failed (``_note_crash``).
+        self._crashed: list[tuple[Job, Fence | None]] | None = None
         # A list, not a deque: an empty deque costs 600 bytes, ten thousand actors 6 MB, and a
         # queue of at most a few hundred jobs loses nothing to list deletes at its head.
         self.queue: list[Job] = []
@@ -283,9 +288,22 @@ class DestinationActor:
             self.poke()
         return strays
 
+    def _unrecorded(self) -> list[tuple[Job, Fence | None]]:
+        return [(entry.job, entry.fence) for entry in self.in_flight.values() if not entry.recorded]
+
+    def _note_crash(self) -> None:
+        """The actor's loop, or one of its attempts, failed (a bug). Note what is in flight with
+        no outcome queued before the nursery cancels the attempts under way: a cancelled attempt
+        forgets it was in flight, and a request it had sent would go out again uncharged."""
+        if self._crashed is None:
+            self._crashed = self._unrecorded()
+
     def crashed_jobs(self) -> list[tuple[Job, Fence | None]]:
-        """The deliveries in flight when the actor crashed (their outcomes never got recorded)."""
-        return [(entry.job, entry.fence) for entry in self.in_flight.values()]
+        """The deliveries in flight when the actor crashed whose outcome was never queued: each
+        is charged an attempt. One whose outcome is queued already is not charged twice."""
+        crashed = self._crashed if self._crashed is not None else self._unrecorded()
+        self._crashed = None
+        return crashed
 
     def reset(self) -> None:
         """After a crash: memory is suspect, the database is not."""
@@ -334,47 +352,56 @@ class DestinationActor:
             self.known.clear()
 
     async def _serve(self) -> None:
-        config = self._ctx.config
+        """The work loop, in a nursery that owns the attempts; should the loop itself fail (a
+        bug), what is in flight is noted before the nursery cancels it (``_note_crash``)."""
         async with trio.open_nursery() as nursery:
-            while True:
-                self._wake = trio.Event()
-                if self._draining:
-                    if not self.in_flight:
-                        self._retire(nursery)
-                        return
-                    await self._wake.wait()
-                    continue
-                if not self._ctx.writer.status.available:
-                    await self._ctx.writer.wait_available()  # outcomes in flight wait in the writer
-                    continue
-                if self.wants_refill and trio.current_time() >= self._read_again_at:
-                    await self._refill_or_wait()
-                self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
-                while len(self.in_flight) < config.max_in_flight:
-                    found = self._next_job()
-                    if found is None or not (found[1].single_attempt or self.breaker.allow()):
-                        break
-                    index, job = found
-                    del self.queue[index]
-                    # In flight from here: it holds its request slot while it waits for a token.
-                    entry = _InFlight(job, trio.CancelScope(), self._ctx.ownership.fence(self.url))
-                    self.in_flight[job.delivery_id] = entry
-                    await self.limiter.acquire()
-                    # Started one by one, in queue order: the attempt has taken its start time
-                    # and is on its way before the next one begins.
-                    await nursery.start(self._attempt, self.connections, entry)
-                if not (self.queue or self.in_flight or self.backlog):
-                    # Nothing to do: the task ends and the actor parks (``run``). Its breaker, its
-                    # rate and its keep-alive connections stay; the next delivery wakes it.
+            try:
+                await self._serve_in(nursery)
+            except Exception:
+                self._note_crash()
+                raise
+
+    async def _serve_in(self, nursery: trio.Nursery) -> None:
+        config = self._ctx.config
+        while True:
+            self._wake = trio.Event()
+            if self._draining:
+                if not self.in_flight:
+                    self._retire(nursery)
                     return
-                deadline = math.inf
-                reopen = self.breaker.reopen_at()
-                if reopen is not None and self.queue:
-                    deadline = reopen
-                if self.wants_refill:
-                    deadline = min(deadline, max(trio.current_time(), self._read_again_at))
-                with trio.move_on_at(deadline):
-                    await self._wake.wait()
+                await self._wake.wait()
+                continue
+            if not self._ctx.writer.status.available:
+                await self._ctx.writer.wait_available()  # outcomes in flight wait in the writer
+                continue
+            if self.wants_refill and trio.current_time() >= self._read_again_at:
+                await self._refill_or_wait()
+            self.limiter.set_rate(self._ctx.registry.rate_for(self.url))
+            while len(self.in_flight) < config.max_in_flight:
+                found = self._next_job()
+                if found is None or not (found[1].single_attempt or self.breaker.allow()):
+                    break
+                index, job = found
+                del self.queue[index]
+                # In flight from here: it holds its request slot while it waits for a token.
+                entry = _InFlight(job, trio.CancelScope(), self._ctx.ownership.fence(self.url))
+                self.in_flight[job.delivery_id] = entry
+                await self.limiter.acquire()
+                # Started one by one, in queue order: the attempt has taken its start time
+                # and is on its way before the next one begins.
+                await nursery.start(self._attempt, self.connections, entry)
+            if not (self.queue or self.in_flight or self.backlog):
+                # Nothing to do: the task ends and the actor parks (``run``). Its breaker, its
+                # rate and its keep-alive connections stay; the next delivery wakes it.
+                return
+            deadline = math.inf
+            reopen = self.breaker.reopen_at()
+            if reopen is not None and self.queue:
+                deadline = reopen
+            if self.wants_refill:
+                deadline = min(deadline, max(trio.current_time(), self._read_again_at))
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
 
     def _nudge(self) -> None:
         """Wake the running task to look at its work again (a parked actor has none waiting)."""
@@ -518,6 +545,9 @@ class DestinationActor:
                     result = internal_failure(hook.url, now)
             if result is not None:
                 await self._record(entry, result)
+        except Exception:
+            self._note_crash()  # before this error cancels the other attempts
+            raise
         finally:
             if result is None:  # never sent (or cancelled): nothing to record
                 if not job.single_attempt:  # a ping never takes the breaker's probe
@@ -596,6 +626,7 @@ class DestinationActor:
                 self._poke_self()  # the next in line may go
 
         await ctx.writer.submit(write, after=settled, cost=RECORD_COST, merge=merge)
+        entry.recorded = True
 
 
 def _sendable(hook: Webhook | None, job: Job, url: str) -> bool:
