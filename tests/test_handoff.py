@@ -16,7 +16,7 @@ import trio
 
 from hookd.engine.errors import InvalidArgument, Unavailable
 from hookd.engine.store.backend import Backend
-from hookd.engine.store.sql import Tx
+from hookd.engine.store.sql import Conflict, Tx
 from hookd.engine.store.writer import INLINE_COST, Writer
 from hookd.server.bridge import TrioBridge
 
@@ -396,3 +396,59 @@ def test_work_call_soon_hands_back_runs_in_a_task_the_caller_cancels() -> None:
 
     asyncio.run(_with_bridge(body))
     assert events == ["started", "cancelled"]
+
+
+async def test_writes_held_through_a_fault_all_commit_in_order_once_it_is_over(store: Backend, tmp_path: Path) -> None:
+    """More background writes were held than one batch takes: once the store takes writes again,
+    every one of them commits, in the order they came, before anything newer (only the first
+    batch did, and the rest stayed held, their deliveries keeping request slots, until the next
+    fault)."""
+    writer = Writer(store, max_batch=3)
+    done: list[str] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        (tmp_path / "hookd.db").rename(tmp_path / "moved.db")  # a real fault: the file is gone
+        for n in range(7):
+            await writer.submit(_put(f"held{n}", "1"), after=lambda ok, n=n: done.append(f"held{n}:{ok}"))
+        while writer.statistics().held < 7:
+            await trio.sleep(0.01)
+        (tmp_path / "moved.db").rename(tmp_path / "hookd.db")
+        await writer.wait_available()  # once the first batch of them committed
+        await writer.execute(_put("newer", "1"), on_commit=lambda _: done.append("newer"))
+        assert done == [f"held{n}:True" for n in range(7)] + ["newer"]
+        assert writer.statistics().held == 0 and writer.status.available
+        nursery.cancel_scope.cancel()
+    assert all(_stored(store, f"held{n}") == "1" for n in range(7))
+
+
+async def test_a_conflict_that_outlasts_the_retries_is_refused_not_fatal(
+    store: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a batch that loses a deadlock to other nodes' writes more times than the
+    backend runs it again raises Conflict. The callers hear UNAVAILABLE (retry), the background
+    writes are held and commit after a pause, and the writer goes on (it ended, and the engine
+    with it, leaving callers unanswered). Six deadlocks in a row cannot be provoked on purpose:
+    the backend's write raising is the one stand-in."""
+    writer = Writer(store)
+    original = store.write
+    conflicts = [Conflict("deadlock detected"), Conflict("deadlock detected")]
+
+    def write(body: Any) -> Any:
+        if conflicts:
+            raise conflicts.pop()
+        return original(body)
+
+    monkeypatch.setattr(store, "write", write)
+    done: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with pytest.raises(Unavailable, match="conflicted"):
+            await writer.execute(_put("caller", "1"), cost=1)
+        await writer.submit(_put("background", "1"), after=done.append)  # meets the second conflict
+        with trio.fail_after(10):
+            while not writer.statistics().held:
+                await trio.sleep(0.01)
+            await writer.execute(_put("caller", "2"), cost=1)  # the caller's retry goes through
+        assert done == [True] and writer.status.available
+        nursery.cancel_scope.cancel()
+    assert (_stored(store, "background"), _stored(store, "caller")) == ("1", "2")

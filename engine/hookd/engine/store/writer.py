@@ -265,15 +265,20 @@ class Writer:
         backoff = RETRY_FIRST_S
         try:
             while True:
-                if self._status.available:
-                    batch = [await self._receive.receive()]
-                    self._gather(batch)
-                    await self._commit(batch)
-                    backoff = RETRY_FIRST_S
-                else:
+                if not self._status.available:
                     await self._wait_while_unavailable(backoff)
                     backoff = min(backoff * 2, RETRY_MAX_S)
                     await self._retry()
+                elif self._held:
+                    # Background writes held through a fault or a conflict, all of them, before
+                    # anything newer: their deliveries keep request slots until they commit.
+                    if await self._commit_held():
+                        backoff = RETRY_FIRST_S
+                else:
+                    batch = [await self._receive.receive()]
+                    self._gather(batch)
+                    if await self._commit(batch):
+                        backoff = RETRY_FIRST_S
         finally:
             self._answer_queued()
 
@@ -298,7 +303,8 @@ class Writer:
                 return
 
     async def _commit(self, batch: list[_Op[Any]]) -> bool:
-        """Commit ``batch``; on a store fault hold its background writes and fail the rest."""
+        """Commit ``batch``; on a store fault, or a conflict that outlasted the backend's own
+        retries, hold its background writes and fail the rest."""
         try:
             if self._inline(batch):
                 self._backend.write(partial_batch(batch))
@@ -309,7 +315,17 @@ class Writer:
                     await trio.to_thread.run_sync(self._backend.write, partial_batch(batch), limiter=self._thread)
         except StoreFault as fault:
             self._set_status(StoreStatus(False, fault.reason, time.time()))
-            self._refuse_or_hold(batch)
+            self._refuse_or_hold(batch, self._unavailable_error())
+            return False
+        except Conflict as conflict:
+            # Lost to other nodes' transactions again and again (PostgreSQL): the store is fine.
+            # Callers hear it at once and may retry; background writes are held and go first
+            # after a pause. Left to propagate, it ended the writer and the engine with it.
+            log.warning("a write lost repeated conflicts with other nodes' writes (%s); holding it", conflict)
+            self._refuse_or_hold(
+                batch, Unavailable(f"the write conflicted with other nodes' writes ({conflict}); retry")
+            )
+            await trio.sleep(RETRY_FIRST_S)
             return False
         self.commits += 1
         self._set_status(StoreStatus())
@@ -336,11 +352,11 @@ class Writer:
         except StoreFault as fault:  # the next commit meets it too, and is handled there
             log.warning("store housekeeping failed reason=%s", fault.reason)
 
-    def _refuse_or_hold(self, batch: list[_Op[Any]]) -> None:
+    def _refuse_or_hold(self, batch: list[_Op[Any]], error: Unavailable) -> None:
         for op in batch:
             op.result, op.error = None, None
             if op.awaited:
-                op.error = self._unavailable_error()
+                op.error = error
                 op.settle()
             else:
                 self._held.append(op)
@@ -350,7 +366,7 @@ class Writer:
         with trio.move_on_after(seconds):
             while True:
                 op = await self._receive.receive()
-                self._refuse_or_hold([op])
+                self._refuse_or_hold([op], self._unavailable_error())
 
     async def _retry(self) -> None:
         try:
@@ -362,10 +378,15 @@ class Writer:
             probe: _Op[None] = _Op(_probe, wait=False)
             await self._commit([probe])
             return
+        await self._commit_held()  # the rest, if any, follows once the store is available
+
+    async def _commit_held(self) -> bool:
+        """Commit the oldest held background writes, at most a batch of them."""
         batch, rest = self._held[: self._max_batch], self._held[self._max_batch :]
         self._held = []
-        await self._commit(batch)  # a fault holds the batch again, so it stays in front
+        committed = await self._commit(batch)  # a failure holds the batch again, so it stays in front
         self._held.extend(rest)
+        return committed
 
     def _finish(self, batch: list[_Op[Any]]) -> None:
         for op in batch:
