@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -408,8 +409,12 @@ async def test_writes_held_through_a_fault_all_commit_in_order_once_it_is_over(s
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
         (tmp_path / "hookd.db").rename(tmp_path / "moved.db")  # a real fault: the file is gone
+
+        def noted(name: str) -> Callable[[bool], None]:
+            return lambda ok: done.append(f"{name}:{ok}")
+
         for n in range(7):
-            await writer.submit(_put(f"held{n}", "1"), after=lambda ok, n=n: done.append(f"held{n}:{ok}"))
+            await writer.submit(_put(f"held{n}", "1"), after=noted(f"held{n}"))
         while writer.statistics().held < 7:
             await trio.sleep(0.01)
         (tmp_path / "moved.db").rename(tmp_path / "hookd.db")
