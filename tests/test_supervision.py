@@ -20,7 +20,7 @@ from hookd.engine import dispatcher as dispatcher_module
 from hookd.engine.actor import DestinationActor
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import Unavailable
-from hookd.engine.jobs import Job
+from hookd.engine.jobs import AttemptResult, Job
 from hookd.engine.model import DeliveryState, Outcome
 from hookd.engine.retry import RetryPolicy
 from hookd.engine.store.writer import Readers
@@ -488,3 +488,56 @@ async def test_a_crash_charges_each_delivery_in_flight_once(
             nursery.cancel_scope.cancel()
     finally:
         slow_first.close()
+
+
+async def test_a_crash_does_not_charge_a_delivery_whose_outcome_is_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two answers land in one scheduling batch; recording the second raises (a bug). The first
+    had queued its outcome already (handing it to the writer yields once after): it is not
+    charged an INTERNAL attempt on top of its success. Stand-ins: the request (so both answers
+    come at once) and the bug."""
+    answer = trio.Event()
+    started: list[str] = []
+
+    async def post(client: Any, url: str, headers: Any, body: bytes, timeout_s: float, now: float) -> AttemptResult:
+        started.append(url)
+        await answer.wait()
+        return AttemptResult(url, now, 1.0, 200, Outcome.SUCCESS, "", "")
+
+    original_judge = DestinationActor._judge
+    judged: list[AttemptResult] = []
+
+    def judge(self: DestinationActor, result: AttemptResult) -> None:
+        judged.append(result)
+        if len(judged) == 2:
+            raise RuntimeError("injected crash")
+        original_judge(self, result)
+
+    monkeypatch.setattr(actor_module, "post", post)
+    monkeypatch.setattr(DestinationActor, "_judge", judge)
+    engine = local_engine(tmp_path, retry=RetryPolicy(max_attempts=5, base_s=0.01, cap_s=0.05))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url="http://127.0.0.1:9/x"))
+        events = [EventInput("order", "created", {"n": n}, {}) for n in range(2)]
+        await engine.publish(events, batch=True)
+        await until(lambda: _true(len(started) == 2))
+        answer.set()
+
+        async def both_succeeded() -> bool:
+            page = await engine.list_deliveries(None, "", DeliveryState.SUCCEEDED, 10, "")
+            return len(page.items) == 2
+
+        await until(both_succeeded)
+        await trio.sleep(0.3)  # a charge would have been written by now
+        outcomes = []
+        for delivery in (await engine.list_deliveries(None, "", None, 10, "")).items:
+            attempts = (await engine.list_attempts(None, delivery.id, 10, "")).items
+            outcomes.append([attempt.outcome for attempt in attempts])
+        assert sorted(outcomes, key=len) == [[Outcome.SUCCESS], [Outcome.INTERNAL, Outcome.SUCCESS]]
+        nursery.cancel_scope.cancel()
+
+
+async def _true(value: bool) -> bool:
+    return value

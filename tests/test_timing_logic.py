@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -16,6 +17,8 @@ from hookd.engine.model import Status
 from hookd.engine.ratelimit import TokenBucket
 from hookd.engine.registry import WebhookRegistry
 from hookd.engine.retry import RetryPolicy
+from hookd.engine.validation import WebhookInput
+from tests.support.engine import local_engine
 from tests.support.webhooks import stored_webhook
 
 
@@ -139,3 +142,21 @@ def test_a_shared_url_takes_the_lowest_rate_a_webhook_without_one_counting_as_th
     assert registry.rate_for(url) == 50_000.0  # alone, a webhook sets its own rate, above the default too
     registry.remove("wh_fast")
     assert registry.rate_for(url) == 1000.0  # no active webhook: the default
+
+
+async def test_snapshots_stay_fresh_after_the_wall_clock_steps_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Watchers asking within 0.1 s share a snapshot. That window is timed on trio's clock: timed
+    on the wall clock, a step back of an hour served the same snapshot, frozen, for an hour."""
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        first = await engine.health_snapshot()
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() - 3600.0)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url="http://127.0.0.1:9/h"))
+        await trio.sleep(0.2)
+        later = await engine.health_snapshot()
+        assert later is not first and len(later.webhooks) == 1
+        nursery.cancel_scope.cancel()

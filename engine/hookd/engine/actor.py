@@ -161,8 +161,8 @@ class DestinationActor:
         self.url = url
         self._ctx = ctx
         self._on_retire = on_retire
-        #: What was in flight, unrecorded, when the actor's task failed (``_note_crash``).
-        self._crashed: list[tuple[Job, Fence | None]] | None = None
+        #: What was in flight when the actor's task failed (``_note_crash``).
+        self._crashed: list[_InFlight] | None = None
         # A list, not a deque: an empty deque costs 600 bytes, ten thousand actors 6 MB, and a
         # queue of at most a few hundred jobs loses nothing to list deletes at its head.
         self.queue: list[Job] = []
@@ -288,22 +288,21 @@ class DestinationActor:
             self.poke()
         return strays
 
-    def _unrecorded(self) -> list[tuple[Job, Fence | None]]:
-        return [(entry.job, entry.fence) for entry in self.in_flight.values() if not entry.recorded]
-
     def _note_crash(self) -> None:
-        """The actor's loop, or one of its attempts, failed (a bug). Note what is in flight with
-        no outcome queued before the nursery cancels the attempts under way: a cancelled attempt
-        forgets it was in flight, and a request it had sent would go out again uncharged."""
+        """The actor's loop, or one of its attempts, failed (a bug). Note what is in flight before
+        the nursery cancels the attempts under way: a cancelled attempt forgets it was in flight,
+        and a request it had sent would go out again uncharged."""
         if self._crashed is None:
-            self._crashed = self._unrecorded()
+            self._crashed = list(self.in_flight.values())
 
     def crashed_jobs(self) -> list[tuple[Job, Fence | None]]:
         """The deliveries in flight when the actor crashed whose outcome was never queued: each
-        is charged an attempt. One whose outcome is queued already is not charged twice."""
-        crashed = self._crashed if self._crashed is not None else self._unrecorded()
+        is charged an attempt. Asked once every attempt task has ended, so an outcome queued
+        while the crash unwound (a send to the writer completes, then yields) is seen as queued
+        and not charged twice."""
+        caught = self._crashed if self._crashed is not None else list(self.in_flight.values())
         self._crashed = None
-        return crashed
+        return [(entry.job, entry.fence) for entry in caught if not entry.recorded]
 
     def reset(self) -> None:
         """After a crash: memory is suspect, the database is not."""

@@ -159,7 +159,9 @@ class HealthMonitor:
         self._tail_started = 0.0
         self._demand_at = 0.0
         self._demand = trio.Event()
-        self._shared: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], Snapshot] = {}
+        #: Recent snapshots by what they were asked for, with the trio time each was made at (not
+        #: the wall time they carry, which a stepped clock can move backwards).
+        self._shared: dict[tuple[tuple[str, ...] | None, tuple[str, ...] | None], tuple[float, Snapshot]] = {}
         self._minutes_cache: tuple[tuple[int, int], tuple[MinuteFigures, ...]] | None = None
 
     # -- loading and keeping up ---------------------------------------------------------------------
@@ -289,10 +291,10 @@ class HealthMonitor:
         hundred watchers cost one computation per tick, and the API layer can reuse its encoding.
         """
         key = (tuple(webhook_ids) if webhook_ids is not None else None, tuple(urls) if urls is not None else None)
-        now = self._clock.now()
+        made_at = trio.current_time()
         shared = self._shared.get(key)
-        if shared is not None and now - shared.time < SHARE_S:
-            return shared
+        if shared is not None and made_at - shared[0] < SHARE_S:
+            return shared[1]
         self._demand_at = time.monotonic()
         self._demand.set()
         await self._tail()
@@ -302,7 +304,7 @@ class HealthMonitor:
         snapshot = await self._compute(webhook_ids, urls, backlog, self._live_state())
         if len(self._shared) >= MAX_SHARED:
             self._shared.clear()
-        self._shared[key] = snapshot
+        self._shared[key] = (made_at, snapshot)
         return snapshot
 
     async def _compute(
