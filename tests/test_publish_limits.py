@@ -16,8 +16,8 @@ from hookd.client.client import event_input
 from hookd.engine import Engine, EventInput
 from hookd.engine.errors import NotFound
 from hookd.engine.errors import ResourceExhausted as EngineResourceExhausted
-from hookd.engine.jobs import PreparedEvent
-from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Status, WebhookFilter
+from hookd.engine.jobs import AttemptResult, PreparedEvent
+from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Outcome, Status, WebhookFilter
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import Backend
 from hookd.engine.store.sql import Tx
@@ -261,3 +261,26 @@ def test_deliveries_of_a_publish_still_being_written_are_not_listed(store: Backe
     store.write(partial(delivery_ops.finish_staged, events=[event], counts=[1]))
     assert listed() == [staged_id]
     assert store.read(partial(queries.get_delivery, webhook_id=None, delivery_id=staged_id)).id == staged_id
+
+
+def test_a_retried_head_is_not_overtaken_by_a_staged_publish_that_completes_later(store: Backend) -> None:
+    """An ordered webhook's head is being retried when a large publish whose deliveries were
+    written first (lower ids) completes: the retried one stays the head, and the later publish
+    waits behind it (the one that failed holds the ones behind it)."""
+    hook = stored_webhook("wh_ordered", ordering=Ordering.ORDERED)
+    store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+    subscribed = store.read(partial(delivery_ops.subscribers, resource="order", event="created"))
+    staged = _event("evt_staged_first")
+    store.write(partial(delivery_ops.stage_deliveries, parts=[(staged, subscribed)]))
+    [published] = store.write(partial(delivery_ops.publish, events=[_event("evt_completed_first")]))
+    [(_, job)] = published.jobs
+    failure = AttemptResult(hook.url, 10.0, 1.0, 500, Outcome.SERVER_ERROR, "HTTP 500", "")
+    store.write(partial(delivery_ops.record_failure, job=job, attempt=failure, now=10.0, retry_at=100.0))
+    store.write(partial(delivery_ops.finish_staged, events=[staged], counts=[1]))
+
+    assert store.read(partial(queries.ordered_heads, webhook_ids=[hook.id])) == {hook.id: (job.delivery_id, 1)}
+    due = store.read(partial(queries.due_jobs, destination=hook.url, now=50.0, limit=10, ordered=[hook.id]))
+    assert due == []  # the head's retry is not due yet, and nothing goes before it
+    assert store.read(partial(queries.next_due, destination=hook.url, after=50.0, ordered=[hook.id])) == 100.0
+    due = store.read(partial(queries.due_jobs, destination=hook.url, now=100.0, limit=10, ordered=[hook.id]))
+    assert [j.delivery_id for j in due] == [job.delivery_id]
