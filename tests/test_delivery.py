@@ -6,6 +6,7 @@ import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,8 @@ import trio
 from hookd.client import FailedPrecondition, HookdClient, InvalidArgument, NotFound
 from hookd.engine import EventInput, core
 from hookd.engine.errors import Unavailable
+from hookd.engine.jobs import PreparedEvent
+from hookd.engine.store import delivery_ops
 from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
 from tests.support.engine import local_engine
@@ -439,6 +442,32 @@ async def test_a_ping_given_up_on_is_never_sent(
         await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
         with pytest.raises(Unavailable):
             await engine.test_webhook(hook.id)  # waits 0.5 s for a token a second away
+        await trio.sleep(1.5)  # the token it waited for has come
+        assert [json.loads(r.body)["type"] for r in receiver.received()] == ["order.created"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_ping_cancelled_on_disk_is_not_sent(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a cluster, a caller that gives up on its ping through another node can only cancel it
+    on disk; the owner, holding it in its queue, reads it again before sending and drops it.
+    Here the ping is queued on the owner as the owner's TestWebhook would queue it, and cancelled
+    on disk as another node's would."""
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        data = WebhookInput(resource="order", event="created", url=receiver.url("/limited"), rate_limit=1.0)
+        hook = await engine.create_webhook(data)
+        await engine.publish([EventInput("order", "created", {}, {})], batch=False)  # takes the one token
+        await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
+        now = engine.now()
+        ping = PreparedEvent("evt_ping_elsewhere", "webhook.ping", "webhook", "ping", now, "{}", "")
+        job = await engine._writer.execute(
+            partial(delivery_ops.insert_test_ping, event=ping, webhook_id=hook.id, url=hook.url),
+            on_commit=lambda job: engine._dispatcher.offer(hook.url, job),
+        )  # queued, waiting for the next token, a second away
+        await engine._writer.execute(partial(delivery_ops.abandon_ping, delivery_id=job.delivery_id, now=now))
         await trio.sleep(1.5)  # the token it waited for has come
         assert [json.loads(r.body)["type"] for r in receiver.received()] == ["order.created"]
         nursery.cancel_scope.cancel()

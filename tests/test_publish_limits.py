@@ -20,6 +20,7 @@ from hookd.engine.jobs import AttemptResult, PreparedEvent
 from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Outcome, Status, WebhookFilter
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import Backend
+from hookd.engine.store.shared_schema import PENDING_PINGS
 from hookd.engine.store.sql import Tx
 from hookd.engine.validation import WebhookInput
 from tests.support.engine import local_engine, until
@@ -284,3 +285,25 @@ def test_a_retried_head_is_not_overtaken_by_a_staged_publish_that_completes_late
     assert store.read(partial(queries.next_due, destination=hook.url, after=50.0, ordered=[hook.id])) == 100.0
     due = store.read(partial(queries.due_jobs, destination=hook.url, now=100.0, limit=10, ordered=[hook.id]))
     assert [j.delivery_id for j in due] == [job.delivery_id]
+
+
+def test_a_ping_is_read_ahead_of_a_backlog_longer_than_the_read(store: Backend) -> None:
+    """A ping asked for through another node reaches the destination's owner from disk. Read
+    behind a backlog longer than the read it was never loaded, and the caller gave up; it comes
+    first, found through an index of pending pings (not by walking the backlog)."""
+    hook = stored_webhook("wh_backlogged")
+    store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+    store.write(partial(delivery_ops.publish, events=[_event(f"evt_{n}") for n in range(20)]))
+    ping = PreparedEvent("evt_ping", "webhook.ping", "webhook", "ping", 5.0, "{}", "")
+    job = store.write(partial(delivery_ops.insert_test_ping, event=ping, webhook_id=hook.id, url=hook.url))
+    due = store.read(partial(queries.due_jobs, destination=hook.url, now=10.0, limit=5))
+    assert due[0].delivery_id == job.delivery_id and due[0].single_attempt
+    assert len(due) == 5 and all(not j.single_attempt for j in due[1:])
+    if store.read(lambda tx: tx.dialect.name) == "sqlite":
+        plan = store.read(
+            lambda tx: tx.all(
+                f"EXPLAIN QUERY PLAN SELECT d.id FROM deliveries d WHERE d.destination = ? AND {PENDING_PINGS}",
+                [hook.url],
+            )
+        )
+        assert any("deliveries_pings" in str(row[-1]) for row in plan), plan

@@ -31,9 +31,9 @@ def test_webhooks_stored_before_versions_open_at_version_0_and_count_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     database = default_database(tmp_path)
-    with monkeypatch.context() as before:  # the hookd before webhook versions
-        before.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:-1])
-        before.setattr(postgres_schema, "MIGRATIONS", postgres_schema.MIGRATIONS[:-1])
+    with monkeypatch.context() as before:  # the hookd before webhook versions (SQLite 7, PostgreSQL 4)
+        before.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:6])
+        before.setattr(postgres_schema, "MIGRATIONS", postgres_schema.MIGRATIONS[:3])
         old = open_backend(database)
         old.open(readers=1)
         old.write(_insert_without_version)
@@ -48,5 +48,32 @@ def test_webhooks_stored_before_versions_open_at_version_0_and_count_up(
         )
         assert changed.version == 1
         assert store.read(lambda tx: webhook_ops.find_webhook(tx, HOOK.id)) == changed
+    finally:
+        store.close()
+
+
+def test_a_store_of_the_previous_version_takes_the_pings_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last migration on each store (pending pings by destination) applies to a store the
+    hookd before it wrote, and its rows stay."""
+    database = default_database(tmp_path)
+    with monkeypatch.context() as before:
+        before.setattr(sqlite_schema, "MIGRATIONS", sqlite_schema.MIGRATIONS[:-1])
+        before.setattr(postgres_schema, "MIGRATIONS", postgres_schema.MIGRATIONS[:-1])
+        old = open_backend(database)
+        old.open(readers=1)
+        old.write(lambda tx: webhook_ops.insert_webhook(tx, HOOK, limit=10))
+        old.close()
+    store = open_backend(database)
+    store.open(readers=1)
+    try:
+        assert store.read(lambda tx: webhook_ops.find_webhook(tx, HOOK.id)) is not None
+        indexes = store.read(
+            lambda tx: tx.all(
+                "SELECT name FROM sqlite_master WHERE type = 'index'"
+                if tx.dialect.name == "sqlite"
+                else "SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries'"
+            )
+        )
+        assert ("deliveries_pings",) in [tuple(row) for row in indexes]
     finally:
         store.close()

@@ -33,10 +33,10 @@ from hookd.engine.breaker import BreakerState, CircuitBreaker
 from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
 from hookd.engine.connections import ConnectionSet
-from hookd.engine.errors import Unavailable
+from hookd.engine.errors import NotFound, Unavailable
 from hookd.engine.http_delivery import USER_AGENT, post
 from hookd.engine.jobs import AttemptResult, Job, internal_failure
-from hookd.engine.model import Ordering, Outcome, Status, Webhook, message_id
+from hookd.engine.model import DeliveryState, Ordering, Outcome, Status, Webhook, message_id
 from hookd.engine.ownership import Ownership
 from hookd.engine.ratelimit import TokenBucket
 from hookd.engine.registry import WebhookRegistry
@@ -88,6 +88,8 @@ class _InFlight:
     job: Job
     scope: trio.CancelScope
     fence: Fence | None
+    #: Its request is under way (past its checks and its turn): it may have reached the peer.
+    sending: bool = False
     #: Its outcome is queued for the writer: a crash from then on owes it nothing.
     recorded: bool = False
 
@@ -252,14 +254,15 @@ class DestinationActor:
 
     def forget_job(self, delivery_id: int) -> None:
         """No one wants this job any more (a test ping its caller gave up on): drop it from the
-        queue, or stop its request if it is waiting for its turn or under way."""
+        queue, or stop it while it waits for its turn. One already under way is left to finish:
+        it may have reached the destination, and its attempt is recorded as it was."""
         for job in self.queue:
             if job.delivery_id == delivery_id:
                 self.queue.remove(job)
                 self.known.pop(delivery_id, None)
                 break
         entry = self.in_flight.get(delivery_id)
-        if entry is not None:
+        if entry is not None and not entry.sending:
             entry.scope.cancel()
         self._nudge()
 
@@ -534,6 +537,9 @@ class DestinationActor:
                     return
                 if not ctx.ownership.may_send(self.url):
                     return  # the lease lapsed: the destination is, or soon will be, another node's
+                if job.single_attempt and not await self._ping_still_wanted(job):
+                    return
+                entry.sending = True
                 now = ctx.clock.now()
                 try:
                     body = job.envelope.encode()
@@ -554,6 +560,18 @@ class DestinationActor:
                 self._settle(job.delivery_id)
                 ctx.settled(job.delivery_id)
             self._nudge()
+
+    async def _ping_still_wanted(self, job: Job) -> bool:
+        """Whether a test ping is still pending: a caller that gave up on it had it cancelled on
+        disk, perhaps through another node, which cannot take it off this actor. One read per
+        ping (pings are few); when the store cannot be read, the ping goes as it would have."""
+        try:
+            state, _ = await self._ctx.readers.run(partial(delivery_ops.settled_state, delivery_id=job.delivery_id))
+        except NotFound:
+            return False
+        except Unavailable:
+            return True
+        return state is DeliveryState.PENDING
 
     def _poke_self(self) -> None:
         """``poke``, from a commit hook: the actor may have parked meanwhile (a crash's restart

@@ -175,11 +175,15 @@ _V3 = list(shared_schema.ORDERING)
 #: SQLite's version 7: webhook versions.
 _V4 = list(shared_schema.VERSIONS)
 
+#: SQLite's version 8: pending pings by destination.
+_V5 = list(shared_schema.PINGS)
+
 MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
     _statements(_V1),
     _statements(_V2),
     _statements(_V3),
     _statements(_V4),
+    _statements(_V5),
 ]
 
 

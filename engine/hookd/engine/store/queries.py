@@ -27,6 +27,7 @@ from hookd.engine.store.rows import (
     event_from_row,
     webhook_from_row,
 )
+from hookd.engine.store.shared_schema import PENDING_PINGS
 from hookd.engine.store.sql import Tx, marks
 
 
@@ -154,18 +155,33 @@ def _in_order(tx: Tx, ordered: Sequence[str]) -> tuple[str, list[Any]]:
     )
 
 
+_JOB_COLUMNS = "d.id, d.webhook_id, d.event_id, e.envelope, d.attempt_count, d.event_type"
+
+
+def _job(row: Sequence[Any]) -> Job:
+    return Job(row[0], row[1], row[2], row[3], row[4], single_attempt=row[5] == PING_TYPE)
+
+
 def due_jobs(tx: Tx, destination: str, now: float, limit: int, ordered: Sequence[str] = ()) -> list[Job]:
     """The oldest due deliveries of one destination, with their envelopes, in send order; of
-    each webhook in ``ordered``, only its head (if due)."""
+    each webhook in ``ordered``, only its head (if due). Test pings come first, however long
+    the backlog: a ping jumps it (it waits for a request slot and a token, not its turn)."""
+    pings = [
+        _job(row)
+        for row in tx.all(
+            f"SELECT {_JOB_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
+            f"WHERE d.destination = ? AND {PENDING_PINGS} ORDER BY d.id LIMIT ?",
+            [destination, limit],
+        )
+    ]
     condition, params = _in_order(tx, ordered)
     rows = tx.all(
-        "SELECT d.id, d.webhook_id, d.event_id, e.envelope, d.attempt_count, d.event_type "
-        "FROM deliveries d JOIN events e ON e.id = d.event_id "
+        f"SELECT {_JOB_COLUMNS} FROM deliveries d JOIN events e ON e.id = d.event_id "
         f"WHERE d.destination = ? AND d.state = 'PENDING' AND d.next_attempt_at <= ?{condition} "
-        "ORDER BY d.next_attempt_at, d.id LIMIT ?",
-        [destination, now, *params, limit],
+        f"AND d.event_type != '{PING_TYPE}' ORDER BY d.next_attempt_at, d.id LIMIT ?",
+        [destination, now, *params, limit - len(pings)],
     )
-    return [Job(row[0], row[1], row[2], row[3], row[4], single_attempt=row[5] == PING_TYPE) for row in rows]
+    return pings + [_job(row) for row in rows]
 
 
 def next_due(tx: Tx, destination: str, after: float, ordered: Sequence[str] = ()) -> float | None:

@@ -36,3 +36,9 @@ VERSIONS = ("ALTER TABLE webhooks ADD COLUMN version INTEGER NOT NULL DEFAULT 0"
 #: An ordered webhook sends only its oldest pending delivery: found from this index at once,
 #: however many deliveries the webhook has had.
 ORDERING = ("CREATE INDEX deliveries_pending_webhook ON deliveries(webhook_id, id) WHERE state = 'PENDING'",)
+
+#: A destination's pending test pings, found at once however long its backlog: a ping asked for
+#: through another node reaches the owner from disk, and goes ahead of the backlog. Repeated word
+#: for word in the query that uses it (``queries.due_jobs``), as SQLite needs for a partial index.
+PENDING_PINGS = "d.state = 'PENDING' AND d.event_type = 'webhook.ping'"
+PINGS = (f"CREATE INDEX deliveries_pings ON deliveries(destination) WHERE {PENDING_PINGS.replace('d.', '')}",)

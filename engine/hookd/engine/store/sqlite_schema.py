@@ -187,7 +187,13 @@ def _v7(db: sqlite_utils.Database, dialect: Dialect) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+def _v8(db: sqlite_utils.Database, dialect: Dialect) -> None:
+    # Pending pings by destination (store/shared_schema.py; PostgreSQL's version 5).
+    for statement in shared_schema.PINGS:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database, Dialect], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8]
 
 
 class SchemaTooNew(RuntimeError):
