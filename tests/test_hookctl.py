@@ -679,6 +679,7 @@ def test_errors_are_one_line_without_traceback(hookd: HookdProcess) -> None:
         ("webhooks", "edit", "wh_x", "--timeout", "31"),
         ("webhooks", "edit", "wh_x", "--timeout", "inf"),
         ("webhooks", "edit", "wh_x", "--rate-limit", "nan"),
+        ("webhooks", "edit", "wh_x", "--rate-limit", "0.05"),
         ("webhooks", "rotate-secret", "wh_x", "--grace", "inf"),
         ("webhooks", "rotate-secret", "wh_x", "--grace", "604801"),
         ("health", "--watch", "--interval", "inf"),

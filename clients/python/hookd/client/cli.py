@@ -214,7 +214,7 @@ def webhook_options(*, create: bool) -> Callable[[F], F]:
         click.option("--description", help="Free text for people."),
         click.option(
             "--rate-limit",
-            type=inputs.Finite(0, limits.MAX_RATE_LIMIT),
+            type=inputs.RateLimit(),
             help=f"Most requests per second, {limits.MIN_RATE_LIMIT:g} to {limits.MAX_RATE_LIMIT:g}; 0: default.",
         ),
         click.option(

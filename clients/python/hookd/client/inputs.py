@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from hookd.client import limits
 from hookd.v1 import hookd_pb2 as pb
 
 WEBHOOK_STATUSES = {"active": pb.Webhook.ACTIVE, "inactive": pb.Webhook.INACTIVE}
@@ -55,6 +56,22 @@ class Finite(click.FloatRange):
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value} is not in the range {self._describe_range()}.", param, ctx)
+        return number
+
+
+class RateLimit(Finite):
+    """A webhook's rate: 0 (the server's default) or from ``limits.MIN_RATE_LIMIT`` to
+    ``limits.MAX_RATE_LIMIT``; the server refuses what lies between 0 and the minimum."""
+
+    def __init__(self) -> None:
+        super().__init__(0, limits.MAX_RATE_LIMIT)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if 0 < number < limits.MIN_RATE_LIMIT:
+            self.fail(
+                f"{value} is neither 0 nor from {limits.MIN_RATE_LIMIT:g} to {limits.MAX_RATE_LIMIT:g}.", param, ctx
+            )
         return number
 
 
