@@ -744,3 +744,29 @@ async def test_an_actor_waiting_out_an_open_breaker_closes_its_idle_connections(
         [stats] = (await engine.health_snapshot(urls=[server.url()])).destinations
         assert stats.breaker_state is BreakerState.OPEN  # the actor is still there
         nursery.cancel_scope.cancel()
+
+
+async def test_a_request_the_owner_may_no_longer_send_is_not_sent() -> None:
+    """In a cluster a node may send to a destination only while it holds its lease. Looking the
+    name up and connecting can outlast the lease, so the hold is asked again with a connection
+    ready, just before the first byte: refused, nothing reaches the destination, the request is
+    reported NotSent (not a failure to record), and the connection is kept for later."""
+    allowed = [True]
+
+    async def answers(peer: Peer) -> None:
+        while await peer.read_request() is not None:
+            await peer.send(OK)
+
+    async with serve(answers) as server, ConnectionSet(LOCAL, may_send=lambda: allowed[0]) as client:
+        assert (await send(client, server.url())).outcome is Outcome.SUCCESS
+        allowed[0] = False
+        with pytest.raises(connections.NotSent):
+            await send(client, server.url())  # on the idle connection
+        assert len(server.requests) == 1 and repr(client) == "<ConnectionSet idle=1>"
+        client.close()
+        with pytest.raises(connections.NotSent):
+            await send(client, server.url())  # on a new connection
+        assert len(server.requests) == 1
+        allowed[0] = True
+        assert (await send(client, server.url())).outcome is Outcome.SUCCESS
+        assert len(server.requests) == 2

@@ -32,7 +32,7 @@ import trio
 from hookd.engine.breaker import BreakerState, CircuitBreaker
 from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
-from hookd.engine.connections import ConnectionSet
+from hookd.engine.connections import ConnectionSet, NotSent
 from hookd.engine.errors import NotFound, Unavailable
 from hookd.engine.http_delivery import USER_AGENT, post
 from hookd.engine.jobs import AttemptResult, Job, internal_failure
@@ -419,7 +419,8 @@ class DestinationActor:
     def connections(self) -> ConnectionSet:
         """The keep-alive connections to this destination, made on first use."""
         if self._connections is None:
-            self._connections = ConnectionSet(self._ctx.config.destinations)
+            ownership, url = self._ctx.ownership, self.url
+            self._connections = ConnectionSet(self._ctx.config.destinations, may_send=lambda: ownership.may_send(url))
         return self._connections
 
     def close(self) -> None:
@@ -545,6 +546,8 @@ class DestinationActor:
                     body = job.envelope.encode()
                     headers = request_headers(hook, message_id(job.delivery_id), body, now)
                     result = await post(client, hook.url, headers, body, hook.timeout_s, now)
+                except NotSent:
+                    return  # the lease ran out before the request went: the next owner sends it
                 except Exception:  # a bug: recorded against this delivery, never the actor's end
                     log.exception("sending failed destination=%s delivery=%d", self.url, job.delivery_id)
                     result = internal_failure(hook.url, now)

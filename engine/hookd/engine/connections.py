@@ -28,6 +28,7 @@ and httpcore do; a fresh connection's failure is the attempt's.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 
 import trio
 
@@ -176,14 +177,32 @@ async def _open_tcp(addresses: list[str], port: int) -> trio.SocketStream:
     return winner
 
 
-class ConnectionSet:
-    """Keep-alive HTTP/1.1 connections to one destination, one per request in flight."""
+class NotSent(Exception):
+    """The request was not sent: ``may_send`` said no once a connection was ready (in a cluster,
+    the node's hold on the destination ran out while it looked the name up or connected)."""
 
-    def __init__(self, policy: DestinationPolicy, ssl_context: ssl.SSLContext | None = None) -> None:
+
+class ConnectionSet:
+    """Keep-alive HTTP/1.1 connections to one destination, one per request in flight.
+
+    ``may_send``, asked with a connection ready, just before the request's first byte goes (with
+    no wait in between), says whether it may still go: looking a name up and connecting can take
+    seconds, and in a cluster the node's lease on the destination may run out meanwhile, after
+    which another node may send the same delivery.
+    """
+
+    def __init__(
+        self,
+        policy: DestinationPolicy,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        may_send: Callable[[], bool] | None = None,
+    ) -> None:
         self._policy = policy
         self._ssl_context = ssl_context or policy.tls_context()
         self._idle: list[Connection] = []
         self._target: tuple[str, Target] | None = None
+        self._may_send = may_send
 
     def __repr__(self) -> str:
         return f"<ConnectionSet idle={len(self._idle)}>"
@@ -244,6 +263,11 @@ class ConnectionSet:
         return None
 
     async def _run(self, connection: Connection, request: bytes, response: ResponseParser) -> None:
+        """Raises NotSent, with the connection kept for later, when ``may_send`` says no."""
+        if self._may_send is not None and not self._may_send():
+            connection.idle_since = trio.current_time()
+            self._idle.append(connection)
+            raise NotSent("this node no longer holds the destination; the request was not sent")
         reusable = False
         try:
             reusable = await connection.exchange(request, response)

@@ -17,7 +17,7 @@ import typing
 
 import trio
 
-from hookd.engine.connections import ConnectionSet, TLSFailure
+from hookd.engine.connections import ConnectionSet, NotSent, TLSFailure
 from hookd.engine.destinations import DestinationBlocked, DestinationUnresolvable
 from hookd.engine.http11 import (
     ConnectionLost,
@@ -161,7 +161,8 @@ async def post(
     """POST ``body`` and classify what happened; the whole exchange is bounded by ``timeout_s``.
 
     ``started_at`` is the engine clock's wall time, recorded as the attempt's start. Returns an
-    AttemptResult for everything a destination can do; only cancellation propagates.
+    AttemptResult for everything a destination can do; only cancellation propagates, and
+    NotSent (``client.may_send`` said no before the request went).
     """
     start = time.perf_counter()
     response = ResponseParser(MAX_RESPONSE_BYTES)
@@ -172,6 +173,8 @@ async def post(
             await client.exchange(target, encode_request(target, headers, body), response)
         except DELIVERY_ERRORS as error:
             failure = error
+        except NotSent:
+            raise  # nothing happened to record: the caller's to handle
         except Exception as error:
             log.exception("unexpected error in an exchange with destination=%s", url)
             failure = error
