@@ -7,7 +7,9 @@ slots it gains or loses move. Each node, every ``lease / 5`` seconds and wheneve
 notification says membership changed:
 
 1. heartbeats and renews the leases on the slots it holds, in one transaction; a slot missing
-   from the renewal was claimed by another node meanwhile: its actors stop at once;
+   from the renewal was claimed by another node meanwhile: its actors stop at once; a slot the
+   renewal found held by this node that memory does not know of (a claim whose reply was lost)
+   is adopted;
 2. hands over slots rendezvous now gives to another live node: their actors finish what they
    have in flight (outcomes committed), then the slots are released, and the new owner, told by
    a notification, claims them at once (no delivery is sent twice by a hand-over);
@@ -18,6 +20,12 @@ Every write an owner makes for a destination carries its fence (slot, epoch): a 
 paused or cut off past its lease cannot write after it lost the slot, and it does not send
 either, because ``may_send`` holds only while the lease renewed at ``t`` is younger than
 ``0.9 x lease`` by this node's own monotonic clock (which keeps running while it is stopped).
+
+A store fault (``StoreFault``, a ``Conflict`` that outlasted the backend's retries, or
+``Unavailable`` from a read) never ends the node: a step that meets one is tried again, a
+hand-over keeps its slots until their release commits, and destinations whose slots were just
+taken are looked up again until the read succeeds. Each streak of failures is logged once, and
+its end.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from hookd.engine.monitor import LiveState, NodeInfo
 from hookd.engine.store import cluster_ops
 from hookd.engine.store.backend import SharedBackend
 from hookd.engine.store.cluster_ops import SLOT_COUNT, ClusterView, Fence
-from hookd.engine.store.sql import StoreFault
+from hookd.engine.store.sql import Conflict, StoreFault
 
 log = logging.getLogger("hookd.cluster")
 
@@ -49,6 +57,8 @@ log = logging.getLogger("hookd.cluster")
 TRUST = 0.9
 #: The node holding this slot's lease runs the cluster's housekeeping.
 LEADER_SLOT = 0
+#: What the store raises when it cannot do something now; never a reason to stop the node.
+STORE_FAULTS = (StoreFault, Conflict, Unavailable)
 
 
 @lru_cache(maxsize=65536)
@@ -104,6 +114,11 @@ class Membership:
         self._nursery: trio.Nursery | None = None
         # One connection for membership: the loop and a hand-over in progress take turns on it.
         self._control_lock = trio.Lock()
+        # Slots taken (claimed or adopted) whose destinations have not been looked up yet.
+        self._unresumed: set[int] = set()
+        # What is failing now ("step", "hand-over", "resume"): each streak is logged once.
+        self._failing: set[str] = set()
+        self._retry_s = min(1.0, lease_s / 10)
 
     def __repr__(self) -> str:
         return f"<Membership {self.node_id} slots={len(self._slots.held)} handing_over={len(self._slots.leaving)}>"
@@ -147,22 +162,43 @@ class Membership:
         log.info("node joined id=%s lease_s=%g", self.node_id, self._lease_s)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            await self._step()
+            # The node is registered: if its first step fails it starts all the same and tries
+            # again, rather than exit and leave a live-looking row that refuses its own restart.
+            await self._try_step()
             task_status.started()
             while not self._leaving:
                 with trio.move_on_after(self._next_step_in()):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                try:
-                    await self._step()
-                except StoreFault as fault:
-                    log.warning("membership step failed node=%s reason=%s", self.node_id, fault.reason)
-                    await trio.sleep(min(1.0, self._lease_s / 10))
+                if not await self._try_step():
+                    await trio.sleep(self._retry_s)
             nursery.cancel_scope.cancel()
+
+    async def _try_step(self) -> bool:
+        """One step; a store fault is waited out (the next step starts from what the database
+        says, so a step cut short anywhere leaves nothing to undo)."""
+        try:
+            await self._step()
+        except STORE_FAULTS as error:
+            self._failed("step", error)
+            return False
+        self._recovered("step")
+        return True
+
+    def _failed(self, what: str, error: Exception) -> None:
+        """Log the first failure of a streak (a store outage fails every step until it ends)."""
+        if what not in self._failing:
+            self._failing.add(what)
+            log.warning("membership %s failed node=%s reason=%s", what, self.node_id, error)
+
+    def _recovered(self, what: str) -> None:
+        if what in self._failing:
+            self._failing.discard(what)
+            log.warning("membership %s works again node=%s", what, self.node_id)
 
     def _next_step_in(self) -> float:
         """A fifth of the lease, or sooner when a slot this node should own expires sooner."""
-        interval = self._lease_s / 5
+        interval = self._lease_s / 5 if not self._unresumed else self._retry_s
         view = self._view
         if view is None:
             return interval
@@ -200,6 +236,7 @@ class Membership:
         lost = {slot for slot, epoch in self._slots.held.items() if held.get(slot) != epoch}
         self._lose(lost)
         self._valid_until = started + TRUST * self._lease_s
+        self._adopt({slot: epoch for slot, epoch in held.items() if slot not in self._slots.held})
         view: ClusterView = await self._control(cluster_ops.view)
         self._view = view
         owners = rendezvous(self._live(view))
@@ -220,8 +257,59 @@ class Membership:
             claimed = await self._control(cluster_ops.claim, node_id=self.node_id, slots=wanted, lease_s=self._lease_s)
             if claimed:
                 self._slots.held.update(claimed)
+                self._unresumed |= set(claimed)
                 log.info("slots claimed node=%s count=%d held=%d", self.node_id, len(claimed), len(self._slots.held))
-                await self._dispatcher.resume(lambda url: slot_of(url) in claimed)
+        await self._resume()
+
+    def _adopt(self, found: dict[int, int]) -> None:
+        """Take into memory the slots the renewal found this node holding that memory does not.
+
+        Only a claim of this node's can put them there: one whose COMMIT succeeded but whose
+        reply was lost (the connection dropped during COMMIT) raised ``StoreFault``, so the step
+        was abandoned. Left alone they would never move: every renewal extends their leases,
+        ``lost`` looks only at memory, a claim needs them free or expired, and rendezvous gives
+        them to this node, so no other node claims them either: their destinations go unsent for
+        as long as this node lives (and if slot 0 is among them, nobody runs the housekeeping).
+
+        Adopting rather than releasing them: the renewal that returned them committed in this
+        step, so the database says this node holds them at these epochs with fresh leases,
+        which is exactly what the claim would have left, and every write is fenced by the
+        database against (slot, epoch, node): adopting cannot make two owners. It needs no
+        write of its own (a release could fail in turn), moves no epoch, and the destinations
+        are resumed in this very step. A slot rendezvous now gives to another node is handed
+        over by the same step, the usual way. A slot memory holds at another epoch is first
+        ``lost`` (its actors were writing under the old fence) and adopted here at the new one.
+        """
+        if not found:
+            return
+        self._slots.held.update(found)
+        self._unresumed |= set(found)
+        log.warning(
+            "slots adopted node=%s count=%d held=%d (held in the database, unknown here: a claim's reply was lost)",
+            self.node_id,
+            len(found),
+            len(self._slots.held),
+        )
+
+    async def _resume(self) -> None:
+        """Schedule the destinations with work in the slots just claimed or adopted.
+
+        A failed read (``Unavailable``: the readers met a store fault) is not the claim's
+        failure: the slots stay held, and the read is tried again at the next step, which comes
+        sooner while one is owed (``_next_step_in``); the dispatcher's catch-up every 30 s is
+        too rare a backstop, and on a busy cluster it never comes.
+        """
+        self._unresumed &= set(self._slots.held)
+        slots = set(self._unresumed)
+        if not slots or self._leaving:  # leaving: ``owns`` is false for everything anyway
+            return
+        try:
+            await self._dispatcher.resume(lambda url: slot_of(url) in slots)
+        except STORE_FAULTS as error:
+            self._failed("resume", error)
+            return
+        self._unresumed -= slots
+        self._recovered("resume")
 
     def _lose(self, slots: set[int]) -> None:
         if not slots:
@@ -233,11 +321,29 @@ class Membership:
         log.warning("slots lost node=%s count=%d (claimed by another node)", self.node_id, len(slots))
 
     async def _hand_over(self, slots: set[int]) -> None:
-        """Let the slots' actors finish what they have in flight, then release the slots."""
+        """Let the slots' actors finish what they have in flight, then release the slots.
+
+        A release that fails is tried again until it commits: it runs in the membership nursery,
+        so an error escaping it would end the node. Meanwhile the slots stay held and leaving
+        (renewed, owned by nobody's actors), and release is idempotent by epoch, so trying again
+        after a release that committed but whose reply was lost changes nothing. The attempts
+        end early if the slots go otherwise: lost to another node (the step drops them) or
+        released by ``leave``.
+        """
         await self._dispatcher.drain(lambda url: slot_of(url) in slots)
-        still = {slot: self._slots.held[slot] for slot in slots if slot in self._slots.held}
-        if still:
-            await self._control(cluster_ops.release, node_id=self.node_id, held=still)
+        while True:
+            still = {slot: self._slots.held[slot] for slot in slots if slot in self._slots.held}
+            if not still:  # gone otherwise: whatever failed has nothing left to do
+                self._failing.discard("hand-over")
+                break
+            try:
+                await self._control(cluster_ops.release, node_id=self.node_id, held=still)
+            except STORE_FAULTS as error:
+                self._failed("hand-over", error)
+                await trio.sleep(self._retry_s)
+                continue
+            self._recovered("hand-over")
+            break
         for slot in slots:
             self._slots.held.pop(slot, None)
             self._slots.leaving.discard(slot)

@@ -113,7 +113,11 @@ def register(tx: Tx, node_id: str, address: str, lease_s: float) -> float:
 
 def renew(tx: Tx, node_id: str, address: str, lease_s: float, live: str) -> dict[int, int] | None:
     """Heartbeat and renew the leases on this node's slots; return the slots it still holds
-    (slot -> epoch), or None when the node's row is gone (it was pruned as dead)."""
+    (slot -> epoch), or None when the node's row is gone (it was pruned as dead).
+
+    Every slot the database says this node holds is renewed and returned, not only those the
+    node believes it holds: a claim whose COMMIT succeeded but whose reply was lost shows up
+    here, for the node to adopt (``Membership._adopt``) rather than renew it forever unused."""
     now = db_now(tx)
     updated = tx.execute(
         "UPDATE nodes SET heartbeat_at = ?, lease_expires_at = ?, address = ?, live = ? WHERE id = ?",
@@ -162,7 +166,10 @@ def claim(tx: Tx, node_id: str, slots: list[int], lease_s: float) -> dict[int, i
 
 
 def release(tx: Tx, node_id: str, held: dict[int, int]) -> None:
-    """Give slots up at once (a clean hand-over), only where this node still holds them."""
+    """Give slots up at once (a clean hand-over), only where this node still holds them.
+
+    Conditioned on the epoch, so running it again changes nothing: a release whose reply was
+    lost can be retried, and it never frees a slot claimed again since (by anyone)."""
     for slot, epoch in held.items():
         tx.execute(
             "UPDATE slots SET node_id = NULL, expires_at = 0 WHERE slot = ? AND node_id = ? AND epoch = ?",
