@@ -176,7 +176,10 @@ class Maintenance:
         report.complete = False
 
     async def _compact(self, report: MaintenanceReport, now: float, deadline: float) -> None:
-        """Fold old health minutes into hours, a batch of keys per commit."""
+        """Drop health counts a day old, once (``forget`` reads every hour row and every old
+        last-seen fact, whatever the batch), then fold old minutes into hours, a batch of keys
+        per commit."""
+        await self._commit(report, partial(health_ops.forget, now=now))
         while trio.current_time() < deadline:
             folded = await self._commit(report, partial(health_ops.compact, now=now))
             report.health_keys_folded += folded

@@ -30,11 +30,19 @@ _INCREMENTAL = 2
 
 
 def prune_deliveries(tx: Tx, older_than: float, limit: int) -> int:
-    """Remove up to ``limit`` deliveries settled before ``older_than``, with their attempts."""
+    """Remove up to ``limit`` deliveries settled before ``older_than``, with their attempts.
+
+    The candidates come from ``deliveries_settled``, oldest first, so a batch reads about
+    ``limit`` rows. SQLite, planning without statistics, would pick ``deliveries_state``
+    instead and read and sort every settled delivery of the retention window for each batch
+    (70 ms for 270,000, inside the writer's transaction), hence the hint; PostgreSQL takes the
+    index by itself once autovacuum has analysed the table.
+    """
     candidates = [
         row[0]
         for row in tx.all(
-            f"SELECT id FROM deliveries WHERE state IN {SETTLED_STATES} AND update_time < ? "
+            f"SELECT id FROM deliveries{tx.dialect.indexed_by('deliveries_settled')} "
+            f"WHERE state IN {SETTLED_STATES} AND update_time < ? "
             "AND NOT EXISTS (SELECT 1 FROM publishing p WHERE p.event_id = deliveries.event_id) "
             "ORDER BY update_time LIMIT ?",
             [older_than, limit],

@@ -83,6 +83,17 @@ class Dialect:
     #: The same for rows only read, which must not change or go before the transaction ends.
     for_share: str = ""
 
+    def indexed_by(self, index: str) -> str:
+        """`` INDEXED BY index`` after a table name on SQLite, nothing elsewhere.
+
+        hookd never runs ANALYZE, so SQLite plans without statistics and, for a few queries,
+        prefers an index that looks selective on paper (ten rows per value, by its default
+        guess) to the one that fits: the query then reads and sorts far more rows than it
+        returns, in the writer's transaction. PostgreSQL plans from the statistics autovacuum
+        keeps and takes no hints. The index must exist and fit the query (a partial index: its
+        condition word for word), or SQLite refuses the statement: tests plan each one."""
+        return f" INDEXED BY {index}" if self.name == "sqlite" else ""
+
 
 def marks(count: int) -> str:
     """``?, ?, ?`` for an ``IN (...)`` list of ``count`` values (at least one)."""
