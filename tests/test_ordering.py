@@ -3,17 +3,27 @@ through failures, retries and a kill -9, and only that webhook waits."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
 from hookd.client import HookdClient
 from hookd.client.client import event_input
+from hookd.engine import EventInput
+from hookd.engine.jobs import PreparedEvent
+from hookd.engine.model import Ordering
+from hookd.engine.retry import RetryPolicy
+from hookd.engine.store import delivery_ops
+from hookd.engine.validation import WebhookInput
 from hookd.v1 import hookd_pb2 as pb
-from tests.support.receiver import Received, Receiver, Reply, wait_until
+from tests.support.engine import local_engine
+from tests.support.receiver import Received, Receiver, Reply, fail_first, wait_until
 from tests.support.server import HookdProcess
 
 pytestmark = pytest.mark.backends
@@ -122,3 +132,35 @@ def test_an_ordered_webhook_moves_on_when_its_head_fails_for_good(tmp_path: Path
     finally:
         receiver.close()
         server.stop()
+
+
+async def test_an_older_publish_completing_during_a_first_attempt_waits_for_its_retry(
+    tmp_path: Path,
+) -> None:
+    """A large publish staged first (lower ids) completes while a later one's delivery is on its
+    first attempt. That attempt is not counted until its outcome commits, so a read made then
+    takes the older one for the head; it must stay on disk, and go after the retry when the
+    first attempt fails (the one that failed holds the ones behind it)."""
+    receiver = Receiver(fail_first(1, Reply(status=500, delay=1.0)))
+    engine = local_engine(tmp_path, retry=RetryPolicy(max_attempts=5, base_s=0.05, cap_s=0.1))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.run)
+            data = WebhookInput(resource="order", event="created", url=receiver.url("/o"), ordering=Ordering.ORDERED)
+            await engine.create_webhook(data)
+            hooks = await engine._readers.run(partial(delivery_ops.subscribers, resource="order", event="created"))
+            older = PreparedEvent(
+                "evt_staged_first", "order.created", "order", "created", engine.now(), '{"data":{"n":1}}', ""
+            )
+            await engine._writer.execute(partial(delivery_ops.stage_deliveries, parts=[(older, hooks)]))
+            await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
+            while receiver.in_progress == 0:  # the first attempt is under way, its answer held
+                await trio.sleep(0.01)
+            _, urls = await engine._writer.execute(partial(delivery_ops.finish_staged, events=[older], counts=[1]))
+            for url in urls:
+                engine._dispatcher.poke(url)  # as the publish's own commit does
+            await trio.to_thread.run_sync(lambda: receiver.wait_for(3, timeout=20))
+            assert [json.loads(r.body)["data"]["n"] for r in receiver.received()] == [2, 2, 1]
+            nursery.cancel_scope.cancel()
+    finally:
+        receiver.close()

@@ -474,11 +474,27 @@ class DestinationActor:
 
         A test ping read from disk (asked for through another node of a cluster) goes to the
         front, as one offered here does: not behind the backlog, nor behind a breaker that holds
-        the queue."""
+        the queue.
+
+        Of an ordered webhook that already has a delivery in memory (queued or in flight), the
+        read's head is left on disk. The read cannot know that the one in flight is its head: a
+        first attempt is not counted until its outcome commits, so an older publish completed
+        meanwhile looks like the head; taken, it would go before the retry, should the one in
+        flight fail. Its outcome, once committed, reads the webhook again (``_record``)."""
         jobs, next_due = window
+        ordered = set(refill.ordered)
+        present = {
+            job.webhook_id
+            for job in (*self.queue, *(entry.job for entry in self.in_flight.values()))
+            if job.webhook_id in ordered and not job.single_attempt
+        }
         added = 0
         for job in jobs:
+            if not job.single_attempt and job.webhook_id in present:
+                continue
             if added < refill.room and job.delivery_id not in self.known and job.delivery_id not in refill.settled:
+                if job.webhook_id in ordered and not job.single_attempt:
+                    present.add(job.webhook_id)
                 if job.single_attempt:
                     self.queue.insert(0, job)
                 else:
