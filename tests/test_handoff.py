@@ -454,6 +454,37 @@ async def test_a_conflict_that_outlasts_the_retries_is_refused_not_fatal(
             while not writer.statistics().held:
                 await trio.sleep(0.01)
             await writer.execute(_put("caller", "2"), cost=1)  # the caller's retry goes through
+            while not done:
+                await trio.sleep(0.01)
         assert done == [True] and writer.status.available
         nursery.cancel_scope.cancel()
     assert (_stored(store, "background"), _stored(store, "caller")) == ("1", "2")
+
+
+async def test_callers_are_answered_while_held_writes_keep_conflicting(store: Backend) -> None:
+    """Held background writes go before anything newer; but should they keep losing conflicts to
+    other nodes' writes, a caller queued meanwhile is answered between their tries instead of
+    waiting until they stop. The conflicts are the one stand-in: the held write raises them."""
+    writer = Writer(store)
+    conflicts = [Conflict("deadlock detected")] * 10  # two seconds of tries, 0.2 s apart
+
+    def contested(tx: Tx) -> None:
+        if conflicts:
+            raise conflicts.pop()
+        tx.execute("INSERT INTO meta (key, value) VALUES ('contested', '1')")
+
+    done: list[bool] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        await writer.submit(contested, after=done.append)
+        while not writer.statistics().held:
+            await trio.sleep(0.01)
+        with trio.fail_after(10):
+            await writer.execute(_put("caller", "1"), cost=1)
+        assert conflicts, "the caller waited until the held write stopped conflicting"
+        with trio.fail_after(10):
+            while not done:
+                await trio.sleep(0.05)
+        assert done == [True]
+        nursery.cancel_scope.cancel()
+    assert (_stored(store, "caller"), _stored(store, "contested")) == ("1", "1")

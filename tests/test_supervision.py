@@ -22,6 +22,7 @@ from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import Unavailable
 from hookd.engine.jobs import AttemptResult, Job
 from hookd.engine.model import DeliveryState, Outcome
+from hookd.engine.ownership import SingleNode
 from hookd.engine.retry import RetryPolicy
 from hookd.engine.store.writer import Readers
 from hookd.engine.validation import WebhookInput
@@ -541,3 +542,25 @@ async def test_a_crash_does_not_charge_a_delivery_whose_outcome_is_queued(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+@pytest.mark.sqlite_only  # the stand-in is the single node's hold; a cluster's has its own tests
+async def test_a_delivery_the_lease_refused_is_read_again_soon(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node whose hold on a destination lapsed for a moment (a late renewal) refuses to send,
+    and keeps the destination: the delivery it dropped from memory is read again within a
+    second or so, not left to the 30 s backstop. The lapse is the one stand-in."""
+    holding = [False]
+    monkeypatch.setattr(SingleNode, "may_send", lambda self, url: holding[0])
+    engine = local_engine(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(engine.run)
+        await engine.create_webhook(WebhookInput(resource="order", event="created", url=receiver.url()))
+        await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
+        await trio.sleep(0.3)  # offered, refused
+        assert receiver.received() == []
+        holding[0] = True
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=5))
+        nursery.cancel_scope.cancel()

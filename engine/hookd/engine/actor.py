@@ -133,6 +133,10 @@ def request_headers(webhook: Webhook, msg_id: str, body: bytes, now: float) -> d
     return headers
 
 
+#: How soon a delivery this node's lease refused to send is read again from disk.
+REFUSED_READ_AGAIN_S = 1.0
+
+
 class DestinationActor:
     # Slots: ten thousand destinations may each have an actor at once.
     __slots__ = (
@@ -546,6 +550,7 @@ class DestinationActor:
         ctx = self._ctx
         job = entry.job
         result: AttemptResult | None = None
+        refused = False  # by the lease: the delivery stays due on disk
         task_status.started()
         try:
             with entry.scope:
@@ -553,6 +558,7 @@ class DestinationActor:
                 if hook is None or not _sendable(hook, job, self.url):
                     return
                 if not ctx.ownership.may_send(self.url):
+                    refused = True
                     return  # the lease lapsed: the destination is, or soon will be, another node's
                 if job.single_attempt and not await self._ping_still_wanted(job):
                     return
@@ -563,6 +569,7 @@ class DestinationActor:
                     headers = request_headers(hook, message_id(job.delivery_id), body, now)
                     result = await post(client, hook.url, headers, body, hook.timeout_s, now)
                 except NotSent:
+                    refused = True
                     return  # the lease ran out before the request went: the next owner sends it
                 except Exception:  # a bug: recorded against this delivery, never the actor's end
                     log.exception("sending failed destination=%s delivery=%d", self.url, job.delivery_id)
@@ -578,6 +585,11 @@ class DestinationActor:
                     self.breaker.release_probe()
                 self._settle(job.delivery_id)
                 ctx.settled(job.delivery_id)
+                if refused:
+                    # Read again from disk in a while, should this node keep the destination (a
+                    # late renewal); if it lost it, the actor is stopped and the new owner reads it.
+                    # Not at once: until the lease is renewed, every read would be refused again.
+                    ctx.schedule(self.url, ctx.clock.now() + REFUSED_READ_AGAIN_S)
             self._nudge()
 
     async def _ping_still_wanted(self, job: Job) -> bool:

@@ -581,13 +581,15 @@ class Engine:
             partial(queries.list_attempts, delivery_id=job.delivery_id, after_id=None, limit=1)
         )
         if not attempts:
-            # Given up on, so never to be sent: the caller is told to try again, and must not
-            # find the ping it gave up on arriving later beside the new one.
+            # Given up on: a ping still waiting for its turn is never sent (the caller is told to
+            # try again, and must not find it arriving later beside the new one); one already
+            # under way, which may have reached the destination, finishes and is recorded.
             self._dispatcher.forget_job(webhook.url, job.delivery_id)
             with trio.CancelScope(shield=True):
                 await self._writer.submit(partial(delivery_ops.abandon_ping, delivery_id=job.delivery_id, now=now))
             raise Unavailable(
-                f"the ping to {webhook.url} found no free request slot in time (the destination is busy); try again"
+                f"the ping to {webhook.url} got no answer in time (the destination is busy: no free request "
+                "slot, or a slow answer); try again"
             )
         return job.delivery_id, attempts[0]
 

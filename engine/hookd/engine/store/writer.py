@@ -148,6 +148,8 @@ class Writer:
         #: The writer's own worker thread: its commits never wait behind trio's shared pool
         #: (host name lookups, reads), and only one of them ever runs at a time.
         self._thread = trio.CapacityLimiter(1)
+        #: The last commit lost to conflicts: the next turn goes to what is queued.
+        self._conflicted = False
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -272,7 +274,7 @@ class Writer:
                 elif self._held:
                     # Background writes held through a fault or a conflict, all of them, before
                     # anything newer: their deliveries keep request slots until they commit.
-                    if await self._commit_held():
+                    if not await self._queued_first_after_conflict() and await self._commit_held():
                         backoff = RETRY_FIRST_S
                 else:
                     batch = [await self._receive.receive()]
@@ -325,6 +327,7 @@ class Writer:
             self._refuse_or_hold(
                 batch, Unavailable(f"the write conflicted with other nodes' writes ({conflict}); retry")
             )
+            self._conflicted = True
             await trio.sleep(RETRY_FIRST_S)
             return False
         self.commits += 1
@@ -379,6 +382,19 @@ class Writer:
             await self._commit([probe])
             return
         await self._commit_held()  # the rest, if any, follows once the store is available
+
+    async def _queued_first_after_conflict(self) -> bool:
+        """After a conflict, commit one batch of what is queued (if anything) before the held
+        writes are tried again: should their conflict recur, callers are still answered rather
+        than kept waiting behind them. Returns whether it did."""
+        if not self._conflicted:
+            return False
+        self._conflicted = False
+        batch: list[_Op[Any]] = []
+        self._gather(batch)
+        if batch:
+            await self._commit(batch)
+        return bool(batch)
 
     async def _commit_held(self) -> bool:
         """Commit the oldest held background writes, at most a batch of them."""
