@@ -46,7 +46,7 @@ MAX_RESTART_BACKOFF_S = 30.0
 #: How often destinations with work are looked for on disk even without a wake-up: whatever
 #: slipped through (a bug, a notification lost in a cluster) waits this long at most.
 BACKSTOP_S = 30.0
-#: Most destinations whose due deliveries one read loads (each is two indexed queries). Small,
+#: Most destinations whose due deliveries one read loads (each a few indexed queries). Small,
 #: because actors start as their reads come back, so the batch sets how many start at once: a
 #: publish to ten thousand new destinations peaked at about 110 MB RSS with 32, 140 MB with 256.
 LOAD_BATCH = 32
