@@ -328,11 +328,13 @@ class Membership:
         (renewed, owned by nobody's actors), and release is idempotent by epoch, so trying again
         after a release that committed but whose reply was lost changes nothing. The attempts
         end early if the slots go otherwise: lost to another node (the step drops them) or
-        released by ``leave``.
+        released by ``leave``. Only the epochs held when the hand-over began are released and
+        forgotten: a slot lost meanwhile and taken again (a new epoch) is not this hand-over's.
         """
+        epochs = {slot: self._slots.held[slot] for slot in slots if slot in self._slots.held}
         await self._dispatcher.drain(lambda url: slot_of(url) in slots)
         while True:
-            still = {slot: self._slots.held[slot] for slot in slots if slot in self._slots.held}
+            still = {slot: epoch for slot, epoch in epochs.items() if self._slots.held.get(slot) == epoch}
             if not still:  # gone otherwise: whatever failed has nothing left to do
                 self._failing.discard("hand-over")
                 break
@@ -344,9 +346,10 @@ class Membership:
                 continue
             self._recovered("hand-over")
             break
-        for slot in slots:
-            self._slots.held.pop(slot, None)
-            self._slots.leaving.discard(slot)
+        for slot, epoch in epochs.items():
+            if self._slots.held.get(slot) == epoch:
+                self._slots.held.pop(slot)
+                self._slots.leaving.discard(slot)
         log.info("slots handed over node=%s count=%d", self.node_id, len(still))
 
     async def leave(self, grace_s: float) -> None:
