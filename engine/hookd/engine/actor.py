@@ -487,11 +487,15 @@ class DestinationActor:
         flight fail. Its outcome, once committed, reads the webhook again (``_record``)."""
         jobs, next_due = window
         ordered = set(refill.ordered)
-        present = {
-            job.webhook_id
-            for job in (*self.queue, *(entry.job for entry in self.in_flight.values()))
-            if job.webhook_id in ordered and not job.single_attempt
-        }
+        present = (
+            {
+                job.webhook_id
+                for job in (*self.queue, *(entry.job for entry in self.in_flight.values()))
+                if job.webhook_id in ordered and not job.single_attempt
+            }
+            if ordered
+            else set()
+        )
         added = 0
         for job in jobs:
             if not job.single_attempt and job.webhook_id in present:
