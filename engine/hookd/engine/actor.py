@@ -487,32 +487,31 @@ class DestinationActor:
         flight fail. Its outcome, once committed, reads the webhook again (``_record``)."""
         jobs, next_due = window
         ordered = set(refill.ordered)
-        present = (
-            {
-                job.webhook_id
-                for job in (*self.queue, *(entry.job for entry in self.in_flight.values()))
-                if job.webhook_id in ordered and not job.single_attempt
-            }
-            if ordered
-            else set()
-        )
+        present = self._ordered_in_memory(ordered)
         added = 0
         for job in jobs:
             if not job.single_attempt and job.webhook_id in present:
                 continue
             if added < refill.room and job.delivery_id not in self.known and job.delivery_id not in refill.settled:
-                if job.webhook_id in ordered and not job.single_attempt:
-                    present.add(job.webhook_id)
                 if job.single_attempt:
                     self.queue.insert(0, job)
                 else:
                     self.queue.append(job)
+                    if job.webhook_id in ordered:
+                        present.add(job.webhook_id)
                 self.known[job.delivery_id] = None
                 added += 1
         if len(jobs) < refill.limit and refill.pokes == self._pokes:
             self.backlog = False
             if next_due is not None:
                 self._ctx.schedule(self.url, next_due)
+
+    def _ordered_in_memory(self, ordered: set[str]) -> set[str]:
+        """Of ``ordered`` webhooks, those with a delivery (not a ping) queued or in flight."""
+        if not ordered:
+            return set()
+        jobs = (*self.queue, *(entry.job for entry in self.in_flight.values()))
+        return {job.webhook_id for job in jobs if job.webhook_id in ordered and not job.single_attempt}
 
     def abandon_refill(self, refill: Refill) -> None:
         if self._refilling is refill:

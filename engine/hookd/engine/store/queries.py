@@ -144,10 +144,14 @@ _PUBLISHED_PENDING = (
 def _in_order(tx: Tx, ordered: Sequence[str]) -> tuple[str, list[Any]]:
     """The condition (and its parameters) that lets through, of an ordered webhook's deliveries,
     only its head (``ordered_heads``); test pings stand outside any order. The heads are found
-    once, before the destination's deliveries are walked, not once per delivery walked."""
+    once per read, before the destination's deliveries are walked: not once per delivery walked,
+    nor again for ``next_due`` in the same read (``tx.memo``)."""
     if not ordered:
         return "", []
-    heads = [delivery_id for delivery_id, _ in ordered_heads(tx, ordered).values()]
+    key = ("ordered heads", tuple(ordered))
+    if key not in tx.memo:
+        tx.memo[key] = [delivery_id for delivery_id, _ in ordered_heads(tx, ordered).values()]
+    heads: list[int] = tx.memo[key]
     head_clause = f" OR d.id IN ({marks(len(heads))})" if heads else ""
     return (
         f" AND (d.event_type = '{PING_TYPE}' OR d.webhook_id NOT IN ({marks(len(ordered))}){head_clause})",
