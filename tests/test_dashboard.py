@@ -190,7 +190,9 @@ def test_test_connection_shows_the_receivers_answer(hookd: HookdProcess, page: P
 def test_failed_delivery_shows_its_attempts_and_retry_sends_again(
     hookd: HookdProcess, page: Page, client: HookdClient
 ) -> None:
-    failing = Receiver(always(Reply(status=500, body=b"database is down")))
+    # Each answer takes a moment, so the list read right after Retry still shows the delivery
+    # pending: the page has to follow it to its outcome.
+    failing = Receiver(always(Reply(status=500, body=b"database is down", delay=0.3)))
     try:
         hook = client.create_webhook("order", "cancelled", failing.url())
         client.publish_event("order", "cancelled", data={"id": 42})

@@ -4,6 +4,9 @@
 import { AttemptSummary, Badge, STATES_FINISHED, formatTime, html, shortName, useEffect, useState } from "./ui.js";
 
 const PAGE_SIZE = 25;
+// How often the list is read again while a shown delivery is still pending: a retry, or a
+// delivery waiting for its next attempt, shows its outcome without a click on Refresh.
+const FOLLOW_MS = 2000;
 
 function Attempts({ session, delivery }) {
   const [attempts, setAttempts] = useState(null);
@@ -62,7 +65,7 @@ export function DeliveriesPage({ session, webhookId }) {
   const [deliveries, setDeliveries] = useState(null);
   const [state, setState] = useState("");
   const [version, setVersion] = useState(0);
-  const reload = () => setVersion(version + 1);
+  const reload = () => setVersion((n) => n + 1);
 
   useEffect(() => {
     session.call("GetWebhook", { name: parent }).then(setHook, (error) => session.notify(error.message, "error"));
@@ -73,6 +76,12 @@ export function DeliveriesPage({ session, webhookId }) {
       (error) => session.notify(error.message, "error"),
     );
   }, [webhookId, state, version]);
+  const following = (deliveries || []).some((delivery) => delivery.state === "PENDING");
+  useEffect(() => {
+    if (!following) return undefined;
+    const timer = setTimeout(reload, FOLLOW_MS);
+    return () => clearTimeout(timer);
+  }, [deliveries]);
 
   return html`<section class="page">
     <header class="page-header">
