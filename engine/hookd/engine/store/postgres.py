@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
+import psycopg.conninfo
 import psycopg.errors
 import psycopg_pool
 
@@ -39,6 +40,22 @@ MAX_PAYLOAD = 7900
 #: Times a transaction that lost a deadlock or serialization conflict is run again.
 CONFLICT_RETRIES = 5
 CONNECT_TIMEOUT_S = 10
+
+#: libpq settings that let a connection notice a database gone silent (a host that froze, a
+#: network that drops packets without a reset). Without them a statement waits for its reply
+#: until the kernel gives up on the retransmissions, a quarter of an hour later, and an idle
+#: connection (the LISTEN one, a pooled reader) never notices at all: the node would miss every
+#: other node's news. With them, an idle connection is probed after 10 s and declared dead 15 s
+#: later; data sent but not acknowledged for 30 s ends the connection. Either way the caller
+#: gets a ``StoreFault`` and the connection is made again. A URL that sets one of these keeps
+#: its own value. (They apply to TCP connections; a Unix socket's peer cannot go silent.)
+SILENT_PEER_SETTINGS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 
 _CONFLICTS = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure, psycopg.errors.LockNotAvailable)
 
@@ -113,6 +130,20 @@ def payloads(origin: str, items: set[str]) -> list[str]:
     return result
 
 
+def connection_settings(url: str) -> dict[str, Any]:
+    """The keyword arguments every connection is made with: autocommit, a connect timeout, and
+    the ``SILENT_PEER_SETTINGS`` the URL does not set itself. A URL libpq cannot parse gets no
+    extras: connecting reports what is wrong with it."""
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}
+    settings: dict[str, Any] = {"autocommit": True}
+    defaults = {"connect_timeout": str(CONNECT_TIMEOUT_S), **SILENT_PEER_SETTINGS}
+    settings.update({key: value for key, value in defaults.items() if key not in given})
+    return settings
+
+
 class PostgresBackend:
     """One writing connection, a pool of readers, and connections for listeners on demand."""
 
@@ -128,9 +159,11 @@ class PostgresBackend:
         self._writer: psycopg.Connection[Any] | None = None
         self._control: psycopg.Connection[Any] | None = None
         self._pool: psycopg_pool.ConnectionPool[Any] | None = None
+        #: What every connection is made with, on top of the URL.
+        self._settings = connection_settings(url)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        conn = psycopg.connect(self.url, **self._settings)
         # Prepared statements kept per connection, above the default 100: merged writes
         # (delivery_ops.record_successes) have one text per number of rows.
         conn.prepared_max = 256
@@ -144,7 +177,7 @@ class PostgresBackend:
                 self.url,
                 min_size=readers,
                 max_size=readers,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S},
+                kwargs=self._settings,
                 open=True,
                 name="hookd-readers",
             )
