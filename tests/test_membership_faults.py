@@ -19,6 +19,7 @@ from hookd.engine.cluster import Membership, rendezvous, slot_of
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.dispatcher import Dispatcher
 from hookd.engine.errors import Unavailable
+from hookd.engine.model import DeliveryState
 from hookd.engine.store import cluster_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
 from hookd.engine.store.sql import Conflict, StoreFault
@@ -264,5 +265,69 @@ async def test_store_faults_in_the_first_step_and_a_conflict_later_are_waited_ou
         # One streak: logged when it began and when it ended, not at every step in between.
         assert len(_warnings(caplog, "membership step failed node=solo")) == 1
         assert len(_warnings(caplog, "membership step works again node=solo")) == 1
+    finally:
+        receiver.close()
+
+
+async def test_a_leaving_node_keeps_its_leases_while_its_requests_finish(postgres_server: PostgresServer) -> None:
+    # The answer takes longer than the lease. Before, leaving stopped the heartbeats before the
+    # drain: the lease ran out mid-request, b claimed the slot and sent the delivery again, and
+    # a's record of the answer was refused (fenced).
+    database = postgres_server.new_database()
+    receiver = Receiver(always(Reply(delay=LEASE_S * 1.5)))
+    url = _url_of(receiver, "a", ["a", "b"])
+    a, b = _node(database, "a"), _node(database, "b")
+    try:
+        async with _running(a, b):
+            hook = await a.create_webhook(WebhookInput(resource="order", event="created", url=url))
+            await a.publish([EventInput("order", "created", {}, {})], batch=False)
+            await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
+            await a.leave(grace_s=LEASE_S * 3)
+            await _eventually(lambda: _membership(b).owns(url))
+            [delivery] = (await b.list_deliveries(hook.id, "", None, 10, "")).items
+            assert (delivery.state, delivery.attempt_count) == (DeliveryState.SUCCEEDED, 1)
+            await trio.sleep(LEASE_S)  # time for b to send anything it found pending
+            assert len(receiver.received()) == 1
+    finally:
+        receiver.close()
+
+
+async def test_a_node_leaving_while_the_database_fails_stops_and_its_slots_move_at_lease_end(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before, the first failed write of leave raised: the actors were neither drained nor
+    # stopped, and the server swallowed the error without a word.
+    caplog.set_level(logging.WARNING, logger="hookd.cluster")
+    database = postgres_server.new_database()
+    receiver = Receiver(always(Reply(delay=0.5)))
+    url = _url_of(receiver, "a", ["a", "b"])
+    failing: list[bool] = []
+
+    def fail_while_leaving(fn: Control, call: Control) -> Control:
+        async def control(**kwargs: Any) -> Any:
+            if failing and fn is not cluster_ops.view:
+                raise StoreFault("the database cannot be reached: terminating connection")
+            return await call(fn, **kwargs)
+
+        return control
+
+    _inject(monkeypatch, "a", fail_while_leaving)
+    a, b = _node(database, "a"), _node(database, "b")
+    try:
+        async with _running(a, b):
+            await _eventually(lambda: _membership(a).owns(url))
+            await a.create_webhook(WebhookInput(resource="order", event="created", url=url))
+            await a.publish([EventInput("order", "created", {}, {})], batch=False)
+            await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
+            assert a._dispatcher.statistics()  # the destination's actor, its request in flight
+            failing.append(True)
+            await a.leave(grace_s=LEASE_S)
+            assert not _membership(a).owns(url) and not a._dispatcher.statistics()
+            assert _warnings(caplog, "leaving: mark failed") and _warnings(caplog, "leaving: release failed")
+            assert _warnings(caplog, "node left without handing over id=a")
+            # Nobody released a's slots: b takes them once their lease runs out, and sends.
+            await _eventually(lambda: _membership(b).owns(url), timeout=LEASE_S * 5)
+            await b.publish([EventInput("order", "created", {}, {})], batch=False)
+            await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
     finally:
         receiver.close()

@@ -354,19 +354,66 @@ class Membership:
 
     async def leave(self, grace_s: float) -> None:
         """Stop cleanly: others take over at once, after what is in flight is recorded (at most
-        ``grace_s``; requests still open then are abandoned and sent again by the new owner)."""
+        ``grace_s``; requests still open then are abandoned and sent again by the new owner).
+
+        The leases are renewed while the actors finish: the membership loop has stopped, and a
+        lease shorter than the grace would otherwise run out mid-drain, another node would claim
+        the slots and send again what is in flight here, and the outcomes recorded here would be
+        refused. A store fault does not stop the leaving: the actors stop all the same, and slots
+        whose release failed move when their leases run out, as if the node had died.
+        """
         self._leaving = True
         self._wake.set()
-        await self._control(cluster_ops.set_state, node_id=self.node_id, state="leaving")
         slots = set(self._slots.held)
-        with trio.move_on_after(grace_s):
-            await self._dispatcher.drain(lambda url: slot_of(url) in slots)
+        async with trio.open_nursery() as renewing:
+            renewing.start_soon(self._renew_while_leaving)
+            await self._leave_step("mark", cluster_ops.set_state, node_id=self.node_id, state="leaving")
+            with trio.move_on_after(grace_s):
+                await self._dispatcher.drain(lambda url: slot_of(url) in slots)
+            renewing.cancel_scope.cancel()
         self._dispatcher.stop(lambda url: True)
-        if self._slots.held:
-            await self._control(cluster_ops.release, node_id=self.node_id, held=dict(self._slots.held))
+        held = dict(self._slots.held)
         self._slots.held.clear()
-        await self._control(cluster_ops.forget, node_id=self.node_id)
-        log.info("node left id=%s", self.node_id)
+        if held and not await self._leave_step("release", cluster_ops.release, node_id=self.node_id, held=held):
+            log.warning(
+                "node left without handing over id=%s slots=%d: the others take them when the leases run out",
+                self.node_id,
+                len(held),
+            )
+            return
+        if await self._leave_step("forget", cluster_ops.forget, node_id=self.node_id):
+            log.info("node left id=%s", self.node_id)
+
+    async def _renew_while_leaving(self) -> None:
+        """Renew this node's leases every fifth of the lease until cancelled (``leave``), dropping
+        any slot the renewal no longer finds, as a step does."""
+        while True:
+            started = trio.current_time()
+            try:
+                held = await self._control(
+                    cluster_ops.renew,
+                    node_id=self.node_id,
+                    address=self.address,
+                    lease_s=self._lease_s,
+                    live=self._live_json(),
+                )
+            except STORE_FAULTS as error:
+                self._failed("renewal", error)
+            else:
+                self._recovered("renewal")
+                held = held or {}
+                self._lose({slot for slot, epoch in self._slots.held.items() if held.get(slot) != epoch})
+                self._valid_until = started + TRUST * self._lease_s
+            await trio.sleep(self._lease_s / 5)
+
+    async def _leave_step(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> bool:
+        """One write of ``leave``; a store fault is logged and reported as False, not raised."""
+        try:
+            await self._control(fn, **kwargs)
+        except STORE_FAULTS as error:
+            log.warning("leaving: %s failed node=%s reason=%s", what, self.node_id, error)
+            return False
+        return True
 
     # -- health --------------------------------------------------------------------------------------
 
