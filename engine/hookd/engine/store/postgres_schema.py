@@ -5,11 +5,18 @@ operation's SQL runs on both) plus the cluster's tables: ``nodes`` and ``slots``
 SQLite's version 5 (``shared_schema.py``). The version
 lives in ``schema_version``; migrations run under an advisory lock, so nodes starting together
 migrate once, and a database newer than this code is refused.
+
+Nodes of the release before keep running while the first node of the new one migrates (a rolling
+upgrade), so a migration must not hold their writes: one that only adds indexes to tables in use
+builds them with ``CREATE INDEX CONCURRENTLY``, which lets inserts and updates go on (a plain
+``CREATE INDEX`` would queue every write to the table, on every node, for the whole build).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -19,6 +26,8 @@ from hookd.engine.store.cluster_ops import SLOT_COUNT
 
 #: Arbitrary constant naming hookd's migration lock.
 _MIGRATION_LOCK = 0x686F6F6B64
+#: How often a node waiting for another's migration tries the lock again.
+_LOCK_POLL_S = 0.1
 
 
 class SchemaTooNew(RuntimeError):
@@ -158,12 +167,52 @@ _V1 = [
 ]
 
 
-def _statements(statements: list[str]) -> Callable[[psycopg.Connection[Any]], None]:
+@dataclass(frozen=True)
+class Migration:
+    """One schema version's change. ``in_transaction``: applied in the transaction that records
+    the new version; otherwise applied first, on its own, and safe to apply again after a crash
+    between the two."""
+
+    apply: Callable[[psycopg.Connection[Any]], None]
+    in_transaction: bool = True
+
+
+def _statements(statements: list[str]) -> Migration:
     def apply(conn: psycopg.Connection[Any]) -> None:
         for statement in statements:
             conn.execute(statement)
 
-    return apply
+    return Migration(apply)
+
+
+def _index_name(statement: str) -> str:
+    """``deliveries_pings`` of ``CREATE INDEX deliveries_pings ON ...``."""
+    words = statement.split()
+    if words[:2] != ["CREATE", "INDEX"] or len(words) < 4 or words[3] != "ON":
+        raise ValueError(f"not a plain CREATE INDEX: {statement!r}")
+    return words[2]
+
+
+def _concurrent_indexes(statements: list[str]) -> Migration:
+    """Indexes added to tables in use, built without holding writes (``CREATE INDEX
+    CONCURRENTLY``, outside any transaction). A build cut short (the node died, the connection
+    dropped) leaves the index invalid: it is dropped and built again, and a valid one is kept."""
+    names = [_index_name(statement) for statement in statements]
+
+    def apply(conn: psycopg.Connection[Any]) -> None:
+        for name, statement in zip(names, statements, strict=True):
+            row = conn.execute(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+                [name],
+            ).fetchone()
+            if row is not None and row[0]:
+                continue
+            if row is not None:
+                conn.execute(f"DROP INDEX CONCURRENTLY {name}")
+            conn.execute(statement.replace("CREATE INDEX", "CREATE INDEX CONCURRENTLY", 1))
+
+    return Migration(apply, in_transaction=False)
 
 
 #: SQLite's version 5, word for word: ordering, auto-disable and retention.
@@ -178,18 +227,29 @@ _V4 = list(shared_schema.VERSIONS)
 #: SQLite's version 8: pending pings by destination.
 _V5 = list(shared_schema.PINGS)
 
-MIGRATIONS: list[Callable[[psycopg.Connection[Any]], None]] = [
+MIGRATIONS: list[Migration] = [
     _statements(_V1),
     _statements(_V2),
     _statements(_V3),
     _statements(_V4),
-    _statements(_V5),
+    _concurrent_indexes(_V5),
 ]
 
 
+def _try_lock(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", [_MIGRATION_LOCK]).fetchone()
+    return bool(row and row[0])
+
+
 def migrate(conn: psycopg.Connection[Any]) -> int:
-    """Apply every migration the database has not seen; return the resulting version."""
-    conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
+    """Apply every migration the database has not seen; return the resulting version.
+
+    Runs in a worker thread. The lock is tried rather than waited for: a node blocked in
+    ``pg_advisory_lock`` holds a snapshot, which a concurrent index build waits for, while the
+    node waits for the lock the build's session holds (PostgreSQL would end the deadlock by
+    failing one of them)."""
+    while not _try_lock(conn):
+        time.sleep(_LOCK_POLL_S)
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM schema_version").fetchone()
@@ -197,8 +257,11 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
         if version > len(MIGRATIONS):
             raise SchemaTooNew(f"database schema version {version} is newer than this hookd ({len(MIGRATIONS)})")
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            if not migration.in_transaction:
+                migration.apply(conn)
             with conn.transaction():
-                migration(conn)
+                if migration.in_transaction:
+                    migration.apply(conn)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", [number])
         return len(MIGRATIONS)
