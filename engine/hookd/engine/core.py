@@ -136,7 +136,7 @@ class Engine:
         Raises ``StartupError`` (one line for the operator) when the store cannot be opened.
         """
         config = self.config
-        backend = open_backend(config.database, synchronous=config.synchronous)
+        backend = open_backend(config.database, synchronous=config.synchronous, lease_s=config.lease_s)
         await trio.to_thread.run_sync(backend.open, config.readers)
         try:
             self.clock = Clock()

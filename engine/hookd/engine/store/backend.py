@@ -81,12 +81,14 @@ class StartupError(Exception):
     """The store cannot be opened; the message is one line for the operator."""
 
 
-def open_backend(database: str, *, synchronous: str = "NORMAL") -> Backend:
-    """The backend a ``--database`` value names: a ``postgresql://`` URL, else a SQLite file."""
+def open_backend(database: str, *, synchronous: str = "NORMAL", lease_s: float = 10.0) -> Backend:
+    """The backend a ``--database`` value names: a ``postgresql://`` URL, else a SQLite file.
+    ``lease_s``: the cluster's lease, which bounds how long a PostgreSQL session may hold locks
+    without a statement."""
     if database.startswith(("postgresql://", "postgres://")):
         from hookd.engine.store.postgres import PostgresBackend
 
-        return PostgresBackend(database)
+        return PostgresBackend(database, lease_s=lease_s)
     from hookd.engine.store.sqlite import SqliteBackend
 
     return SqliteBackend(database, synchronous=synchronous)

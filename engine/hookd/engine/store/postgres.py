@@ -67,6 +67,8 @@ def _classify(error: BaseException) -> Exception | None:
         return Conflict(str(error).splitlines()[0])
     if isinstance(error, psycopg.errors.InsufficientResources):  # disk full, out of memory, too many connections
         return StoreFault(f"the database is out of resources: {error.diag.message_primary or error}")
+    if isinstance(error, psycopg.errors.IdleInTransactionSessionTimeout):  # see idle_in_transaction_limit_ms
+        return StoreFault(f"the database ended a transaction that stood still: {error.diag.message_primary or error}")
     if isinstance(error, psycopg.errors.ReadOnlySqlTransaction):
         return StoreFault("the database is read-only (a standby?)")
     if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
@@ -144,6 +146,27 @@ def connection_settings(url: str) -> dict[str, Any]:
     return settings
 
 
+#: The longest a session may sit inside a transaction without a statement, as a share of the
+#: lease (and at least ``MIN_IDLE_IN_TRANSACTION_S``).
+IDLE_IN_TRANSACTION_SHARE = 0.25
+MIN_IDLE_IN_TRANSACTION_S = 0.5
+
+
+def idle_in_transaction_limit_ms(lease_s: float) -> int:
+    """``idle_in_transaction_session_timeout`` for a cluster with leases of ``lease_s``.
+
+    A node stopped in the middle of a transaction (paused, swapped out, stuck in its own process)
+    keeps the row locks it took: a heartbeat's lock on its own ``nodes`` row is one, and every
+    claim of its slots locks that row first. Left alone, the claim would wait until the node ran
+    again, and the claiming node's own heartbeats would queue behind it, so one frozen node would
+    stop failover and then the cluster. PostgreSQL ends such a session after this long; a quarter
+    of the lease leaves the others' leases time to spare. Between the statements of a live
+    transaction hookd spends microseconds, so the limit never ends one that is making progress
+    (if it did, the work is a ``StoreFault``: held and tried again).
+    """
+    return int(1000 * max(MIN_IDLE_IN_TRANSACTION_S, lease_s * IDLE_IN_TRANSACTION_SHARE))
+
+
 class PostgresBackend:
     """One writing connection, a pool of readers, and connections for listeners on demand."""
 
@@ -151,8 +174,9 @@ class PostgresBackend:
     shared = True
     inline_writes = False  # every statement is a network round trip
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, lease_s: float = 10.0) -> None:
         self.url = url
+        self._idle_limit_ms = idle_in_transaction_limit_ms(lease_s)
         self.description = redact(url)
         #: The node id that prefixes every notification this backend sends.
         self.origin = ""
@@ -162,8 +186,20 @@ class PostgresBackend:
         #: What every connection is made with, on top of the URL.
         self._settings = connection_settings(url)
 
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Session settings for every new connection: the idle-in-transaction limit, unless the
+        URL, the role or the database already sets one."""
+        row = conn.execute("SELECT current_setting('idle_in_transaction_session_timeout')").fetchone()
+        if row is not None and row[0] == "0":
+            conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_limit_ms}")
+
     def _connect(self) -> psycopg.Connection[Any]:
         conn = psycopg.connect(self.url, **self._settings)
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
         # Prepared statements kept per connection, above the default 100: merged writes
         # (delivery_ops.record_successes) have one text per number of rows.
         conn.prepared_max = 256
@@ -178,6 +214,7 @@ class PostgresBackend:
                 min_size=readers,
                 max_size=readers,
                 kwargs=self._settings,
+                configure=self._configure,
                 open=True,
                 name="hookd-readers",
             )
