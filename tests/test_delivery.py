@@ -237,7 +237,8 @@ def test_inactive_discard_never_sends(client: HookdClient, receiver: Receiver) -
 
 
 def test_deactivating_stops_sending(client: HookdClient) -> None:
-    receiver = Receiver(always(Reply(status=500)))
+    # Each retry 5 s later: the delivery's attempts cannot all be used up before the update lands.
+    receiver = Receiver(always(Reply(status=503, headers={"Retry-After": "5"})))
     try:
         hook = client.create_webhook("order", "created", receiver.url())
         client.publish_event("order", "created", data={})
@@ -269,7 +270,7 @@ def test_delete_cancels_pending_and_in_flight(client: HookdClient) -> None:
 
 
 def test_new_url_applies_to_next_attempt(client: HookdClient) -> None:
-    old = Receiver(always(Reply(status=500)))
+    old = Receiver(always(Reply(status=503, headers={"Retry-After": "5"})))  # attempts left when the update lands
     new = Receiver()
     try:
         hook = client.create_webhook("customer", "created", old.url())
@@ -436,13 +437,13 @@ async def test_a_ping_given_up_on_is_never_sent(
     engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        data = WebhookInput(resource="order", event="created", url=receiver.url("/limited"), rate_limit=1.0)
+        data = WebhookInput(resource="order", event="created", url=receiver.url("/limited"), rate_limit=0.5)
         hook = await engine.create_webhook(replace(data, timeout_s=0.1))
         await engine.publish([EventInput("order", "created", {}, {})], batch=False)  # takes the one token
         await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
         with pytest.raises(Unavailable):
-            await engine.test_webhook(hook.id)  # waits 0.5 s for a token a second away
-        await trio.sleep(1.5)  # the token it waited for has come
+            await engine.test_webhook(hook.id)  # waits 0.3 s for a token two seconds away
+        await trio.sleep(2.5)  # the token it waited for has come
         assert [json.loads(r.body)["type"] for r in receiver.received()] == ["order.created"]
         nursery.cancel_scope.cancel()
 
@@ -457,7 +458,7 @@ async def test_a_ping_cancelled_on_disk_is_not_sent(
     engine = local_engine(tmp_path)
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        data = WebhookInput(resource="order", event="created", url=receiver.url("/limited"), rate_limit=1.0)
+        data = WebhookInput(resource="order", event="created", url=receiver.url("/limited"), rate_limit=0.5)
         hook = await engine.create_webhook(data)
         await engine.publish([EventInput("order", "created", {}, {})], batch=False)  # takes the one token
         await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
@@ -466,8 +467,8 @@ async def test_a_ping_cancelled_on_disk_is_not_sent(
         job = await engine._writer.execute(
             partial(delivery_ops.insert_test_ping, event=ping, webhook_id=hook.id, url=hook.url),
             on_commit=lambda job: engine._dispatcher.offer(hook.url, job),
-        )  # queued, waiting for the next token, a second away
+        )  # queued, waiting for the next token, two seconds away
         await engine._writer.execute(partial(delivery_ops.abandon_ping, delivery_id=job.delivery_id, now=now))
-        await trio.sleep(1.5)  # the token it waited for has come
+        await trio.sleep(2.5)  # the token it waited for has come
         assert [json.loads(r.body)["type"] for r in receiver.received()] == ["order.created"]
         nursery.cancel_scope.cancel()

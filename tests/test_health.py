@@ -60,6 +60,8 @@ def test_figures_match_known_traffic(tmp_path: Path) -> None:
             client.publish_event("order", "created", data={"n": n})
         timing.wait_for(10)
         wait_until(lambda: len(client.list_deliveries(state=pb.Delivery.FAILED, page_size=100).deliveries) == 20)
+        # The last answers the fast one had are slow: wait for their outcomes too.
+        wait_until(lambda: len(client.list_deliveries(fast.name, state=pb.Delivery.SUCCEEDED).deliveries) == 10)
 
         snap = snapshot(client)
         good = five_minutes(stats_for(snap, fast.name))
@@ -299,7 +301,8 @@ def test_watchers_are_capped(tmp_path: Path) -> None:
 
 
 def test_prometheus_endpoint(tmp_path: Path) -> None:
-    server = HookdProcess(tmp_path, "--metrics-listen", "127.0.0.1:0").start()
+    # One attempt: a retry (due at random within 30 s) could otherwise be counted too.
+    server = HookdProcess(tmp_path, "--metrics-listen", "127.0.0.1:0", "--max-attempts", "1").start()
     receiver = Receiver(always(Reply(status=500)))
     try:
         client = server.client()

@@ -74,6 +74,7 @@ def test_windows_equal_a_count_of_their_attempts_as_time_passes(
             assert series.window(seconds, now + 20) == figures(seconds, _expected(attempts, seconds, now + 20))
 
 
+@settings(deadline=None)  # a loaded machine's pause is not a failure
 @given(st.dictionaries(st.integers(0, len(BOUNDS_MS)), st.integers(0, 50), max_size=12))
 def test_percentiles_fall_in_the_bucket_of_their_rank(histogram: dict[int, int]) -> None:
     total = sum(histogram.values())

@@ -37,6 +37,16 @@ from hookd.engine.validation import WebhookInput
 from tests.support.engine import local_engine
 
 LOCAL = DestinationPolicy(allow_http=True, allow_networks=(ipaddress.ip_network("127.0.0.0/8"),))
+
+
+@pytest.fixture
+def autojump_clock() -> trio.testing.MockClock:
+    """pytest-trio's, but jumping only after 10 ms of real idleness: these tests talk over real
+    loopback sockets, and a clock that jumps the instant the loop is idle could jump while a
+    packet is still on its way through a busy kernel, and fake a timeout."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
 BODY = b'{"id":"evt_1"}'
 OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 

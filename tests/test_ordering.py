@@ -47,7 +47,9 @@ def test_held_deliveries_start_oldest_first(client: HookdClient, receiver: Recei
 
 
 class OrderRecorder:
-    """Fails the first ``failures`` requests of event ``n == stuck`` with 500; records the order in
+    """Fails the first ``failures`` requests of event ``n == stuck`` with 503 and a ``Retry-After``
+    of a second (a retry delay no shorter than the retry cap, so the wait behind it lasts long
+    enough to be seen); records the order in
     which events first succeeded and any request for an event past one not yet succeeded."""
 
     def __init__(self, stuck: int, failures: int) -> None:
@@ -68,7 +70,7 @@ class OrderRecorder:
             if expected:
                 self.jumped.append((n, expected))
             if n == self.stuck and self.tries[n] <= self.failures:
-                return Reply(status=500)
+                return Reply(status=503, headers={"Retry-After": "1"})
             if n not in self.succeeded:
                 self.succeeded.append(n)
             return Reply()

@@ -239,7 +239,7 @@ async def test_an_actor_without_work_parks_and_then_retires(tmp_path: Path, rece
     # Ten thousand destinations that have just been sent to must not cost ten thousand tasks: an
     # actor's task ends when it runs out of work, the actor (breaker, connections) stays until
     # it has been idle for actor_idle_s, and new work starts the same actor again.
-    engine = local_engine(tmp_path, actor_idle_s=1.0)
+    engine = local_engine(tmp_path, actor_idle_s=3.0)  # time for the second publish to find it parked
     actors: dict[str, DestinationActor] = {}
     url = receiver.url()
 
@@ -473,9 +473,11 @@ async def test_a_crash_charges_each_delivery_in_flight_once(
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.run)
             await engine.create_webhook(WebhookInput(resource="order", event="created", url=slow_first.url()))
+            # The loop looks for a second job as soon as the first is in flight: the crash comes
+            # then, cancelling the first attempt as it starts. The restart sends it again.
             [first] = await engine.publish([EventInput("order", "created", {"n": 1}, {})], batch=False)
-            await trio.to_thread.run_sync(lambda: slow_first.wait_for(1))  # under way, answer held
-            await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)  # wakes the loop
+            await trio.to_thread.run_sync(lambda: slow_first.wait_for(1))
+            await engine.publish([EventInput("order", "created", {"n": 2}, {})], batch=False)
 
             async def both_succeeded() -> bool:
                 page = await engine.list_deliveries(None, "", DeliveryState.SUCCEEDED, 10, "")
