@@ -246,6 +246,25 @@ def test_stored_credentials_go_only_to_the_stored_urls_origin(server: HookdProce
         receiver.close()
 
 
+def test_a_trial_with_its_auth_set_to_none_goes_without_the_stored_credentials(server: HookdProcess) -> None:
+    """The form's "Test connection" after switching Authentication to None: the ping goes as the
+    settings would once saved, without credentials. Before, an auth without a method always kept
+    the stored ones, and the trial passed where the saved webhook would fail."""
+    receiver = Receiver(always(Reply(status=202)))
+    try:
+        auth = pb.DestinationAuth(basic=pb.BasicAuth(username="shop", password="stored-password"))
+        stored = server.client().create_webhook("order", "created", receiver.url(), auth=auth)
+        assert post(server, "TestWebhook", {"name": stored.name, "webhook": {"url": receiver.url()}})[0] == 200
+        assert (
+            post(server, "TestWebhook", {"name": stored.name, "webhook": {"url": receiver.url(), "auth": {}}})[0] == 200
+        )
+        [unset, none] = receiver.received()
+        assert unset.headers["authorization"].startswith("Basic ")  # left unset: the stored ones
+        assert "authorization" not in none.headers
+    finally:
+        receiver.close()
+
+
 def test_dashboard_files_are_served_with_a_strict_policy(server: HookdProcess) -> None:
     with urllib.request.urlopen(server.http_url + "/", timeout=10) as answer:
         page = answer.read().decode()

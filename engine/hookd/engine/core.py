@@ -607,14 +607,18 @@ class Engine:
             if state is not DeliveryState.PENDING:
                 return
 
-    async def try_settings(self, data: WebhookInput, webhook_id: str = "") -> AttemptResult:
+    async def try_settings(
+        self, data: WebhookInput, webhook_id: str = "", *, keep_stored_auth: bool = True
+    ) -> AttemptResult:
         """Send a signed ping to a URL, auth and timeout not saved yet, and record nothing.
 
         With ``webhook_id`` the stored webhook fills what ``data`` leaves unset and its secrets
         sign, so its receiver can verify the ping. An auth without a method keeps the stored
-        credentials only for the stored URL's origin (scheme, host and port): they are the
-        destination's, and a caller who may not read them must not be able to send them to a
-        server of its choosing; for another origin the caller sends them itself.
+        credentials when ``keep_stored_auth`` (the caller left the auth unset; without it, the
+        trial goes without credentials, as the settings would once saved), and only for the
+        stored URL's origin (scheme, host and port): they are the destination's, and a caller
+        who may not read them must not be able to send them to a server of its choosing; for
+        another origin the caller sends them itself.
         """
         stored = await self.get_webhook(webhook_id) if webhook_id else None
         now = self.clock.now()
@@ -638,7 +642,7 @@ class Engine:
         trial = replace(
             trial,
             url=url,
-            auth=data.auth if data.auth.kind != "none" else kept_auth,
+            auth=data.auth if data.auth.kind != "none" or not keep_stored_auth else kept_auth,
             timeout_s=data.timeout_s if data.timeout_s is not None else trial.timeout_s,
         )
         check_scalars(WebhookInput(url=trial.url, auth=trial.auth, timeout_s=trial.timeout_s), "webhook")

@@ -114,7 +114,8 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
         if request.HasField("webhook"):
             hook_id = convert.webhook_id(request.name) if request.name else ""
             trial = convert.webhook_input(request.webhook)
-            result = await self._bridge.call(self._engine.try_settings, trial, hook_id)
+            keep_auth = not request.webhook.HasField("auth")  # set without a method: try without
+            result = await self._bridge.call(self._engine.try_settings, trial, hook_id, keep_stored_auth=keep_auth)
             return pb.TestWebhookResponse(attempt=convert.trial_to_proto(result))
         _, attempt = await self._bridge.call(self._engine.test_webhook, convert.webhook_id(request.name))
         return pb.TestWebhookResponse(attempt=convert.attempt_to_proto(attempt))

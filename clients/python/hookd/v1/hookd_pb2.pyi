@@ -727,9 +727,10 @@ class TestWebhookRequest(_message.Message):
     def webhook(self) -> Global___Webhook:
         """Settings to try before saving them (the dashboard's "Test connection"): `url`, `auth` and
         `timeout` are used instead of the stored ones, and nothing is recorded. With `name`, the
-        stored webhook fills what is not set here (an `auth` without a method keeps the stored
-        credentials if the URL has the stored URL's scheme, host and port; to another origin they
-        are not sent) and its secret signs the ping; without `name`, a one-off secret signs it.
+        stored webhook fills what is not set here (an unset `auth` keeps the stored credentials if
+        the URL has the stored URL's scheme, host and port; to another origin they are not sent;
+        an `auth` set without a method tries without credentials) and its secret signs the ping;
+        without `name`, a one-off secret signs it.
         """
 
     def __init__(
