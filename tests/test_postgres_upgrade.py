@@ -107,3 +107,24 @@ def test_an_index_left_invalid_by_a_build_cut_short_is_built_again(
             pass
         assert not errors
         assert _index_state(conn) == (True, len(postgres_schema.MIGRATIONS))
+
+
+def test_a_node_of_the_release_before_starting_during_the_build_starts_and_the_build_goes_on(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The release before waits for the migration lock in pg_advisory_lock. Before, the new node
+    # held that lock while it built the index: the build waited for the waiting node's snapshot,
+    # the node for the lock, and PostgreSQL ended the deadlock by failing the build.
+    database = _database_before_the_pings_index(postgres_server, monkeypatch)
+    with psycopg.connect(database, autocommit=True) as batch, psycopg.connect(database, autocommit=True) as old:
+        batch.execute("BEGIN")
+        batch.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # keeps the build going
+        with _opening(database) as errors:
+            _wait_for_the_index_build_to_wait(old)
+            old.execute("SET lock_timeout = '5s'")
+            old.execute("SELECT pg_advisory_lock(%s)", [postgres_schema._MIGRATION_LOCK])  # what it did
+            assert _index_state(old)[1] == len(postgres_schema.MIGRATIONS) - 1  # nothing it knows to do
+            old.execute("SELECT pg_advisory_unlock(%s)", [postgres_schema._MIGRATION_LOCK])
+            batch.execute("COMMIT")
+        assert not errors
+        assert _index_state(old) == (True, len(postgres_schema.MIGRATIONS))

@@ -223,12 +223,13 @@ class Membership:
             lease_s=self._lease_s,
             live=self._live_json(),
         )
+        if self._leaving:
+            # ``leave`` began while this step waited for the connection: it renews, releases
+            # and forgets on its own. Adopting what the renewal found would bring back the slots
+            # leave has just released; joining again, were the row gone, would leave a
+            # live-looking node behind, owed half the slots until its lease ran out.
+            return
         if held is None:  # our row is gone
-            if self._leaving:
-                # ``leave`` removed it while this step waited for the connection: joining
-                # again would leave a live-looking node behind, owed half the slots until its
-                # lease ran out.
-                return
             # It was pruned (we were taken for dead): join again from nothing.
             self._lose(set(self._slots.held))
             await self._control(cluster_ops.register, node_id=self.node_id, address=self.address, lease_s=self._lease_s)

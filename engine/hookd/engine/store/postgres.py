@@ -45,10 +45,12 @@ CONNECT_TIMEOUT_S = 10
 #: network that drops packets without a reset). Without them a statement waits for its reply
 #: until the kernel gives up on the retransmissions, a quarter of an hour later, and an idle
 #: connection (the LISTEN one, a pooled reader) never notices at all: the node would miss every
-#: other node's news. With them, an idle connection is probed after 10 s and declared dead 15 s
-#: later; data sent but not acknowledged for 30 s ends the connection. Either way the caller
-#: gets a ``StoreFault`` and the connection is made again. A URL that sets one of these keeps
-#: its own value. (They apply to TCP connections; a Unix socket's peer cannot go silent.)
+#: other node's news. With them, an idle connection is probed after 10 s of quiet, and a
+#: connection whose data or probes go unacknowledged for 30 s is ended (``tcp_user_timeout``
+#: takes over from the probe count, tcp(7)); so is one whose live database reads nothing of
+#: what it is sent for 30 s. Either way the caller gets a ``StoreFault`` and the connection is
+#: made again. A URL that sets one of these keeps its own value. (They apply to TCP
+#: connections; a Unix socket's peer cannot go silent.)
 SILENT_PEER_SETTINGS = {
     "keepalives": "1",
     "keepalives_idle": "10",
@@ -149,7 +151,7 @@ def connection_settings(url: str) -> dict[str, Any]:
 #: The longest a session may sit inside a transaction without a statement, as a share of the
 #: lease (and at least ``MIN_IDLE_IN_TRANSACTION_S``).
 IDLE_IN_TRANSACTION_SHARE = 0.25
-MIN_IDLE_IN_TRANSACTION_S = 0.5
+MIN_IDLE_IN_TRANSACTION_S = 2.0
 
 
 def idle_in_transaction_limit_ms(lease_s: float) -> int:
@@ -161,8 +163,11 @@ def idle_in_transaction_limit_ms(lease_s: float) -> int:
     again, and the claiming node's own heartbeats would queue behind it, so one frozen node would
     stop failover and then the cluster. PostgreSQL ends such a session after this long; a quarter
     of the lease leaves the others' leases time to spare. Between the statements of a live
-    transaction hookd spends microseconds, so the limit never ends one that is making progress
-    (if it did, the work is a ``StoreFault``: held and tried again).
+    transaction hookd spends milliseconds (a few tens at worst, measured on a loaded 2-core
+    machine), so the limit, never under two seconds, does not end one that is making progress;
+    if it did, the work is a ``StoreFault``, held and tried again. With leases under 8 s the
+    floor makes a frozen node hold a claim up to two seconds: the claimant's own sending may
+    pause for that long, and nobody sends what it does not own.
     """
     return int(1000 * max(MIN_IDLE_IN_TRANSACTION_S, lease_s * IDLE_IN_TRANSACTION_SHARE))
 
@@ -188,9 +193,11 @@ class PostgresBackend:
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:
         """Session settings for every new connection: the idle-in-transaction limit, unless the
-        URL, the role or the database already sets one."""
-        row = conn.execute("SELECT current_setting('idle_in_transaction_session_timeout')").fetchone()
-        if row is not None and row[0] == "0":
+        URL, the role, the database or the server's configuration sets one (0 included)."""
+        row = conn.execute(
+            "SELECT source FROM pg_settings WHERE name = 'idle_in_transaction_session_timeout'"
+        ).fetchone()
+        if row is not None and row[0] == "default":
             conn.execute(f"SET idle_in_transaction_session_timeout = {self._idle_limit_ms}")
 
     def _connect(self) -> psycopg.Connection[Any]:

@@ -24,8 +24,12 @@ import psycopg
 from hookd.engine.store import shared_schema
 from hookd.engine.store.cluster_ops import SLOT_COUNT
 
-#: Arbitrary constant naming hookd's migration lock.
+#: Arbitrary constant naming hookd's migration lock: held while the schema's version is read
+#: and changed (every release takes it, the ones before this code by waiting for it).
 _MIGRATION_LOCK = 0x686F6F6B64
+#: Held by a node of this release for its whole migration, so two of them take turns, including
+#: while an index is built without ``_MIGRATION_LOCK`` (see ``migrate``).
+_BUILD_LOCK = 0x686F6F6B65
 #: How often a node waiting for another's migration tries the lock again.
 _LOCK_POLL_S = 0.1
 
@@ -218,7 +222,7 @@ def _concurrent_indexes(statements: list[str]) -> Migration:
 #: SQLite's version 5, word for word: ordering, auto-disable and retention.
 _V2 = shared_schema.operations("DOUBLE PRECISION")
 
-#: SQLite's version 6: ordered delivery.
+#: SQLite's version 6: ordered delivery (an index on deliveries).
 _V3 = list(shared_schema.ORDERING)
 
 #: SQLite's version 7: webhook versions.
@@ -230,40 +234,66 @@ _V5 = list(shared_schema.PINGS)
 MIGRATIONS: list[Migration] = [
     _statements(_V1),
     _statements(_V2),
-    _statements(_V3),
+    _concurrent_indexes(_V3),
     _statements(_V4),
     _concurrent_indexes(_V5),
 ]
 
 
-def _try_lock(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT pg_try_advisory_lock(%s)", [_MIGRATION_LOCK]).fetchone()
-    return bool(row and row[0])
+def _lock(conn: psycopg.Connection[Any], key: int) -> None:
+    """Take the advisory lock ``key``, trying rather than waiting: a session blocked in
+    ``pg_advisory_lock`` holds a snapshot all the while, and an index build waits for every
+    snapshot older than itself to end."""
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+        if row and row[0]:
+            return
+        time.sleep(_LOCK_POLL_S)
+
+
+def _unlock(conn: psycopg.Connection[Any], key: int) -> None:
+    """Let go of ``key``; a session that has ended has let go of its locks already."""
+    if not (conn.closed or conn.broken):
+        conn.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT version FROM schema_version").fetchone()
+    return 0 if row is None else int(row[0])
 
 
 def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply every migration the database has not seen; return the resulting version.
 
-    Runs in a worker thread. The lock is tried rather than waited for: a node blocked in
-    ``pg_advisory_lock`` holds a snapshot, which a concurrent index build waits for, while the
-    node waits for the lock the build's session holds (PostgreSQL would end the deadlock by
-    failing one of them)."""
-    while not _try_lock(conn):
-        time.sleep(_LOCK_POLL_S)
+    Runs in a worker thread. An index built concurrently is built without ``_MIGRATION_LOCK``:
+    a node of the release before that starts meanwhile waits for that lock in
+    ``pg_advisory_lock``, and the build would wait for the waiting node's snapshot while the
+    node waited for the lock (PostgreSQL would end the deadlock by failing the build). Without
+    the lock, that node reads the version, finds nothing it knows to do, and starts."""
+    _lock(conn, _BUILD_LOCK)
+    locked = [_BUILD_LOCK]
     try:
+        _lock(conn, _MIGRATION_LOCK)
+        locked.append(_MIGRATION_LOCK)
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT version FROM schema_version").fetchone()
-        version = 0 if row is None else int(row[0])
+        version = _version(conn)
         if version > len(MIGRATIONS):
             raise SchemaTooNew(f"database schema version {version} is newer than this hookd ({len(MIGRATIONS)})")
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
             if not migration.in_transaction:
+                locked.remove(_MIGRATION_LOCK)
+                _unlock(conn, _MIGRATION_LOCK)
                 migration.apply(conn)
+                _lock(conn, _MIGRATION_LOCK)
+                locked.append(_MIGRATION_LOCK)
             with conn.transaction():
+                if _version(conn) >= number:
+                    continue  # recorded meanwhile, by whoever held the lock: never move it back
                 if migration.in_transaction:
                     migration.apply(conn)
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", [number])
         return len(MIGRATIONS)
     finally:
-        conn.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
+        for key in reversed(locked):
+            _unlock(conn, key)
