@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trustme
 from connectrpc.errors import ConnectError
@@ -280,7 +281,9 @@ def test_dashboard_files_are_served_with_a_strict_policy(server: HookdProcess) -
         assert answer.headers["content-type"] == "text/javascript; charset=utf-8"
         etag = answer.headers["etag"]
         assert b"render(" in gzip.decompress(answer.read())
-    request = urllib.request.Request(server.http_url + "/static/js/app.js", headers={"if-none-match": etag})
+    request = urllib.request.Request(
+        server.http_url + "/static/js/app.js", headers={"if-none-match": etag, "accept-encoding": "gzip"}
+    )
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=10)
     assert error.value.code == 304
@@ -288,6 +291,46 @@ def test_dashboard_files_are_served_with_a_strict_policy(server: HookdProcess) -
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(server.http_url + path, timeout=10)
         assert error.value.code == 404
+
+
+def test_api_answers_are_not_stored_by_caches(server: HookdProcess) -> None:
+    """CreateWebhook and RotateSecret answer with a signing secret: no cache may keep one."""
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        created = http.post(
+            SERVICE + "CreateWebhook",
+            json={"webhook": {"resource": "order", "event": "created", "url": "http://x.test/"}},
+        )
+        rotated = http.post(SERVICE + "RotateSecret", json={"name": created.json()["name"]})
+        refused = http.post(SERVICE + "GetWebhook", json={"name": "webhooks/wh_missing"})
+    for answer in (created, rotated, refused):
+        assert answer.headers.get_list("cache-control") == ["no-store"]
+        assert answer.headers.get_list("x-content-type-options") == ["nosniff"]
+    assert rotated.json()["signingSecret"].startswith("whsec_") and refused.status_code == 404
+
+
+def test_each_encoding_of_a_file_has_its_own_etag(server: HookdProcess) -> None:
+    """The gzipped bytes are another representation than the plain ones: a strong ETag names
+    exactly one. A 304 carries no content-length (there is no body to measure)."""
+    url = "/static/js/app.js"
+    with httpx.Client(base_url=server.http_url, timeout=10) as http:
+        plain = http.get(url, headers={"accept-encoding": "identity"})
+        zipped = http.get(url, headers={"accept-encoding": "gzip"})
+        assert plain.headers["etag"] != zipped.headers["etag"]
+        assert zipped.headers["content-encoding"] == "gzip" and "content-encoding" not in plain.headers
+        assert plain.headers["vary"] == zipped.headers["vary"] == "accept-encoding"
+
+        def revalidate(tags: str, encoding: str = "gzip") -> httpx.Response:
+            return http.get(url, headers={"if-none-match": tags, "accept-encoding": encoding})
+
+        # The plain body's tag does not validate the gzipped one, nor the other way round.
+        assert revalidate(plain.headers["etag"]).status_code == 200
+        assert revalidate(zipped.headers["etag"], "identity").status_code == 200
+        for tags in (zipped.headers["etag"], f'"old", {zipped.headers["etag"]}', "W/" + zipped.headers["etag"], "*"):
+            answer = revalidate(tags)
+            assert answer.status_code == 304, tags
+            assert "content-length" not in answer.headers and answer.content == b""
+            assert answer.headers["etag"] == zipped.headers["etag"]
+        assert revalidate('"old", "older"').status_code == 200
 
 
 def test_grpc_still_serves_beside_http(server: HookdProcess) -> None:

@@ -1,11 +1,13 @@
 """The HTTP listener (``--http-listen``): the dashboard's files and the Connect API, one origin.
 
-Paths under ``/hookd.v1.WebhookService/`` go to the Connect application (``connect_api``); every
-other GET is a file of the dashboard, read once at start, gzipped once, sent with an ETag and a
-Content-Security-Policy that allows scripts, styles and requests from this origin only, nothing
-inline, and no framing. hypercorn serves it on the asyncio loop that grpc.aio runs on, so an API
-call reaches the servicer exactly as a gRPC call does. There are no cookies: the page sends the
-bearer token itself, so a page from another origin has nothing to ride on (no CSRF surface).
+Paths under ``/hookd.v1.WebhookService/`` go to the Connect application (``connect_api``), whose
+answers no cache may keep (some carry secrets: CreateWebhook's, RotateSecret's); every other GET
+is a file of the dashboard, read once at start, gzipped once, sent with an ETag (one for each
+encoding) and a Content-Security-Policy that allows scripts, styles and requests from this
+origin only, nothing inline, and no framing. hypercorn serves it on the asyncio loop that
+grpc.aio runs on, so an API call reaches the servicer exactly as a gRPC call does. There are no
+cookies: the page sends the bearer token itself, so a page from another origin has nothing to
+ride on (no CSRF surface).
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ SECURITY_HEADERS = [
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
+#: Added to every answer of the API: CreateWebhook and RotateSecret answer with a signing secret,
+#: which no cache along the way may keep.
+API_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,10 @@ class Asset:
     body: bytes
     gzipped: bytes
     content_type: str
+    #: The plain body's strong ETag; the gzipped body is another representation (other bytes),
+    #: so it has its own, ``gzip_etag``.
     etag: str
+    gzip_etag: str
 
     @classmethod
     def read(cls, path: Path) -> Asset:
@@ -64,8 +72,8 @@ class Asset:
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
-        etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
-        return cls(body, gzip.compress(body, 9, mtime=0), content_type, etag)
+        digest = hashlib.sha256(body).hexdigest()[:20]
+        return cls(body, gzip.compress(body, 9, mtime=0), content_type, f'"{digest}"', f'"{digest}-gzip"')
 
 
 def load_assets(root: Path = DASHBOARD_DIR) -> dict[str, Asset]:
@@ -88,6 +96,13 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
+def none_match(if_none_match: bytes, etag: str) -> bool:
+    """Whether an If-None-Match header (``*``, or a list of tags, weak or strong) names ``etag``:
+    its weak comparison (RFC 9110, 13.1.2), so ``W/"x"`` matches ``"x"``."""
+    tags = [tag.strip() for tag in if_none_match.decode("latin-1").split(",")]
+    return "*" in tags or etag in (tag.removeprefix("W/") for tag in tags)
+
+
 class StaticFiles:
     """GET and HEAD of the dashboard's files; anything else is 404 or 405."""
 
@@ -103,26 +118,44 @@ class StaticFiles:
         if scope["method"] not in ("GET", "HEAD"):
             await _respond(send, 405, b"", [(b"allow", b"GET, HEAD")])
             return
+        gzipped = b"gzip" in _header(scope, b"accept-encoding")
+        etag = asset.gzip_etag if gzipped else asset.etag
         headers = [
             (b"content-type", asset.content_type.encode()),
-            (b"etag", asset.etag.encode()),
+            (b"etag", etag.encode()),
             (b"cache-control", b"no-cache"),
             (b"vary", b"accept-encoding"),
         ]
-        if _header(scope, b"if-none-match") == asset.etag.encode():
+        if none_match(_header(scope, b"if-none-match"), etag):
             await _respond(send, 304, b"", headers)
             return
         body = asset.body
-        if b"gzip" in _header(scope, b"accept-encoding"):
+        if gzipped:
             body = asset.gzipped
             headers.append((b"content-encoding", b"gzip"))
         await _respond(send, 200, b"" if scope["method"] == "HEAD" else body, headers, length=len(body))
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], length: int = -1) -> None:
-    headers = [*headers, *SECURITY_HEADERS, (b"content-length", str(len(body) if length < 0 else length).encode())]
+    headers = [*headers, *SECURITY_HEADERS]
+    # A 304 has no body, and a length there would claim to be the full answer's (RFC 9110, 8.6).
+    if status != 304:
+        headers.append((b"content-length", str(len(body) if length < 0 else length).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _with_api_headers(send: Send) -> Send:
+    """``send`` that adds API_HEADERS to the answer's start, in place of any the API set."""
+
+    async def sending(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            names = {name for name, _ in API_HEADERS}
+            kept = [(name, value) for name, value in message.get("headers", ()) if bytes(name).lower() not in names]
+            message = {**message, "headers": [*kept, *API_HEADERS]}
+        await send(message)
+
+    return sending
 
 
 def rebindable(host_header: bytes) -> bool:
@@ -170,7 +203,7 @@ class Router:
                 [(b"content-type", b"text/plain; charset=utf-8")],
             )
         elif scope["path"].startswith(PATH_PREFIX):
-            await self._api(scope, receive, send)
+            await self._api(scope, receive, _with_api_headers(send))
         else:
             await self._files(scope, receive, send)
 

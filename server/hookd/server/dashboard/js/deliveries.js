@@ -1,7 +1,17 @@
-// A webhook's deliveries, newest first: state, attempts (time, duration, status, outcome,
-// response excerpt), and Retry for the finished ones.
+// A webhook's deliveries, newest first, a page at a time: state, attempts (time, duration,
+// status, outcome, response excerpt), and Retry for the finished ones.
 
-import { AttemptSummary, Badge, STATES_FINISHED, formatTime, html, shortName, useEffect, useState } from "./ui.js";
+import {
+  AttemptSummary,
+  Badge,
+  STATES_FINISHED,
+  formatTime,
+  html,
+  shortName,
+  useEffect,
+  useRef,
+  useState,
+} from "./ui.js";
 
 const PAGE_SIZE = 25;
 // How often the list is read again while a shown delivery is still pending: a retry, or a
@@ -11,10 +21,13 @@ const FOLLOW_MS = 2000;
 function Attempts({ session, delivery }) {
   const [attempts, setAttempts] = useState(null);
   useEffect(() => {
+    // The delivery can change again before an answer comes: only the latest read is shown.
+    let current = true;
     session.call("ListAttempts", { parent: delivery.name, pageSize: 100 }).then(
-      (answer) => setAttempts(answer.attempts || []),
-      (error) => session.notify(error.message, "error"),
+      (answer) => current && setAttempts(answer.attempts || []),
+      (error) => current && session.notify(error.message, "error"),
     );
+    return () => { current = false; };
   }, [delivery.name, delivery.attemptCount, delivery.updateTime]);
   if (!attempts) return html`<p class="muted">Loading attempts…</p>`;
   if (!attempts.length) return html`<p class="muted">No attempt yet.</p>`;
@@ -59,29 +72,61 @@ function DeliveryRow({ session, delivery, onRetried }) {
   </li>`;
 }
 
-export function DeliveriesPage({ session, webhookId }) {
-  const parent = `webhooks/${webhookId}`;
-  const [hook, setHook] = useState(null);
-  const [deliveries, setDeliveries] = useState(null);
-  const [state, setState] = useState("");
+/**
+ * The list's current page, read again on Refresh, after a retry and every FOLLOW_MS while a
+ * delivery it shows is pending. Reads overlap (a follow-up read, Refresh, a new filter): only
+ * the latest one's answer is shown. A failed read is announced once until one succeeds, and
+ * does not stop the following.
+ */
+function useDeliveryPage(session, parent, state, pageToken, setTokens) {
+  const [page, setPage] = useState(null);
   const [version, setVersion] = useState(0);
+  // Reads that ended, answered or failed: the next follow-up read is timed from each.
+  const [reads, setReads] = useState(0);
+  const failing = useRef(false);
   const reload = () => setVersion((n) => n + 1);
 
   useEffect(() => {
-    session.call("GetWebhook", { name: parent }).then(setHook, (error) => session.notify(error.message, "error"));
-  }, [webhookId]);
-  useEffect(() => {
-    session.call("ListDeliveries", { parent, pageSize: PAGE_SIZE, state: state || undefined }).then(
-      (answer) => setDeliveries(answer.deliveries || []),
-      (error) => session.notify(error.message, "error"),
-    );
-  }, [webhookId, state, version]);
-  const following = (deliveries || []).some((delivery) => delivery.state === "PENDING");
+    let current = true;
+    session.call("ListDeliveries", { parent, pageSize: PAGE_SIZE, pageToken, state: state || undefined }).then((answer) => {
+      if (!current) return;
+      failing.current = false;
+      setPage(answer);
+      // A page past the first that emptied (its deliveries changed state): show the one before.
+      if (!answer.deliveries?.length) setTokens((list) => (list.length > 1 ? list.slice(0, -1) : list));
+    }, (error) => {
+      if (!current) return;
+      if (!failing.current) session.notify(error.message, "error");
+      failing.current = true;
+    }).finally(() => current && setReads((n) => n + 1));
+    return () => { current = false; };
+  }, [parent, state, pageToken, version]);
+
+  const following = (page?.deliveries || []).some((delivery) => delivery.state === "PENDING");
   useEffect(() => {
     if (!following) return undefined;
     const timer = setTimeout(reload, FOLLOW_MS);
     return () => clearTimeout(timer);
-  }, [deliveries]);
+  }, [reads]);
+  return [page, reload];
+}
+
+export function DeliveriesPage({ session, webhookId }) {
+  const parent = `webhooks/${webhookId}`;
+  const [hook, setHook] = useState(null);
+  const [state, setState] = useState("");
+  const [tokens, setTokens] = useState([""]);
+  const [page, reload] = useDeliveryPage(session, parent, state, tokens[tokens.length - 1], setTokens);
+  const deliveries = page?.deliveries || [];
+  const first = (tokens.length - 1) * PAGE_SIZE;
+
+  useEffect(() => {
+    session.call("GetWebhook", { name: parent }).then(setHook, (error) => session.notify(error.message, "error"));
+  }, [webhookId]);
+  const filter = (event) => {
+    setState(event.target.value);
+    setTokens([""]);
+  };
 
   return html`<section class="page">
     <header class="page-header">
@@ -96,18 +141,28 @@ export function DeliveriesPage({ session, webhookId }) {
       <div class="toolbar">
         <div class="field">
           <label for="delivery-state">State</label>
-          <select id="delivery-state" value=${state} onChange=${(event) => setState(event.target.value)}>
+          <select id="delivery-state" value=${state} onChange=${filter}>
             <option value="">All</option>
             ${["PENDING", "HELD", "SUCCEEDED", "FAILED", "DISCARDED", "CANCELLED"].map(
               (value) => html`<option value=${value}>${value.toLowerCase()}</option>`)}
           </select>
         </div>
       </div>
-      ${deliveries && !deliveries.length && html`<div class="empty">No deliveries yet.</div>`}
+      ${page && !deliveries.length && tokens.length === 1 && html`<div class="empty">
+        ${state ? "No delivery matches." : "No deliveries yet."}</div>`}
       <ul class="deliveries">
-        ${(deliveries || []).map((delivery) => html`<${DeliveryRow} key=${delivery.name} session=${session}
+        ${deliveries.map((delivery) => html`<${DeliveryRow} key=${delivery.name} session=${session}
           delivery=${delivery} onRetried=${reload} />`)}
       </ul>
+      <footer class="pager">
+        <span class="muted">${deliveries.length ? `${first + 1}–${first + deliveries.length}` : ""}</span>
+        <div class="pager-buttons">
+          <button type="button" class="button" disabled=${tokens.length < 2}
+            onClick=${() => setTokens((list) => list.slice(0, -1))}>Previous</button>
+          <button type="button" class="button" disabled=${!page?.nextPageToken}
+            onClick=${() => setTokens((list) => [...list, page.nextPageToken])}>Next</button>
+        </div>
+      </footer>
     </div>
   </section>`;
 }

@@ -1,5 +1,6 @@
 // Create / Edit a webhook. Every check is the server's: its errors are shown next to the field
-// they name. Credentials come back masked, so on Edit they are sent only when changed.
+// they name. Credentials come back masked, so on Edit they are sent only when changed, and a
+// changed login is sent only with its password (or header value) typed again.
 
 import { AttemptSummary, SecretBox, html, useEffect, useState } from "./ui.js";
 
@@ -19,10 +20,18 @@ function formField(apiField) {
   return name;
 }
 
+/** The fields of each kind of login; the last one is the secret, which answers mask. */
+const LOGIN_FIELDS = { none: [], bearer: ["token"], basic: ["username", "password"], header: ["headerName", "headerValue"] };
+const RETYPE = {
+  password: "Enter the password again to change the login.",
+  headerValue: "Enter the header value again to change the login.",
+};
+
 function fromWebhook(hook) {
   const auth = hook.auth || {};
   const kind = auth.bearer ? "bearer" : auth.basic ? "basic" : auth.headers ? "header" : "none";
-  const [headerName] = Object.keys(auth.headers?.headers || {});
+  const headers = auth.headers?.headers || {};
+  const [headerName = ""] = Object.keys(headers);
   return {
     ...BLANK,
     resource: hook.resource,
@@ -30,13 +39,38 @@ function fromWebhook(hook) {
     url: hook.url,
     authKind: kind,
     username: auth.basic?.username || "",
-    headerName: headerName || "",
+    headerName,
+    // Not the values (masked), only whether there are any: an empty one is no loss.
+    secretSaved: Boolean(auth.basic?.password || headers[headerName]),
+    headerNames: Object.keys(headers).sort(),
     active: hook.status !== "INACTIVE",
     inactivePolicy: hook.inactivePolicy || "QUEUE",
     rateLimit: hook.rateLimit ? String(hook.rateLimit) : "",
     timeout: hook.timeout ? String(parseFloat(hook.timeout)) : "5",
     description: hook.description || "",
   };
+}
+
+/** Whether the login in the form differs from the saved one (always, when creating). */
+function loginChanged(form, saved) {
+  if (!saved) return true;
+  return form.authKind !== saved.authKind || LOGIN_FIELDS[form.authKind].some((key) => form[key] !== saved[key]);
+}
+
+/**
+ * The field error of a changed login whose saved password (or header value) was not typed
+ * again: the form starts it empty, and sending it so would erase the saved one.
+ */
+function missingSecret(form, saved) {
+  if (!saved?.secretSaved || form.authKind !== saved.authKind) return null;
+  const secret = LOGIN_FIELDS[form.authKind].at(-1);
+  if (!(secret in RETYPE) || form[secret] || !loginChanged(form, saved)) return null;
+  return { [secret]: RETYPE[secret] };
+}
+
+/** Several custom headers cannot be shown in the form's one name and value: they are left as they are. */
+function severalHeaders(saved) {
+  return (saved?.headerNames.length || 0) > 1;
 }
 
 function authJson(form) {
@@ -72,8 +106,20 @@ function Field({ id, label, error, hint, children }) {
   </div>`;
 }
 
-function AuthFields({ form, set, editing, masked }) {
-  const keep = editing && masked ? "The saved value is hidden: enter it again to change these credentials." : "";
+/** A password input, with the field's error (if any) tied to it. */
+function SecretInput({ id, value, onInput, error }) {
+  return html`<input id=${id} type="password" autocomplete="off" value=${value}
+    onInput=${onInput} aria-invalid=${Boolean(error)} aria-describedby=${error ? `${id}-error` : undefined} />`;
+}
+
+function AuthFields({ form, set, errors, saved }) {
+  if (severalHeaders(saved)) {
+    return html`<p class="hint" id="auth-several">
+      Sends ${saved.headerNames.length} custom headers (${saved.headerNames.join(", ")}). Saving keeps them as they are;
+      change them with <code>hookctl webhooks edit</code> or the API.</p>`;
+  }
+  const keep = saved && form.authKind === saved.authKind
+    ? "The saved value is hidden: enter it again to change these credentials." : "";
   switch (form.authKind) {
     case "bearer":
       return html`<${Field} id="auth-token" label="Token" hint=${keep}>
@@ -84,8 +130,8 @@ function AuthFields({ form, set, editing, masked }) {
         <${Field} id="auth-username" label="Username">
           <input id="auth-username" autocomplete="off" value=${form.username} onInput=${set("username")} />
         </${Field}>
-        <${Field} id="auth-password" label="Password" hint=${keep}>
-          <input id="auth-password" type="password" autocomplete="off" value=${form.password} onInput=${set("password")} />
+        <${Field} id="auth-password" label="Password" hint=${keep} error=${errors.password}>
+          <${SecretInput} id="auth-password" value=${form.password} onInput=${set("password")} error=${errors.password} />
         </${Field}>
       </div>`;
     case "header":
@@ -94,9 +140,9 @@ function AuthFields({ form, set, editing, masked }) {
           <input id="auth-header-name" placeholder="X-Api-Key" autocomplete="off" value=${form.headerName}
             onInput=${set("headerName")} />
         </${Field}>
-        <${Field} id="auth-header-value" label="Header value" hint=${keep}>
-          <input id="auth-header-value" type="password" autocomplete="off" value=${form.headerValue}
-            onInput=${set("headerValue")} />
+        <${Field} id="auth-header-value" label="Header value" hint=${keep} error=${errors.headerValue}>
+          <${SecretInput} id="auth-header-value" value=${form.headerValue} onInput=${set("headerValue")}
+            error=${errors.headerValue} />
         </${Field}>
       </div>`;
     default:
@@ -108,8 +154,8 @@ export function WebhookForm({ session, webhookId }) {
   const editing = Boolean(webhookId);
   const name = editing ? `webhooks/${webhookId}` : "";
   const [form, setForm] = useState(null);
-  const [authChanged, setAuthChanged] = useState(!editing);
-  const [savedAuthKind, setSavedAuthKind] = useState("none");
+  // The webhook as loaded, when editing: what the login is compared with.
+  const [saved, setSaved] = useState(null);
   const [errors, setErrors] = useState({});
   const [busy, setBusy] = useState("");
   const [trial, setTrial] = useState(null);
@@ -125,7 +171,7 @@ export function WebhookForm({ session, webhookId }) {
     }
     session.call("GetWebhook", { name }).then((hook) => {
       const loaded = fromWebhook(hook);
-      setSavedAuthKind(loaded.authKind);
+      setSaved(loaded);
       setForm(loaded);
     }, (error) => setErrors({ form: error.message }));
   }, [webhookId]);
@@ -144,14 +190,13 @@ export function WebhookForm({ session, webhookId }) {
     return html`<section class="page narrow">${errors.form ? html`<div class="alert" role="alert">${errors.form}</div>` : html`<p class="muted">Loading…</p>`}</section>`;
   }
 
-  const isAuth = (key) => ["authKind", "token", "username", "password", "headerName", "headerValue"].includes(key);
   const set = (key, read = (event) => event.target.value) => (event) => {
     const value = read(event);
     const next = { ...form, [key]: value };
     if (key === "resource") next.event = types.find((type) => type.resource === value)?.event || "";
-    if (isAuth(key)) setAuthChanged(true);
     setForm(next);
   };
+  const withAuth = loginChanged(form, saved);
   const events = types.filter((type) => type.resource === form.resource);
 
   const showError = (error) => {
@@ -159,14 +204,22 @@ export function WebhookForm({ session, webhookId }) {
     setErrors(field ? { [field]: error.detail } : { form: error.message });
   };
 
+  // A login changed without its secret typed again is refused here: the server would take the
+  // empty secret as the new one.
+  const refuseMissingSecret = () => {
+    const missing = missingSecret(form, saved);
+    setErrors(missing || {});
+    return Boolean(missing);
+  };
+
   const save = async (event) => {
     event.preventDefault();
+    if (refuseMissingSecret()) return;
     setBusy("save");
-    setErrors({});
     try {
       if (editing) {
-        const paths = authChanged ? [...UPDATE_PATHS, "auth"] : UPDATE_PATHS;
-        await session.call("UpdateWebhook", { webhook: { name, ...webhookJson(form, authChanged) }, updateMask: paths.join(",") });
+        const paths = withAuth ? [...UPDATE_PATHS, "auth"] : UPDATE_PATHS;
+        await session.call("UpdateWebhook", { webhook: { name, ...webhookJson(form, withAuth) }, updateMask: paths.join(",") });
         session.notify(`Saved ${form.resource}.${form.event} → ${form.url}.`);
         session.navigate("#/");
       } else {
@@ -180,11 +233,11 @@ export function WebhookForm({ session, webhookId }) {
   };
 
   const test = async () => {
+    if (refuseMissingSecret()) return;
     setBusy("test");
-    setErrors({});
     setTrial(null);
     try {
-      const settings = webhookJson(form, authChanged);
+      const settings = webhookJson(form, withAuth);
       const answer = await session.call("TestWebhook", {
         name,
         webhook: { url: settings.url, timeout: settings.timeout, auth: settings.auth },
@@ -223,14 +276,15 @@ export function WebhookForm({ session, webhookId }) {
           onInput=${set("url")} aria-invalid=${Boolean(errors.url)} aria-describedby=${errors.url ? "url-error" : undefined} />
       </${Field}>
       <${Field} id="auth-kind" label="Authentication" error=${errors.auth}>
-        <select id="auth-kind" value=${form.authKind} onChange=${set("authKind")}>
+        <select id="auth-kind" value=${form.authKind} onChange=${set("authKind")} disabled=${severalHeaders(saved)}
+            aria-describedby=${severalHeaders(saved) ? "auth-several" : undefined}>
           <option value="none">None</option>
           <option value="bearer">Bearer token</option>
           <option value="basic">Basic</option>
           <option value="header">Custom header</option>
         </select>
       </${Field}>
-      <${AuthFields} form=${form} set=${set} editing=${editing} masked=${form.authKind === savedAuthKind} />
+      <${AuthFields} form=${form} set=${set} errors=${errors} saved=${saved} />
       <div class="field-row">
         <div class="field">
           <span class="label" id="status-label">Status</span>

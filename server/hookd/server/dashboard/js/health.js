@@ -27,7 +27,7 @@ function Figures({ stats, span }) {
   return html`<div class="figures">
     <div class="figure" data-figure="success-rate">
       <div class="figure-label">Success rate</div>
-      <div class="figure-value">${formatRate(figures.successRate || 0, attempts)}</div>
+      <div class="figure-value">${formatRate(figures.successes, attempts)}</div>
       <div class="muted small" data-figure="attempts">${count(figures.successes)} of ${attempts} attempts</div>
     </div>
     <div class="figure">
@@ -90,7 +90,7 @@ function StatsTable({ caption, rows, span, label }) {
         const failed = failures(figures);
         return html`<tr key=${stats.key} data-key=${stats.key}>
           <td data-label=${caption === "Webhooks" ? "Webhook" : "Destination"} class="url">${label(stats.key)}</td>
-          <td data-label="Success" class="number">${formatRate(figures.successRate || 0, count(figures.attempts))}</td>
+          <td data-label="Success" class="number">${formatRate(figures.successes, figures.attempts)}</td>
           <td data-label="p50" class="number">${formatMs(figures.p50Ms)}</td>
           <td data-label="p95" class="number">${formatMs(figures.p95Ms)}</td>
           <td data-label="p99" class="number">${formatMs(figures.p99Ms)}</td>

@@ -30,10 +30,19 @@ export function formatMs(ms) {
   return `${(ms / 1000).toFixed(1)} s`;
 }
 
-export function formatRate(rate, attempts) {
-  if (!attempts) return "–";
-  const percent = rate * 100;
-  return `${percent >= 99.95 || percent === 0 ? percent.toFixed(0) : percent.toFixed(1)}%`;
+/**
+ * Successes out of attempts as a percentage. Rounded down to a tenth, so "100%" means that not
+ * one attempt failed (99.97% shows as 99.9%), and "0%" that not one succeeded.
+ */
+export function formatRate(successes, attempts) {
+  const total = Number(attempts || 0);
+  const ok = Number(successes || 0);
+  if (!total) return "–";
+  if (ok >= total) return "100%";
+  if (ok <= 0) return "0%";
+  // Integers divided: exact whenever the true value is a whole number of tenths.
+  const tenths = Math.floor((1000 * ok) / total);
+  return tenths ? `${(tenths / 10).toFixed(1)}%` : "<0.1%";
 }
 
 export function formatTime(stamp) {
@@ -60,19 +69,62 @@ export function Badge({ value, kind }) {
   return html`<span class="badge badge-${kind || value.toLowerCase()}">${value.replaceAll("_", " ").toLowerCase()}</span>`;
 }
 
-/** A modal <dialog>: focus stays inside, Escape or Cancel closes it. */
-export function Dialog({ title, onClose, children, label }) {
+/**
+ * A modal <dialog>: focus stays inside, Escape or Cancel closes it, and closing it gives the
+ * focus back to what had it when it opened (the browser's doing: the row's menu button, which
+ * RowMenu focuses before the action). While `busy` (its action is running) it cannot be closed:
+ * the action's answer must be seen.
+ */
+export function Dialog({ title, onClose, children, label, busy = false }) {
   const ref = useRef(null);
   useEffect(() => {
     const dialog = ref.current;
     dialog.showModal();
     return () => dialog.open && dialog.close();
   }, []);
-  return html`<dialog ref=${ref} class="dialog" aria-label=${label || title}
-      onCancel=${(event) => { event.preventDefault(); onClose(); }}>
+  const cancel = (event) => {
+    event.preventDefault();
+    if (!busy) onClose();
+  };
+  // The browser closes a modal dialog itself on a second Escape even when its cancel event is
+  // refused; a dialog that is still rendered is then shown again, or its closing made official.
+  const closed = () => {
+    const dialog = ref.current;
+    if (!dialog?.isConnected || dialog.open) return;
+    if (busy) dialog.showModal();
+    else onClose();
+  };
+  return html`<dialog ref=${ref} class="dialog" aria-label=${label || title} aria-busy=${busy}
+      onCancel=${cancel} onClose=${closed}>
     <h2>${title}</h2>
     ${children}
   </dialog>`;
+}
+
+/**
+ * A dialog that asks before an action. While `onConfirm` runs, its buttons are disabled and
+ * Escape does nothing, so a double click acts once (a second RotateSecret would retire the
+ * secret the first one kept). Preact renders in a microtask, so the button is disabled before
+ * the second click is handled.
+ */
+export function ConfirmDialog({ title, confirm, working, danger = false, onConfirm, onClose, children }) {
+  const [busy, setBusy] = useState(false);
+  const go = async () => {
+    setBusy(true);
+    try {
+      await onConfirm();
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<${Dialog} title=${title} onClose=${onClose} busy=${busy}>
+    ${children}
+    <div class="dialog-buttons">
+      <button type="button" class="button" onClick=${onClose} disabled=${busy}>Cancel</button>
+      <button type="button" class="button ${danger ? "danger" : "primary"}" onClick=${go} disabled=${busy}>
+        ${busy ? working : confirm}</button>
+    </div>
+  </${Dialog}>`;
 }
 
 /** A secret shown once, with a copy button. */
@@ -96,10 +148,15 @@ export function SecretBox({ secret }) {
   </div>`;
 }
 
-/** The ellipsis menu of a table row: a button and a list of actions, keyboard-friendly. */
+/**
+ * The ellipsis menu of a table row: a button and a list of actions, keyboard-friendly. Choosing
+ * an action puts the focus back on the button first, so it is there when the action ends (and a
+ * dialog the action opens gives it back there); the list closes when the focus leaves it.
+ */
 export function RowMenu({ label, items }) {
   const [open, setOpen] = useState(false);
   const root = useRef(null);
+  const button = useRef(null);
   useEffect(() => {
     if (!open) return undefined;
     root.current.querySelector("[role=menuitem]")?.focus();
@@ -112,21 +169,32 @@ export function RowMenu({ label, items }) {
     const at = entries.indexOf(document.activeElement);
     if (event.key === "Escape") {
       setOpen(false);
-      root.current.querySelector("button").focus();
+      button.current.focus();
     } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
       event.preventDefault();
       const step = event.key === "ArrowDown" ? 1 : -1;
       entries[(at + step + entries.length) % entries.length]?.focus();
     }
   };
-  return html`<div class="menu" ref=${root} onKeyDown=${onKey}>
-    <button type="button" class="icon-button" aria-haspopup="menu" aria-expanded=${open} aria-label=${label}
-        title="Actions" onClick=${() => setOpen(!open)}>
+  // Only a focus that went somewhere else closes it: some browsers do not focus a clicked
+  // button (no relatedTarget), and a click outside is the pointerdown listener's.
+  const onFocusOut = (event) => {
+    if (event.relatedTarget && !root.current.contains(event.relatedTarget)) setOpen(false);
+  };
+  const choose = (item) => {
+    button.current.focus();
+    setOpen(false);
+    item.action();
+  };
+  // Lowercase: the element has no onfocusout property to tell Preact the event's name.
+  return html`<div class="menu" ref=${root} onKeyDown=${onKey} onfocusout=${onFocusOut}>
+    <button type="button" class="icon-button" ref=${button} aria-haspopup="menu" aria-expanded=${open}
+        aria-label=${label} title="Actions" onClick=${() => setOpen(!open)}>
       <span aria-hidden="true">⋯</span>
     </button>
     ${open && html`<div class="menu-list" role="menu">
       ${items.map((item) => html`<button type="button" role="menuitem" class=${item.danger ? "danger" : ""}
-          onClick=${() => { setOpen(false); item.action(); }}>${item.label}</button>`)}
+          onClick=${() => choose(item)}>${item.label}</button>`)}
     </div>`}
   </div>`;
 }

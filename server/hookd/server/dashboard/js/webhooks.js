@@ -2,6 +2,7 @@
 
 import {
   AttemptSummary,
+  ConfirmDialog,
   Dialog,
   RowMenu,
   SecretBox,
@@ -12,12 +13,14 @@ import {
   shortName,
   useEffect,
   useMemo,
+  useRef,
   useState,
 } from "./ui.js";
 
 const PAGE_SIZE = 20;
 const SEARCH_DELAY_MS = 250;
 const DAY = "86400s";
+const RECONNECT_MS = 3000;
 
 function useDebounced(value, delay) {
   const [settled, setSettled] = useState(value);
@@ -28,22 +31,39 @@ function useDebounced(value, delay) {
   return settled;
 }
 
-/** Live figures for the webhooks on the page, from StreamHealth (no polling). */
-function useWebhookHealth(session, names) {
+/**
+ * Live figures for the webhooks on the page, from StreamHealth (no polling). A stream that ends
+ * (a restart, a dropped connection) is opened again after a pause; one that ends NOT_FOUND
+ * names a webhook deleted elsewhere, so the list is read again (and its new names open a new
+ * stream; the pause is only a fallback should the list come back the same).
+ */
+function useWebhookHealth(session, names, reload) {
   const [health, setHealth] = useState({});
+  const [attempt, setAttempt] = useState(0);
   const key = names.join(",");
   useEffect(() => {
     if (!names.length) return undefined;
-    return session.stream("StreamHealth", { webhooks: names, interval: "2s" }, (snapshot) => {
+    let timer;
+    const stop = session.stream("StreamHealth", { webhooks: names, interval: "2s" }, (snapshot) => {
       setHealth(Object.fromEntries((snapshot.webhooks || []).map((stats) => [stats.key, stats])));
+    }, (error) => {
+      if (error?.code === "not_found") reload();
+      timer = setTimeout(() => setAttempt((n) => n + 1), RECONNECT_MS);
     });
-  }, [key]);
+    return () => { stop(); clearTimeout(timer); };
+  }, [key, attempt]);
   return health;
+}
+
+function instant(stamp) {
+  return stamp ? Date.parse(stamp) : -Infinity;
 }
 
 function LastDelivery({ stats }) {
   if (!stats || (!stats.lastSuccessTime && !stats.lastFailureTime)) return html`<span class="muted">No deliveries yet</span>`;
-  const failed = (stats.lastFailureTime || "") > (stats.lastSuccessTime || "");
+  // As instants: protobuf JSON leaves out a zero fraction ("…:00Z" vs "…:00.250Z"), so the
+  // strings do not sort as the times do.
+  const failed = instant(stats.lastFailureTime) > instant(stats.lastSuccessTime);
   const when = failed ? stats.lastFailureTime : stats.lastSuccessTime;
   return html`<span class=${failed ? "outcome-failed" : "outcome-ok"} title=${failed ? stats.lastError : ""}>
     ${failed ? "Failed" : "Succeeded"}<span class="muted"> · ${ago(when)}</span>
@@ -54,7 +74,7 @@ function DayRate({ stats }) {
   const day = stats?.windows?.find((window) => window.window === DAY);
   const attempts = Number(day?.attempts || 0);
   return html`<span title=${attempts ? `${day.successes || 0} of ${attempts} attempts` : "no attempts"}>
-    ${formatRate(day?.successRate || 0, attempts)}</span>`;
+    ${formatRate(day?.successes, attempts)}</span>`;
 }
 
 function Toolbar({ eventTypes, filters, setFilters }) {
@@ -112,27 +132,33 @@ export function WebhooksPage({ session }) {
   const [page, setPage] = useState(null);
   const [error, setError] = useState(null);
   const [dialog, setDialog] = useState(null);
+  const shown = useRef(null);
   const [version, setVersion] = useState(0);
-  const reload = () => setVersion(version + 1);
+  // Functional: two actions that end together must each read the list again.
+  const reload = () => setVersion((n) => n + 1);
 
   useEffect(() => setTokens([""]), [query, filters.status, filters.resource]);
   const pageToken = tokens[tokens.length - 1];
   useEffect(() => {
     let current = true;
     const request = { query, status: filters.status || undefined, resource: filters.resource, pageSize: PAGE_SIZE, pageToken };
-    session.call("ListWebhooks", request).then(
-      (answer) => current && (setPage(answer), setError(null)),
-      (failure) => current && setError(failure.message),
-    );
+    session.call("ListWebhooks", request).then((answer) => {
+      if (!current) return;
+      setPage(answer);
+      setError(null);
+      // The last page lost its last row (deleted): show the page before it.
+      if (!answer.webhooks?.length) setTokens((list) => (list.length > 1 ? list.slice(0, -1) : list));
+    }, (failure) => current && setError(failure.message));
     return () => { current = false; };
   }, [query, filters.status, filters.resource, pageToken, version]);
 
   const hooks = page?.webhooks || [];
   const names = useMemo(() => hooks.map((hook) => hook.name), [page]);
-  const health = useWebhookHealth(session, names);
-  const actions = webhookActions(session, setDialog, reload);
+  const health = useWebhookHealth(session, names, reload);
+  const actions = webhookActions(session, dialogSlot(setDialog, shown), reload);
   const total = page?.totalSize || 0;
   const first = (tokens.length - 1) * PAGE_SIZE;
+  const filtered = query || filters.status || filters.resource;
 
   return html`<section class="page">
     <header class="page-header">
@@ -156,17 +182,17 @@ export function WebhooksPage({ session }) {
             ${hooks.map((hook) => html`<${Row} key=${hook.name} hook=${hook} stats=${health[hook.name]} actions=${actions} />`)}
           </tbody>
         </table>
-        ${page && !hooks.length && html`<div class="empty">
-          ${query || filters.status || filters.resource ? "No webhook matches." : "No webhooks yet: create the first one."}
+        ${page && !total && html`<div class="empty">
+          ${filtered ? "No webhook matches." : "No webhooks yet: create the first one."}
         </div>`}
       </div>
       <footer class="pager">
-        <span class="muted">${total ? `${first + 1}–${first + hooks.length} of ${total}` : ""}</span>
+        <span class="muted">${hooks.length ? `${first + 1}–${first + hooks.length} of ${total}` : ""}</span>
         <div class="pager-buttons">
           <button type="button" class="button" disabled=${tokens.length < 2}
-            onClick=${() => setTokens(tokens.slice(0, -1))}>Previous</button>
+            onClick=${() => setTokens((list) => list.slice(0, -1))}>Previous</button>
           <button type="button" class="button" disabled=${!page?.nextPageToken}
-            onClick=${() => setTokens([...tokens, page.nextPageToken])}>Next</button>
+            onClick=${() => setTokens((list) => [...list, page.nextPageToken])}>Next</button>
         </div>
       </footer>
     </div>
@@ -174,25 +200,50 @@ export function WebhooksPage({ session }) {
   </section>`;
 }
 
-function webhookActions(session, setDialog, reload) {
-  const close = () => setDialog(null);
+/**
+ * The page's one dialog: `open(render)` shows `render(close)` and returns a handle whose `show`
+ * (another content, same dialog) and `close` act only while that dialog is still the one open,
+ * so an answer that comes after the user closed it, or opened another, changes nothing.
+ */
+function dialogSlot(setDialog, shown) {
+  return (render) => {
+    const handle = {
+      close: () => {
+        if (shown.current !== handle) return;
+        shown.current = null;
+        setDialog(null);
+      },
+      show: (next) => shown.current === handle && setDialog(next(handle.close)),
+    };
+    shown.current = handle;
+    setDialog(render(handle.close));
+    return handle;
+  };
+}
+
+function plural(count, one, many) {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
+function webhookActions(session, open, reload) {
   const describe = (hook) => `${hook.resource}.${hook.event} → ${hook.url}`;
   const failed = (error) => session.notify(error.message, "error");
   return {
     edit: (hook) => session.navigate(`#/webhooks/${shortName(hook.name)}/edit`),
     deliveries: (hook) => session.navigate(`#/webhooks/${shortName(hook.name)}/deliveries`),
     test: async (hook) => {
-      setDialog(html`<${Dialog} title="Test connection" onClose=${close}><p class="muted">Sending a signed ping…</p></${Dialog}>`);
+      const dialog = open((close) => html`<${Dialog} title="Test connection" onClose=${close}>
+        <p class="muted">Sending a signed ping…</p></${Dialog}>`);
       try {
         const answer = await session.call("TestWebhook", { name: hook.name });
-        setDialog(html`<${Dialog} title="Test connection" onClose=${close}>
+        dialog.show((close) => html`<${Dialog} title="Test connection" onClose=${close}>
           <p class="muted">${describe(hook)}</p>
           <${AttemptSummary} attempt=${answer.attempt} />
           <div class="dialog-buttons"><button type="button" class="button" onClick=${close}>Close</button></div>
         </${Dialog}>`);
         reload();
       } catch (error) {
-        close();
+        dialog.close();
         failed(error);
       }
     },
@@ -212,44 +263,40 @@ function webhookActions(session, setDialog, reload) {
       const rotate = async () => {
         try {
           const answer = await session.call("RotateSecret", { name: hook.name });
-          setDialog(html`<${Dialog} title="New signing secret" onClose=${close}>
+          dialog.show((close) => html`<${Dialog} title="New signing secret" onClose=${close}>
             <p class="muted">${describe(hook)}. The previous secret keeps signing beside it for 24 hours.</p>
             <${SecretBox} secret=${answer.signingSecret} />
             <div class="dialog-buttons"><button type="button" class="button primary" onClick=${close}>Done</button></div>
           </${Dialog}>`);
         } catch (error) {
-          close();
+          dialog.close();
           failed(error);
         }
       };
-      setDialog(html`<${Dialog} title="Rotate the signing secret?" onClose=${close}>
+      const dialog = open((close) => html`<${ConfirmDialog} title="Rotate the signing secret?" confirm="Rotate secret"
+          working="Rotating…" onConfirm=${rotate} onClose=${close}>
         <p>${describe(hook)} gets a new secret; the current one keeps signing for 24 hours.</p>
-        <div class="dialog-buttons">
-          <button type="button" class="button" onClick=${close}>Cancel</button>
-          <button type="button" class="button primary" onClick=${rotate}>Rotate secret</button>
-        </div>
-      </${Dialog}>`);
+      </${ConfirmDialog}>`);
     },
     remove: (hook) => {
       const remove = async () => {
-        close();
         try {
           const answer = await session.call("DeleteWebhook", { name: hook.name });
+          dialog.close();
           const cancelled = Number(answer.cancelledDeliveries || 0);
-          session.notify(`Deleted ${describe(hook)}${cancelled ? `; ${cancelled} waiting deliveries cancelled` : ""}.`);
+          const waiting = cancelled ? `; ${plural(cancelled, "waiting delivery", "waiting deliveries")} cancelled` : "";
+          session.notify(`Deleted ${describe(hook)}${waiting}.`);
           reload();
         } catch (error) {
+          dialog.close();
           failed(error);
         }
       };
-      setDialog(html`<${Dialog} title="Delete this webhook?" onClose=${close}>
+      const dialog = open((close) => html`<${ConfirmDialog} title="Delete this webhook?" confirm="Delete"
+          working="Deleting…" danger=${true} onConfirm=${remove} onClose=${close}>
         <p><strong>${describe(hook)}</strong></p>
         <p class="muted">Sending stops at once and its waiting deliveries are cancelled. This cannot be undone.</p>
-        <div class="dialog-buttons">
-          <button type="button" class="button" onClick=${close}>Cancel</button>
-          <button type="button" class="button danger" onClick=${remove}>Delete</button>
-        </div>
-      </${Dialog}>`);
+      </${ConfirmDialog}>`);
     },
   };
 }
