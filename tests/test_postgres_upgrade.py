@@ -75,23 +75,35 @@ def _wait_for_the_index_build_to_wait(conn: psycopg.Connection[Any]) -> None:
     raise AssertionError("the migration never started building the index")
 
 
+@contextmanager
+def _building_behind_a_write_batch(database: str) -> Iterator[tuple[psycopg.Connection[Any], list[BaseException]]]:
+    """A new node migrating while a write batch of a node of the release before is open (so the
+    index build waits for it): yields another connection, once the build waits, and the new
+    node's errors; the batch ends on the way out, and the build with it."""
+    with psycopg.connect(database, autocommit=True) as batch, psycopg.connect(database, autocommit=True) as other:
+        batch.execute("BEGIN")
+        batch.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # what every insert takes
+        with _opening(database) as errors:
+            try:
+                _wait_for_the_index_build_to_wait(other)
+                yield other, errors
+            finally:
+                batch.execute("COMMIT")
+
+
 def test_the_index_is_built_while_the_nodes_before_keep_writing(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before, the index was built by a plain CREATE INDEX: queued behind a write batch in
     # progress, it held every later write to deliveries, on every node, until the build ended.
     database = _database_before_the_pings_index(postgres_server, monkeypatch)
-    with psycopg.connect(database, autocommit=True) as batch, psycopg.connect(database, autocommit=True) as later:
-        batch.execute("BEGIN")
-        batch.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # what every insert takes
-        with _opening(database) as errors:
-            _wait_for_the_index_build_to_wait(later)
-            later.execute("SET lock_timeout = '2s'")
-            with later.transaction():
-                later.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # not held
-            batch.execute("COMMIT")  # the build goes on once the batch is over
-        assert not errors
-        assert _index_state(later) == (True, len(postgres_schema.MIGRATIONS))
+    with _building_behind_a_write_batch(database) as (later, errors):
+        later.execute("SET lock_timeout = '2s'")
+        with later.transaction():
+            later.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # not held
+    assert not errors
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert _index_state(conn) == (True, len(postgres_schema.MIGRATIONS))
 
 
 def test_an_index_left_invalid_by_a_build_cut_short_is_built_again(
@@ -116,15 +128,11 @@ def test_a_node_of_the_release_before_starting_during_the_build_starts_and_the_b
     # held that lock while it built the index: the build waited for the waiting node's snapshot,
     # the node for the lock, and PostgreSQL ended the deadlock by failing the build.
     database = _database_before_the_pings_index(postgres_server, monkeypatch)
-    with psycopg.connect(database, autocommit=True) as batch, psycopg.connect(database, autocommit=True) as old:
-        batch.execute("BEGIN")
-        batch.execute("LOCK TABLE deliveries IN ROW EXCLUSIVE MODE")  # keeps the build going
-        with _opening(database) as errors:
-            _wait_for_the_index_build_to_wait(old)
-            old.execute("SET lock_timeout = '5s'")
-            old.execute("SELECT pg_advisory_lock(%s)", [postgres_schema._MIGRATION_LOCK])  # what it did
-            assert _index_state(old)[1] == len(postgres_schema.MIGRATIONS) - 1  # nothing it knows to do
-            old.execute("SELECT pg_advisory_unlock(%s)", [postgres_schema._MIGRATION_LOCK])
-            batch.execute("COMMIT")
-        assert not errors
-        assert _index_state(old) == (True, len(postgres_schema.MIGRATIONS))
+    with _building_behind_a_write_batch(database) as (old, errors):
+        old.execute("SET lock_timeout = '5s'")
+        old.execute("SELECT pg_advisory_lock(%s)", [postgres_schema._MIGRATION_LOCK])  # what it did
+        assert _index_state(old)[1] == len(postgres_schema.MIGRATIONS) - 1  # nothing it knows to do
+        old.execute("SELECT pg_advisory_unlock(%s)", [postgres_schema._MIGRATION_LOCK])
+    assert not errors
+    with psycopg.connect(database, autocommit=True) as conn:
+        assert _index_state(conn) == (True, len(postgres_schema.MIGRATIONS))

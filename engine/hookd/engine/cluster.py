@@ -214,15 +214,22 @@ class Membership:
             nodes.append(self.node_id)
         return nodes
 
+    async def _renew(self) -> dict[int, int] | None:
+        """Heartbeat and renew this node's leases (``cluster_ops.renew``): the slots the
+        database says it holds, or None when its row is gone."""
+        return await self._control(  # type: ignore[no-any-return]
+            cluster_ops.renew, node_id=self.node_id, address=self.address, lease_s=self._lease_s, live=self._live_json()
+        )
+
+    def _renewed(self, held: dict[int, int], started: float) -> None:
+        """After a renewal that began at ``started``: drop the slots it no longer found at the
+        epoch memory holds, and trust the rest for ``TRUST`` of a lease from then."""
+        self._lose({slot for slot, epoch in self._slots.held.items() if held.get(slot) != epoch})
+        self._valid_until = started + TRUST * self._lease_s
+
     async def _step(self) -> None:
         started = trio.current_time()
-        held = await self._control(
-            cluster_ops.renew,
-            node_id=self.node_id,
-            address=self.address,
-            lease_s=self._lease_s,
-            live=self._live_json(),
-        )
+        held = await self._renew()
         if self._leaving:
             # ``leave`` began while this step waited for the connection: it renews, releases
             # and forgets on its own. Adopting what the renewal found would bring back the slots
@@ -234,9 +241,7 @@ class Membership:
             self._lose(set(self._slots.held))
             await self._control(cluster_ops.register, node_id=self.node_id, address=self.address, lease_s=self._lease_s)
             held = {}
-        lost = {slot for slot, epoch in self._slots.held.items() if held.get(slot) != epoch}
-        self._lose(lost)
-        self._valid_until = started + TRUST * self._lease_s
+        self._renewed(held, started)
         self._adopt({slot: epoch for slot, epoch in held.items() if slot not in self._slots.held})
         view: ClusterView = await self._control(cluster_ops.view)
         self._view = view
@@ -391,20 +396,12 @@ class Membership:
         while True:
             started = trio.current_time()
             try:
-                held = await self._control(
-                    cluster_ops.renew,
-                    node_id=self.node_id,
-                    address=self.address,
-                    lease_s=self._lease_s,
-                    live=self._live_json(),
-                )
+                held = await self._renew()
             except STORE_FAULTS as error:
                 self._failed("renewal", error)
             else:
                 self._recovered("renewal")
-                held = held or {}
-                self._lose({slot for slot, epoch in self._slots.held.items() if held.get(slot) != epoch})
-                self._valid_until = started + TRUST * self._lease_s
+                self._renewed(held or {}, started)
             await trio.sleep(self._lease_s / 5)
 
     async def _leave_step(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> bool:

@@ -73,16 +73,9 @@ def _printable_text(text: Text) -> Text:
         Span(offsets[min(span.start, len(plain))], offsets[min(span.end, len(plain))], span.style)
         for span in text.spans
     ]
-    return Text(
-        printable(plain),
-        style=text.style,
-        justify=text.justify,
-        overflow=text.overflow,
-        no_wrap=text.no_wrap,
-        end=text.end,
-        tab_size=text.tab_size,
-        spans=spans,
-    )
+    escaped = text.blank_copy(printable(plain))
+    escaped.spans = spans
+    return escaped
 
 
 class EscapingConsole(Console):

@@ -4,6 +4,7 @@
 import {
   AttemptSummary,
   Badge,
+  Pager,
   STATES_FINISHED,
   formatTime,
   html,
@@ -154,15 +155,8 @@ export function DeliveriesPage({ session, webhookId }) {
         ${deliveries.map((delivery) => html`<${DeliveryRow} key=${delivery.name} session=${session}
           delivery=${delivery} onRetried=${reload} />`)}
       </ul>
-      <footer class="pager">
-        <span class="muted">${deliveries.length ? `${first + 1}–${first + deliveries.length}` : ""}</span>
-        <div class="pager-buttons">
-          <button type="button" class="button" disabled=${tokens.length < 2}
-            onClick=${() => setTokens((list) => list.slice(0, -1))}>Previous</button>
-          <button type="button" class="button" disabled=${!page?.nextPageToken}
-            onClick=${() => setTokens((list) => [...list, page.nextPageToken])}>Next</button>
-        </div>
-      </footer>
+      <${Pager} range=${deliveries.length ? `${first + 1}–${first + deliveries.length}` : ""} tokens=${tokens}
+        setTokens=${setTokens} next=${page?.nextPageToken} />
     </div>
   </section>`;
 }

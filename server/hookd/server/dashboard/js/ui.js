@@ -127,6 +127,22 @@ export function ConfirmDialog({ title, confirm, working, danger = false, onConfi
   </${Dialog}>`;
 }
 
+/**
+ * Previous / Next under a list read a page at a time: `tokens` is the stack of the page tokens
+ * that led to the page shown, `next` the token of the page after it (none on the last).
+ */
+export function Pager({ range, tokens, setTokens, next }) {
+  return html`<footer class="pager">
+    <span class="muted">${range}</span>
+    <div class="pager-buttons">
+      <button type="button" class="button" disabled=${tokens.length < 2}
+        onClick=${() => setTokens((list) => list.slice(0, -1))}>Previous</button>
+      <button type="button" class="button" disabled=${!next}
+        onClick=${() => setTokens((list) => [...list, next])}>Next</button>
+    </div>
+  </footer>`;
+}
+
 /** A secret shown once, with a copy button. */
 export function SecretBox({ secret }) {
   const [copied, setCopied] = useState(false);

@@ -4,6 +4,7 @@ import {
   AttemptSummary,
   ConfirmDialog,
   Dialog,
+  Pager,
   RowMenu,
   SecretBox,
   StatusDot,
@@ -186,15 +187,8 @@ export function WebhooksPage({ session }) {
           ${filtered ? "No webhook matches." : "No webhooks yet: create the first one."}
         </div>`}
       </div>
-      <footer class="pager">
-        <span class="muted">${hooks.length ? `${first + 1}–${first + hooks.length} of ${total}` : ""}</span>
-        <div class="pager-buttons">
-          <button type="button" class="button" disabled=${tokens.length < 2}
-            onClick=${() => setTokens((list) => list.slice(0, -1))}>Previous</button>
-          <button type="button" class="button" disabled=${!page?.nextPageToken}
-            onClick=${() => setTokens((list) => [...list, page.nextPageToken])}>Next</button>
-        </div>
-      </footer>
+      <${Pager} range=${hooks.length ? `${first + 1}–${first + hooks.length} of ${total}` : ""} tokens=${tokens}
+        setTokens=${setTokens} next=${page?.nextPageToken} />
     </div>
     ${dialog}
   </section>`;
