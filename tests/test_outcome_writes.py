@@ -119,3 +119,13 @@ def test_a_delivery_twice_in_one_merged_write_counts_both_and_keeps_the_later(st
     row = store.read(lambda tx: tx.one("SELECT attempt_count, update_time FROM deliveries WHERE id = ?", [delivery_id]))
     assert tuple(row) == (2, second.now)
     assert store.read(lambda tx: tx.scalar("SELECT count(*) FROM attempts WHERE delivery_id = ?", [delivery_id])) == 2
+
+
+@pytest.mark.sqlite_only
+def test_the_writers_statement_journals_stay_in_memory(store: Backend) -> None:
+    """Each batch runs in a savepoint, whose statement journal spilled to a temporary file past
+    64 KiB (a batch of eight publishes cost twice as much); only the writer keeps it in memory,
+    as the readers' sorts may be as large as a table."""
+    memory, default = 2, 0
+    assert store.write(lambda tx: tx.scalar("PRAGMA temp_store")) == memory
+    assert store.read(lambda tx: tx.scalar("PRAGMA temp_store")) == default

@@ -109,6 +109,13 @@ def _connect(path: Path, synchronous: str, *, query_only: bool = False) -> sqlit
         # its first page: so it comes first. A database created before stays as it was (NONE):
         # its freed pages are reused by new rows, but the file never shrinks.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        # Every batch runs inside a savepoint (writer.partial_batch), so each statement keeps
+        # the pages it changes in a statement journal, which spills to a temporary file past
+        # 64 KiB. A batch of eight publishes spilled: 107 us a publish against 58 in memory,
+        # and 4 % less CPU per delivery at full speed. In memory it is bounded by the batch
+        # (the writer's statements are all batched and LIMITed); the readers, whose sorts may be
+        # as large as a table, keep the default (a file).
+        conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
