@@ -22,12 +22,12 @@ from hookd.engine.health import DESTINATION, WEBHOOK, WINDOWS_S, HealthAggregate
 from hookd.engine.maintenance import Maintenance
 from hookd.engine.model import Outcome
 from hookd.engine.store import health_ops, webhook_ops
-from hookd.engine.store.backend import Backend, open_backend
+from hookd.engine.store.backend import Backend
 from hookd.engine.store.postgres import PostgresBackend
 from hookd.engine.store.sql import Tx
-from hookd.engine.store.sqlite import SqliteBackend
 from hookd.engine.store.writer import Writer
 from tests.support.plans import write_planned
+from tests.support.stores import reopened, wait_for_a_lock_wait
 from tests.support.webhooks import stored_webhook
 
 pytestmark = pytest.mark.backends
@@ -271,18 +271,6 @@ def test_forgetting_reads_the_webhooks_once_not_once_per_key(store: Backend) -> 
         assert sum("webhooks" in line for line in statement.plan) == 1, statement.plan
 
 
-def reopened(store: Backend) -> Backend:
-    """The same database through connections of its own, as another node has (or a node that
-    resumes after a pause, its transaction begun before it stopped)."""
-    if isinstance(store, PostgresBackend):
-        other = open_backend(store.url)
-    else:
-        assert isinstance(store, SqliteBackend)
-        other = open_backend(str(store.path))
-    other.open(readers=1)
-    return other
-
-
 def test_two_compactions_of_the_same_minutes_at_once_count_them_once(store: Backend) -> None:
     """Housekeeping handed over between nodes, or a node resuming from a pause, can compact the
     same minute rows twice at once. On PostgreSQL the second transaction begins while the first,
@@ -317,13 +305,7 @@ def test_two_compactions_of_the_same_minutes_at_once_count_them_once(store: Back
         assert folded.wait(30)
         threads[1].start()
         if isinstance(store, PostgresBackend):
-            waiting = (
-                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            deadline = time.monotonic() + 30
-            while not store.read(lambda tx: tx.scalar(waiting)):
-                assert time.monotonic() < deadline, "the second compaction never waited for the first"
-                time.sleep(0.01)
+            wait_for_a_lock_wait(store)  # the second compaction waits for the first
     finally:
         release.set()
         for thread in threads:

@@ -4,6 +4,7 @@ publish is stored whole (or ever, when it is abandoned)."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from hookd.engine.jobs import AttemptResult, PreparedEvent
 from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Outcome, Status, WebhookFilter
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import Backend
+from hookd.engine.store.postgres import PostgresBackend
 from hookd.engine.store.shared_schema import PENDING_PINGS
 from hookd.engine.store.sql import Tx
 from hookd.engine.validation import WebhookInput
 from tests.support.engine import local_engine, until
 from tests.support.receiver import Receiver
 from tests.support.server import HookdProcess
+from tests.support.stores import reopened, wait_for_a_lock_wait
 from tests.support.webhooks import stored_webhook
 
 pytestmark = pytest.mark.backends
@@ -307,3 +310,111 @@ def test_a_ping_is_read_ahead_of_a_backlog_longer_than_the_read(store: Backend) 
             )
         )
         assert any("deliveries_pings" in str(row[-1]) for row in plan), plan
+
+
+def _first_paused_second_waiting(store: Backend, first: Callable[[Tx], Any], second: Callable[[Tx], Any]) -> None:
+    """``first`` in a transaction of ``store`` that stays open while another node's connection
+    runs ``second``: it commits once ``second`` waits for a lock (PostgreSQL), or has committed
+    (a race lost), or straight away on SQLite (one writer at a time: ``second`` waits for it)."""
+    other = reopened(store)
+    ran, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def paused(tx: Tx) -> Any:
+        result = first(tx)
+        ran.set()
+        release.wait(30)
+        return result
+
+    def run(write: Callable[[], Any]) -> None:
+        try:
+            write()
+        except BaseException as error:  # reported by the test's thread below
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=run, args=(lambda: store.write(paused),)),
+        threading.Thread(target=run, args=(lambda: other.write(second),)),
+    ]
+    try:
+        threads[0].start()
+        assert ran.wait(30)
+        threads[1].start()
+        if isinstance(store, PostgresBackend):
+            wait_for_a_lock_wait(store, unless=lambda: not threads[1].is_alive())
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(60)
+        other.close()
+    assert not errors, errors
+
+
+_OLD_URL, _NEW_URL = "http://127.0.0.1:9/old", "http://127.0.0.1:9/new"
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "expected"),
+    [
+        ({"url": _NEW_URL}, Status.ACTIVE, (_NEW_URL, DeliveryState.PENDING)),
+        ({"status": Status.ACTIVE}, Status.INACTIVE, (_OLD_URL, DeliveryState.PENDING)),
+        ({"status": Status.INACTIVE}, Status.ACTIVE, (_OLD_URL, DeliveryState.HELD)),
+        (None, Status.ACTIVE, (_OLD_URL, DeliveryState.CANCELLED)),
+    ],
+    ids=["new-url", "activated", "deactivated", "deleted"],
+)
+def test_a_webhook_change_committed_during_a_publish_reaches_its_delivery(
+    store: Backend, change: dict[str, Any] | None, status: Status, expected: tuple[str, DeliveryState]
+) -> None:
+    """Another node changes the webhook while a publish, having read it, is yet to commit. The
+    change updates the webhook's waiting deliveries; it used to miss the publish's, which kept
+    the old URL (PENDING for ever, as no actor sends to it) or the old state (HELD while
+    active). The change now waits for the publish and then updates its delivery too."""
+    hook = stored_webhook("wh_raced", url=_OLD_URL, status=status)
+    store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+
+    def changed(tx: Tx) -> None:
+        if change is None:
+            webhook_ops.delete_webhook(tx, "wh_raced", now=2.0)
+        else:
+            webhook_ops.update_webhook(tx, "wh_raced", change, now=2.0)
+
+    _first_paused_second_waiting(store, partial(delivery_ops.publish, events=[_event("evt_raced")]), changed)
+    rows = store.read(lambda tx: tx.all("SELECT destination, state FROM deliveries WHERE event_id = 'evt_raced'"))
+    assert [(destination, DeliveryState(state)) for destination, state in rows] == [expected]
+
+
+def test_a_new_url_committed_during_a_retry_reaches_the_retried_delivery(store: Backend) -> None:
+    """RetryDelivery reads the webhook's URL and makes the delivery PENDING there; a new URL
+    committed meanwhile by another node saw the delivery as finished and left it at the old URL."""
+    hook = stored_webhook("wh_retried", url=_OLD_URL)
+    store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+    [published] = store.write(partial(delivery_ops.publish, events=[_event("evt_retried")]))
+    [(_, job)] = published.jobs
+    failed = [DeliveryState.FAILED.value, job.delivery_id]
+    store.write(lambda tx: tx.execute("UPDATE deliveries SET state = ? WHERE id = ?", failed))
+
+    _first_paused_second_waiting(
+        store,
+        partial(delivery_ops.retry_delivery, webhook_id="wh_retried", delivery_id=job.delivery_id, now=2.0),
+        partial(webhook_ops.update_webhook, webhook_id="wh_retried", changes={"url": _NEW_URL}, now=2.0),
+    )
+    row = store.read(lambda tx: tx.one("SELECT destination, state FROM deliveries WHERE id = ?", [job.delivery_id]))
+    assert (row[0], DeliveryState(row[1])) == (_NEW_URL, DeliveryState.PENDING)
+
+
+def test_a_new_url_committed_during_a_staged_chunk_reaches_its_deliveries(store: Backend) -> None:
+    """A chunk of a staged publish reads its webhooks again in its own transaction; a new URL
+    committed by another node before the chunk commits reaches the chunk's deliveries."""
+    hook = stored_webhook("wh_staged", url=_OLD_URL)
+    store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
+    subscribed = store.read(partial(delivery_ops.subscribers, resource="order", event="created"))
+    event = _event("evt_staged_raced")
+    _first_paused_second_waiting(
+        store,
+        partial(delivery_ops.stage_deliveries, parts=[(event, subscribed)]),
+        partial(webhook_ops.update_webhook, webhook_id="wh_staged", changes={"url": _NEW_URL}, now=2.0),
+    )
+    store.write(partial(delivery_ops.finish_staged, events=[event], counts=[1]))
+    rows = store.read(lambda tx: tx.all("SELECT destination FROM deliveries WHERE event_id = 'evt_staged_raced'"))
+    assert rows == [(_NEW_URL,)]

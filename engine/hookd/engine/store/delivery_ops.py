@@ -12,6 +12,7 @@ gave up) is found in ``publishing`` and removed.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,6 +53,39 @@ class Subscriber:
     url: str
     status: str
     inactive_policy: str
+
+
+#: The first key of the advisory locks on event types' subscribers (``lock_subscribers``); the
+#: second is the type's hash. Two-key locks never meet hookd's one-key ones.
+_SUBSCRIBERS_LOCK = 0x686F6F6B
+
+
+def lock_subscribers(tx: Tx, resource: str, event: str, *, exclusive: bool = False) -> None:
+    """Hold the event type's subscribers as they are until the transaction ends (PostgreSQL).
+
+    A publish reads its subscribers, then writes a delivery from each as it read it. A change
+    of a webhook's URL or status, or its deletion, updates the webhook's waiting deliveries;
+    committed by another node between that read and the publish's commit, the change missed
+    the publish's rows, which kept the old URL (dropped by the actors, PENDING for ever) or
+    state (HELD while active). So a publish takes the type's lock shared before it reads, and
+    those changes take it exclusive before they update deliveries: the change waits for the
+    publishes under way, and publishes that come after it read the webhook as changed.
+
+    A lock in memory, not a row lock on each subscriber (``FOR SHARE``), which on PostgreSQL
+    writes the row and, with publishes of several nodes at once, a multixact, on every publish.
+    SQLite writes one transaction at a time and needs none. A deadlock (two changes of one
+    type in batches that also publish it) is a ``Conflict``, and the batch runs again.
+    """
+    if tx.backend != "postgresql":
+        return
+    key = ("subscribers_lock", resource, event)
+    held = tx.memo.get(key)
+    if held == "exclusive" or (held == "shared" and not exclusive):
+        return
+    type_key = zlib.crc32(f"{resource}.{event}".encode()) - 2**31  # into int4's range
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    tx.execute(f"SELECT {function}(?, ?)", [_SUBSCRIBERS_LOCK, type_key])
+    tx.memo[key] = "exclusive" if exclusive else "shared"
 
 
 def subscribers(tx: Tx, resource: str, event: str) -> list[Subscriber]:
@@ -130,6 +164,7 @@ def publish(tx: Tx, events: Sequence[PreparedEvent]) -> list[PublishResult]:
             continue
         pair = (event.resource, event.event)
         if pair not in cache:
+            lock_subscribers(tx, *pair)
             cache[pair] = subscribers(tx, *pair)
         hooks = cache[pair]
         seen = _insert_event(tx, event, len(hooks))
@@ -153,6 +188,7 @@ def _still_subscribed(tx: Tx, event: PreparedEvent, hooks: Sequence[Subscriber])
     transaction; a delivery written from a stale copy would go to the old URL, or stay PENDING
     for a webhook that is gone or inactive, where no change of the webhook would ever reach it.
     """
+    lock_subscribers(tx, event.resource, event.event)
     current: dict[str, Subscriber] = {}
     ids = [hook.webhook_id for hook in hooks]
     for index in range(0, len(ids), 500):
@@ -361,7 +397,9 @@ def retry_delivery(tx: Tx, webhook_id: str, delivery_id: int, now: float) -> str
             f"its event events/{row[2]} was removed after the retention period (--retention); "
             "there is nothing left to send"
         )
-    hook = tx.one("SELECT url, status FROM webhooks WHERE id = ?", [webhook_id])
+    # Shared: a change of the URL or status committed meanwhile by another node would miss
+    # this row, which it sees as finished.
+    hook = tx.one(f"SELECT url, status FROM webhooks WHERE id = ?{tx.dialect.for_share}", [webhook_id])
     if hook is None:
         raise FailedPrecondition(f"webhooks/{webhook_id} was deleted; its deliveries cannot be retried")
     if hook[1] != Status.ACTIVE.value:

@@ -149,6 +149,9 @@ def update_webhook(
     """
     old = load_webhook(tx, webhook_id)
     new = replace(old, **changes)
+    if new.url != old.url or new.status is not old.status:
+        # Before the deliveries are updated: publishes reading the webhook as it was finish first.
+        delivery_ops.lock_subscribers(tx, old.resource, old.event, exclusive=True)
     if (new.resource, new.event) != (old.resource, old.event):
         catalogue.check_event_type(new.resource, new.event, field_prefix="webhook.")
         if limit is not None:
@@ -191,6 +194,7 @@ def _move(tx: Tx, webhook_id: str, source: DeliveryState, target: DeliveryState,
 def delete_webhook(tx: Tx, webhook_id: str, now: float) -> tuple[Webhook, int]:
     """Remove the webhook and cancel its waiting deliveries; return it and how many were cancelled."""
     old = load_webhook(tx, webhook_id)
+    delivery_ops.lock_subscribers(tx, old.resource, old.event, exclusive=True)
     tx.execute("DELETE FROM webhooks WHERE id = ?", [webhook_id])
     cursor = tx.execute(
         "UPDATE deliveries SET state = ?, update_time = ?, last_error = 'webhook deleted' "
