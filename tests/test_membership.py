@@ -73,6 +73,46 @@ async def test_a_heartbeat_under_way_when_the_node_leaves_does_not_join_it_again
     assert all(slot.node_id is None for slot in view.slots)
 
 
+async def test_a_heartbeat_answered_while_the_node_leaves_does_not_take_back_its_slots(
+    shared_store: SharedBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The heartbeat's renewal commits before ``leave`` releases the slots, but its answer (every
+    slot, held) comes once leave has let them go in memory. Adopting that answer took the slots
+    back into a node that has stopped its actors and released them in the database."""
+    membership = Membership(
+        shared_store,
+        cast(Dispatcher, _NoActors()),
+        node_id="leaving",
+        lease_s=30.0,
+        live_actors=list,
+        restarts=lambda: 0,
+    )
+    control = membership._control
+    heartbeat_renewed, releasing = trio.Event(), trio.Event()
+
+    async def answer_the_heartbeat_once_leave_releases(fn: Callable[..., Any], **kwargs: Any) -> Any:
+        if fn is cluster_ops.release:
+            releasing.set()
+        result = await control(fn, **kwargs)
+        if fn is cluster_ops.renew and not heartbeat_renewed.is_set():  # the step's, not leave's
+            heartbeat_renewed.set()
+            await releasing.wait()
+        return result
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(membership.run)
+            assert membership._slots.held  # a node alone holds every slot
+            monkeypatch.setattr(membership, "_control", answer_the_heartbeat_once_leave_releases)
+            membership.wake()
+            await heartbeat_renewed.wait()
+            await membership.leave(grace_s=1.0)
+    assert membership._slots.held == {}
+    assert "slots adopted" not in caplog.text
+    view = shared_store.control(cluster_ops.view)
+    assert all(slot.node_id is None for slot in view.slots)
+
+
 async def test_a_failed_read_while_catching_up_is_retried_not_fatal(shared_store: SharedBackend) -> None:
     # The readers turn a store fault into Unavailable; before, it ended the sync task (and with
     # it the engine) instead of being waited out like a lost connection, and in the first
