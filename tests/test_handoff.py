@@ -438,10 +438,10 @@ async def test_a_conflict_that_outlasts_the_retries_is_refused_not_fatal(
     original = store.write
     conflicts = [Conflict("deadlock detected"), Conflict("deadlock detected")]
 
-    def write(body: Any) -> Any:
+    def write(body: Any, *, small: bool = False) -> Any:
         if conflicts:
             raise conflicts.pop()
-        return original(body)
+        return original(body, small=small)
 
     monkeypatch.setattr(store, "write", write)
     done: list[bool] = []

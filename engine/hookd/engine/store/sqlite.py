@@ -109,13 +109,6 @@ def _connect(path: Path, synchronous: str, *, query_only: bool = False) -> sqlit
         # its first page: so it comes first. A database created before stays as it was (NONE):
         # its freed pages are reused by new rows, but the file never shrinks.
         conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-        # Every batch runs inside a savepoint (writer.partial_batch), so each statement keeps
-        # the pages it changes in a statement journal, which spills to a temporary file past
-        # 64 KiB. A batch of eight publishes spilled: 107 us a publish against 58 in memory,
-        # and 4 % less CPU per delivery at full speed. In memory it is bounded by the batch
-        # (the writer's statements are all batched and LIMITed); the readers, whose sorts may be
-        # as large as a table, keep the default (a file).
-        conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
@@ -154,6 +147,7 @@ class SqliteBackend:
         self._free: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._identity: tuple[int, int] | None = None
+        self._temp_store = "DEFAULT"
 
     def open(self, readers: int) -> None:
         try:
@@ -185,10 +179,11 @@ class SqliteBackend:
         if (stat.st_dev, stat.st_ino) != self._identity:
             raise StoreFault(f"the database file {self.path} was replaced; restart hookd to use the new one")
 
-    def write(self, body: Callable[[Tx], T]) -> T:
+    def write(self, body: Callable[[Tx], T], *, small: bool = False) -> T:
         conn = self._writer
         assert conn is not None, "backend not open"
         try:
+            self._temporary_storage(conn, "MEMORY" if small else "DEFAULT")
             conn.execute("BEGIN IMMEDIATE")
             result = body(Tx(conn, DIALECT))
             self._check_identity()
@@ -202,6 +197,21 @@ class SqliteBackend:
             if isinstance(kind, StoreFault):
                 raise kind from error
             raise
+
+    def _temporary_storage(self, conn: sqlite3.Connection, where: str) -> None:
+        """Where the next transaction keeps its temporary data, chiefly statement journals.
+
+        Every batch runs inside a savepoint (``writer.partial_batch``), so each statement keeps
+        the original of every page it changes in a statement journal, which past 64 KiB spills
+        to a temporary file: a batch of eight publishes spilled, at 107 us a publish against
+        58 in memory (and 4 % less CPU per delivery at full speed). But a journal in memory
+        holds every page the batch changes, and some writes change a whole backlog (a webhook
+        deactivated with 400,000 deliveries waiting: about 100 MB), and a sort in memory never
+        spills. So memory only for the small batches, which are most of them; the setting is
+        switched only when it changes (it cannot be inside a transaction)."""
+        if where != self._temp_store:
+            conn.execute(f"PRAGMA temp_store = {where}")
+            self._temp_store = where
 
     def read(self, body: Callable[[Tx], T]) -> T:
         with self._lock:
