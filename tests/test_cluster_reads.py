@@ -7,6 +7,8 @@ was committed. The acceptance tests start whole nodes (test_cluster.py)."""
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -23,8 +25,9 @@ from hookd.engine import core as core_module
 from hookd.engine.breaker import BreakerPolicy
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
-from hookd.engine.model import Status, Webhook
-from hookd.engine.store import webhook_ops
+from hookd.engine.jobs import PreparedEvent
+from hookd.engine.model import Outcome, Status, Webhook
+from hookd.engine.store import delivery_ops, health_ops, webhook_ops
 from hookd.engine.store.backend import open_backend
 from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import _Op, partial_batch
@@ -32,6 +35,7 @@ from hookd.engine.validation import WebhookInput
 from tests.support.engine import until
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import Receiver, Reply, always
+from tests.support.stores import patient
 from tests.support.webhooks import stored_webhook
 
 URL = "http://127.0.0.1:9/hook"
@@ -63,9 +67,11 @@ async def _until_a_lock_is_waited_for(conn: psycopg.Connection[Any]) -> None:
 
 
 @asynccontextmanager
-async def _two_nodes(database: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[Engine, Engine]]:
+async def _two_nodes(
+    database: str, monkeypatch: pytest.MonkeyPatch, **settings: Any
+) -> AsyncIterator[tuple[Engine, Engine]]:
     """Two nodes on one database; the second never hears of the first's webhook changes."""
-    writer, reader = _node(database, "writer"), _node(database, "reader")
+    writer, reader = _node(database, "writer", **settings), _node(database, "reader", **settings)
 
     async def deaf(*args: object) -> None:
         return None
@@ -460,3 +466,58 @@ async def test_a_ping_through_another_node_goes_ahead_of_what_a_breaker_holds(
 async def _owner_of(url: str, *nodes: Engine) -> Engine | None:
     owners = [node for node in nodes if node._membership is not None and node._membership.owns(url)]
     return owners[0] if len(owners) == 1 else None
+
+
+def _failing_for_ten_minutes(tx: Tx, webhook_id: str) -> None:
+    health_ops.counts(tx).add(webhook_id, URL, time.time() - 600, 10.0, Outcome.SERVER_ERROR, "HTTP 500")
+
+
+@pytest.mark.parametrize("change", ["url", "delete", "auto-disable"])
+async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_another_node(
+    postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    # Another node's publish has read the webhook and written its delivery, not yet committed,
+    # when this node changes the webhook: the change's update of the waiting deliveries cannot
+    # see that one. The node then waits for the publish (its type's lock) and sets it right;
+    # without that, it stayed at the old URL (no actor sends there) for ever.
+    database = postgres_server.new_database()
+    other = open_backend(patient(database))
+    other.open(readers=1)
+    checker = psycopg.connect(database, autocommit=True)
+    published, release = threading.Event(), threading.Event()
+
+    def paused_publish(tx: Tx) -> None:
+        event = PreparedEvent("evt_under_way", "order.created", "order", "created", 1.0, "{}", "")
+        delivery_ops.publish(tx, [event])
+        published.set()
+        release.wait(30)
+
+    expected = {"url": (f"{URL}/new", "PENDING"), "delete": (URL, "CANCELLED"), "auto-disable": (URL, "HELD")}[change]
+
+    async def caught_up() -> bool:
+        found = checker.execute("SELECT destination, state FROM deliveries WHERE event_id = 'evt_under_way'")
+        return found.fetchone() == expected
+
+    try:
+        async with _two_nodes(database, monkeypatch, auto_disable_after_s=60.0) as (node, _):
+            hook = await _create(node)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(trio.to_thread.run_sync, other.write, paused_publish))
+                try:
+                    await trio.to_thread.run_sync(published.wait, 30)
+                    if change == "url":
+                        await node.update_webhook(hook.id, WebhookInput(url=f"{URL}/new"), ["url"])
+                    elif change == "delete":
+                        await node.delete_webhook(hook.id)
+                    else:  # by housekeeping (this run, or the leader's own if it came first)
+                        await node._writer.execute(partial(_failing_for_ten_minutes, webhook_id=hook.id))
+                        # Its next commit waits behind the catch-up, which waits for the publish.
+                        nursery.start_soon(node.run_maintenance)
+                    with trio.fail_after(10):
+                        await _until_a_lock_is_waited_for(checker)  # the node's catch-up, for the publish
+                finally:  # the publish's thread cannot be cancelled: let it finish whatever happened
+                    release.set()
+            await until(caught_up)
+    finally:
+        checker.close()
+        other.close()

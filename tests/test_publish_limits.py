@@ -18,7 +18,7 @@ from hookd.engine import Engine, EventInput
 from hookd.engine.errors import NotFound
 from hookd.engine.errors import ResourceExhausted as EngineResourceExhausted
 from hookd.engine.jobs import AttemptResult, PreparedEvent
-from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Outcome, Status, WebhookFilter
+from hookd.engine.model import DeliveryState, InactivePolicy, Ordering, Outcome, Status, Webhook, WebhookFilter
 from hookd.engine.store import delivery_ops, queries, webhook_ops
 from hookd.engine.store.backend import Backend
 from hookd.engine.store.postgres import PostgresBackend
@@ -312,11 +312,12 @@ def test_a_ping_is_read_ahead_of_a_backlog_longer_than_the_read(store: Backend) 
         assert any("deliveries_pings" in str(row[-1]) for row in plan), plan
 
 
-def _first_paused_second_waiting(store: Backend, first: Callable[[Tx], Any], second: Callable[[Tx], Any]) -> None:
-    """``first`` in a transaction of ``store`` that stays open while another node's connection
-    runs ``second``: it commits once ``second`` waits for a lock (PostgreSQL), or has committed
-    (a race lost), or straight away on SQLite (one writer at a time: ``second`` waits for it)."""
-    other = reopened(store)
+def _paused_while(store: Backend, first: Callable[[Tx], Any], *seconds: Callable[[Tx], Any]) -> None:
+    """``first`` in a transaction of another node's connection that stays open while ``store``
+    commits each of ``seconds`` in turn: it commits once one of them waits for a lock
+    (PostgreSQL), or all have committed (a race lost), or straight away on SQLite (one writer
+    at a time: the first of ``seconds`` waits for it). The failures of either side are raised."""
+    other = reopened(store, holds_transactions_open=True)
     ran, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
@@ -326,51 +327,64 @@ def _first_paused_second_waiting(store: Backend, first: Callable[[Tx], Any], sec
         release.wait(30)
         return result
 
-    def run(write: Callable[[], Any]) -> None:
+    def run(*writes: Callable[[], Any]) -> None:
         try:
-            write()
+            for write in writes:
+                write()
         except BaseException as error:  # reported by the test's thread below
             errors.append(error)
 
-    threads = [
-        threading.Thread(target=run, args=(lambda: store.write(paused),)),
-        threading.Thread(target=run, args=(lambda: other.write(second),)),
-    ]
+    pausing = threading.Thread(target=run, args=(lambda: other.write(paused),))
+    racing = threading.Thread(target=run, args=[partial(store.write, second) for second in seconds])
     try:
-        threads[0].start()
-        assert ran.wait(30)
-        threads[1].start()
-        if isinstance(store, PostgresBackend):
-            wait_for_a_lock_wait(store, unless=lambda: not threads[1].is_alive())
+        pausing.start()
+        if ran.wait(30):
+            racing.start()
+            if isinstance(store, PostgresBackend):
+                wait_for_a_lock_wait(store, unless=lambda: not racing.is_alive())
     finally:
         release.set()
-        for thread in threads:
-            thread.join(60)
+        for thread in (pausing, racing):
+            if thread.is_alive():
+                thread.join(60)
         other.close()
     assert not errors, errors
+    assert ran.is_set()
+
+
+def _caught_up(old: Webhook) -> Callable[[Tx], Any]:
+    """What a node does after a change of ``old`` in a cluster (``Engine._catch_up_waiting``),
+    in one transaction."""
+    catch_up, barrier = webhook_ops.catch_up_write(old, now=3.0)
+    return lambda tx: (barrier(tx), catch_up(tx))
 
 
 _OLD_URL, _NEW_URL = "http://127.0.0.1:9/old", "http://127.0.0.1:9/new"
 
 
+_DISCARDING = {"status": Status.INACTIVE, "inactive_policy": InactivePolicy.QUEUE}
+
+
 @pytest.mark.parametrize(
-    ("change", "status", "expected"),
+    ("made", "change", "expected"),
     [
-        ({"url": _NEW_URL}, Status.ACTIVE, (_NEW_URL, DeliveryState.PENDING)),
-        ({"status": Status.ACTIVE}, Status.INACTIVE, (_OLD_URL, DeliveryState.PENDING)),
-        ({"status": Status.INACTIVE}, Status.ACTIVE, (_OLD_URL, DeliveryState.HELD)),
-        (None, Status.ACTIVE, (_OLD_URL, DeliveryState.CANCELLED)),
+        ({}, {"url": _NEW_URL}, (_NEW_URL, DeliveryState.PENDING)),
+        ({"status": Status.INACTIVE}, {"status": Status.ACTIVE}, (_OLD_URL, DeliveryState.PENDING)),
+        ({}, {"status": Status.INACTIVE}, (_OLD_URL, DeliveryState.HELD)),
+        (_DISCARDING, {"inactive_policy": InactivePolicy.DISCARD}, (_OLD_URL, DeliveryState.DISCARDED)),
+        ({}, None, (_OLD_URL, DeliveryState.CANCELLED)),
     ],
-    ids=["new-url", "activated", "deactivated", "deleted"],
+    ids=["new-url", "activated", "deactivated", "discarding", "deleted"],
 )
 def test_a_webhook_change_committed_during_a_publish_reaches_its_delivery(
-    store: Backend, change: dict[str, Any] | None, status: Status, expected: tuple[str, DeliveryState]
+    store: Backend, made: dict[str, Any], change: dict[str, Any] | None, expected: tuple[str, DeliveryState]
 ) -> None:
     """Another node changes the webhook while a publish, having read it, is yet to commit. The
-    change updates the webhook's waiting deliveries; it used to miss the publish's, which kept
+    change updates the webhook's waiting deliveries but cannot see the publish's, which kept
     the old URL (PENDING for ever, as no actor sends to it) or the old state (HELD while
-    active). The change now waits for the publish and then updates its delivery too."""
-    hook = stored_webhook("wh_raced", url=_OLD_URL, status=status)
+    active, say). After the change, the node waits for the publishes of the type under way and
+    sets their deliveries right; without the wait it ran before the publish committed."""
+    hook = stored_webhook("wh_raced", url=_OLD_URL, **made)
     store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
 
     def changed(tx: Tx) -> None:
@@ -379,7 +393,7 @@ def test_a_webhook_change_committed_during_a_publish_reaches_its_delivery(
         else:
             webhook_ops.update_webhook(tx, "wh_raced", change, now=2.0)
 
-    _first_paused_second_waiting(store, partial(delivery_ops.publish, events=[_event("evt_raced")]), changed)
+    _paused_while(store, partial(delivery_ops.publish, events=[_event("evt_raced")]), changed, _caught_up(hook))
     rows = store.read(lambda tx: tx.all("SELECT destination, state FROM deliveries WHERE event_id = 'evt_raced'"))
     assert [(destination, DeliveryState(state)) for destination, state in rows] == [expected]
 
@@ -394,7 +408,7 @@ def test_a_new_url_committed_during_a_retry_reaches_the_retried_delivery(store: 
     failed = [DeliveryState.FAILED.value, job.delivery_id]
     store.write(lambda tx: tx.execute("UPDATE deliveries SET state = ? WHERE id = ?", failed))
 
-    _first_paused_second_waiting(
+    _paused_while(
         store,
         partial(delivery_ops.retry_delivery, webhook_id="wh_retried", delivery_id=job.delivery_id, now=2.0),
         partial(webhook_ops.update_webhook, webhook_id="wh_retried", changes={"url": _NEW_URL}, now=2.0),
@@ -404,16 +418,17 @@ def test_a_new_url_committed_during_a_retry_reaches_the_retried_delivery(store: 
 
 
 def test_a_new_url_committed_during_a_staged_chunk_reaches_its_deliveries(store: Backend) -> None:
-    """A chunk of a staged publish reads its webhooks again in its own transaction; a new URL
-    committed by another node before the chunk commits reaches the chunk's deliveries."""
+    """A chunk of a staged publish reads its webhooks again in its own transaction, under the
+    type's lock: a new URL committed by another node before the chunk commits is caught up."""
     hook = stored_webhook("wh_staged", url=_OLD_URL)
     store.write(partial(webhook_ops.insert_webhook, webhook=hook, limit=10))
     subscribed = store.read(partial(delivery_ops.subscribers, resource="order", event="created"))
     event = _event("evt_staged_raced")
-    _first_paused_second_waiting(
+    _paused_while(
         store,
         partial(delivery_ops.stage_deliveries, parts=[(event, subscribed)]),
         partial(webhook_ops.update_webhook, webhook_id="wh_staged", changes={"url": _NEW_URL}, now=2.0),
+        _caught_up(hook),
     )
     store.write(partial(delivery_ops.finish_staged, events=[event], counts=[1]))
     rows = store.read(lambda tx: tx.all("SELECT destination FROM deliveries WHERE event_id = 'evt_staged_raced'"))

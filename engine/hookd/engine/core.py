@@ -443,7 +443,7 @@ class Engine:
         changes["update_time"] = now
         # The changes are applied to the row as it is inside the transaction, so a concurrent
         # change to other fields (a secret rotation, say) is never written back over.
-        _, new = await self._writer.execute(
+        stored, new = await self._writer.execute(
             partial(
                 webhook_ops.update_webhook,
                 webhook_id=webhook_id,
@@ -455,7 +455,19 @@ class Engine:
             first=webhook_ops.lock_type_room if {"resource", "event"} & set(paths) else None,
         )
         log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
+        if webhook_ops.changes_waiting(stored, new):
+            await self._catch_up_waiting(stored)
         return new
+
+    async def _catch_up_waiting(self, old: Webhook) -> None:
+        """After a change committed that moves ``old``'s waiting deliveries: in a cluster, queue
+        the write that sets right the deliveries of publishes on other nodes that read it as it
+        was (``webhook_ops.catch_up_waiting``); it commits after them. One node writes alone."""
+        if self._membership is None:
+            return
+        fn, first = webhook_ops.catch_up_write(old, self.clock.now())
+        with trio.CancelScope(shield=True):  # the change is committed: its caller going away must not lose this
+            await self._writer.submit(fn, first=first)
 
     def _created(self, webhook: Webhook) -> None:
         self._changed_here(webhook.id)
@@ -492,10 +504,11 @@ class Engine:
     async def delete_webhook(self, webhook_id: str) -> int:
         await self.get_webhook(webhook_id)
         now = self.clock.now()
-        _, cancelled = await self._writer.execute(
+        stored, cancelled = await self._writer.execute(
             partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now), on_commit=self._deleted_here
         )
         log.info("webhook deleted name=webhooks/%s cancelled=%d", webhook_id, cancelled)
+        await self._catch_up_waiting(stored)
         return int(cancelled)
 
     def _disabled(self, disabled: list[Disabled]) -> None:

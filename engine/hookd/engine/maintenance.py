@@ -171,6 +171,10 @@ class Maintenance:
                 on_commit=self._disabled,
             )
             report.webhooks_disabled += len(batch)
+            if self._shared:  # publishes on other nodes may have read them active: see catch_up_waiting
+                for item in batch:
+                    fn, first = webhook_ops.catch_up_write(item.old, now)
+                    await self._writer.submit(fn, first=first)
             if len(batch) < DISABLE_BATCH:
                 return
         report.complete = False

@@ -58,34 +58,47 @@ class Subscriber:
 #: The first key of the advisory locks on event types' subscribers (``lock_subscribers``); the
 #: second is the type's hash. Two-key locks never meet hookd's one-key ones.
 _SUBSCRIBERS_LOCK = 0x686F6F6B
+_SUBSCRIBERS_LOCKED = "delivery_ops.subscribers_locked"
 
 
-def lock_subscribers(tx: Tx, resource: str, event: str, *, exclusive: bool = False) -> None:
-    """Hold the event type's subscribers as they are until the transaction ends (PostgreSQL).
+def _type_key(resource: str, event: str) -> list[int]:
+    return [_SUBSCRIBERS_LOCK, zlib.crc32(f"{resource}.{event}".encode()) - 2**31]  # into int4's range
 
-    A publish reads its subscribers, then writes a delivery from each as it read it. A change
-    of a webhook's URL or status, or its deletion, updates the webhook's waiting deliveries;
-    committed by another node between that read and the publish's commit, the change missed
-    the publish's rows, which kept the old URL (dropped by the actors, PENDING for ever) or
-    state (HELD while active). So a publish takes the type's lock shared before it reads, and
-    those changes take it exclusive before they update deliveries: the change waits for the
-    publishes under way, and publishes that come after it read the webhook as changed.
 
-    A lock in memory, not a row lock on each subscriber (``FOR SHARE``), which on PostgreSQL
-    writes the row and, with publishes of several nodes at once, a multixact, on every publish.
-    SQLite writes one transaction at a time and needs none. A deadlock (two changes of one
-    type in batches that also publish it) is a ``Conflict``, and the batch runs again.
+def lock_subscribers(tx: Tx, resource: str, event: str) -> None:
+    """Declare, till the transaction ends, that it writes deliveries from the event type's
+    subscribers as it read them (PostgreSQL; SQLite writes one transaction at a time).
+
+    A change of a webhook's URL, status or policy, or its deletion, updates the webhook's
+    waiting deliveries, and a publish on another node that read the webhook before the change
+    committed writes its delivery after: the change misses it, and it keeps the old URL (no
+    actor sends there: PENDING for ever) or state (HELD while active, say). So a publish takes
+    its type's lock shared before it reads, and after such a change ``wait_for_subscriber_reads``
+    waits for the publishes under way; then ``catch_up_waiting`` sets right what they wrote.
+
+    A shared lock in memory: publishes never wait for one another, and, unlike ``FOR SHARE`` on
+    each subscriber, it writes nothing (a row lock writes its row, and a multixact once several
+    nodes share it). The change itself takes no lock: holding one exclusive through the update
+    of a long backlog would stall every node's writer publishing the type, and taken while the
+    transaction holds row locks it can close a deadlock with a publish's batch.
+    """
+    if tx.backend != "postgresql" or (resource, event, _SUBSCRIBERS_LOCKED) in tx.memo:
+        return
+    tx.execute("SELECT pg_advisory_xact_lock_shared(?, ?)", _type_key(resource, event))
+    tx.memo[(resource, event, _SUBSCRIBERS_LOCKED)] = True
+
+
+def wait_for_subscriber_reads(tx: Tx, resource: str, event: str) -> None:
+    """Return once every publish of the type that had read its subscribers when this began has
+    ended (PostgreSQL): the type's lock taken exclusive and let go at once, as a barrier.
+
+    Run as a write's ``first`` (``Writer.submit``), before the transaction holds any row lock: a
+    publish holding the lock shared may be waiting for a row lock, and this must not hold it.
     """
     if tx.backend != "postgresql":
         return
-    key = ("subscribers_lock", resource, event)
-    held = tx.memo.get(key)
-    if held == "exclusive" or (held == "shared" and not exclusive):
-        return
-    type_key = zlib.crc32(f"{resource}.{event}".encode()) - 2**31  # into int4's range
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    tx.execute(f"SELECT {function}(?, ?)", [_SUBSCRIBERS_LOCK, type_key])
-    tx.memo[key] = "exclusive" if exclusive else "shared"
+    tx.execute("SELECT pg_advisory_lock(?, ?)", _type_key(resource, event))
+    tx.execute("SELECT pg_advisory_unlock(?, ?)", _type_key(resource, event))
 
 
 def subscribers(tx: Tx, resource: str, event: str) -> list[Subscriber]:

@@ -7,7 +7,9 @@ the database never shows a webhook and its deliveries disagreeing. Every change 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from hookd.engine import catalogue
@@ -149,9 +151,6 @@ def update_webhook(
     """
     old = load_webhook(tx, webhook_id)
     new = replace(old, **changes)
-    if new.url != old.url or new.status is not old.status:
-        # Before the deliveries are updated: publishes reading the webhook as it was finish first.
-        delivery_ops.lock_subscribers(tx, old.resource, old.event, exclusive=True)
     if (new.resource, new.event) != (old.resource, old.event):
         catalogue.check_event_type(new.resource, new.event, field_prefix="webhook.")
         if limit is not None:
@@ -194,7 +193,6 @@ def _move(tx: Tx, webhook_id: str, source: DeliveryState, target: DeliveryState,
 def delete_webhook(tx: Tx, webhook_id: str, now: float) -> tuple[Webhook, int]:
     """Remove the webhook and cancel its waiting deliveries; return it and how many were cancelled."""
     old = load_webhook(tx, webhook_id)
-    delivery_ops.lock_subscribers(tx, old.resource, old.event, exclusive=True)
     tx.execute("DELETE FROM webhooks WHERE id = ?", [webhook_id])
     cursor = tx.execute(
         "UPDATE deliveries SET state = ?, update_time = ?, last_error = 'webhook deleted' "
@@ -203,6 +201,62 @@ def delete_webhook(tx: Tx, webhook_id: str, now: float) -> tuple[Webhook, int]:
     )
     tx.notify(WEBHOOKS_CHANNEL, webhook_id)
     return old, cursor.rowcount
+
+
+def changes_waiting(old: Webhook, new: Webhook) -> bool:
+    """Whether going from ``old`` to ``new`` changes what becomes of its waiting deliveries."""
+    return (new.url, new.status, new.inactive_policy) != (old.url, old.status, old.inactive_policy)
+
+
+def catch_up_write(old: Webhook, now: float) -> tuple[Callable[[Tx], list[str]], Callable[[Tx], None]]:
+    """The write that catches up ``old``'s waiting deliveries after a change committed (on a
+    shared database, where publishes run on other nodes), and the barrier to run ``first``."""
+    return (
+        partial(catch_up_waiting, webhook_id=old.id, now=now),
+        partial(delivery_ops.wait_for_subscriber_reads, resource=old.resource, event=old.event),
+    )
+
+
+def catch_up_waiting(tx: Tx, webhook_id: str, now: float) -> list[str]:
+    """Bring the webhook's waiting deliveries in line with it as stored: what publishes that read
+    it before a change wrote after the change (``delivery_ops.lock_subscribers``); run once they
+    have ended (``delivery_ops.wait_for_subscriber_reads`` first). Returns the URLs with
+    deliveries newly due (announced).
+
+    The rows out of line are few, and ``deliveries_waiting`` finds them (PostgreSQL's planner
+    takes it unless its statistics still count the rows the change just moved). The webhook is
+    read ``FOR SHARE``: a change committing meanwhile waits, rather than have this write back
+    the URL it replaced.
+    """
+    row = tx.one(f"SELECT url, status, inactive_policy FROM webhooks WHERE id = ?{tx.dialect.for_share}", [webhook_id])
+    if row is None:
+        tx.execute(
+            "UPDATE deliveries SET state = ?, update_time = ?, last_error = 'webhook deleted' "
+            "WHERE webhook_id = ? AND state IN (?, ?)",
+            [DeliveryState.CANCELLED.value, now, webhook_id, *_WAITING],
+        )
+        return []
+    url, status, policy = row[0], Status(row[1]), InactivePolicy(row[2])
+    moved = tx.execute(
+        "UPDATE deliveries SET destination = ?, "
+        "next_attempt_at = CASE WHEN next_attempt_at > ? THEN next_attempt_at ELSE ? END "
+        "WHERE webhook_id = ? AND state IN (?, ?) AND (destination < ? OR destination > ?)",
+        [url, now, now, webhook_id, *_WAITING, url, url],
+    ).rowcount
+    if status is Status.ACTIVE:
+        released = tx.execute(
+            "UPDATE deliveries SET state = ?, next_attempt_at = ?, update_time = ? WHERE webhook_id = ? AND state = ?",
+            [DeliveryState.PENDING.value, now, now, webhook_id, DeliveryState.HELD.value],
+        ).rowcount
+        if moved or released:
+            tx.notify(delivery_ops.DELIVERIES_CHANNEL, url)
+            return [url]
+    elif policy is InactivePolicy.QUEUE:
+        _move(tx, webhook_id, DeliveryState.PENDING, DeliveryState.HELD, now)
+    else:
+        _move(tx, webhook_id, DeliveryState.PENDING, DeliveryState.DISCARDED, now)
+        _move(tx, webhook_id, DeliveryState.HELD, DeliveryState.DISCARDED, now)
+    return []
 
 
 def rotate_secret(tx: Tx, webhook_id: str, secret: str, previous_expires: float, now: float) -> Webhook:

@@ -234,6 +234,7 @@ class Writer:
         *,
         cost: int = UNKNOWN_COST,
         merge: tuple[WriteMany, Any] | None = None,
+        first: WriteFn[None] | None = None,
     ) -> None:
         """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
 
@@ -241,10 +242,11 @@ class Writer:
         itself failed (False). A store fault is neither: the write is held and tried again.
         ``merge``, ``(write_many, item)``, lets ops next to each other in a batch with the same
         ``write_many`` be written by one call of it instead of each by its ``fn``.
-        Like every op, ``fn`` may run twice in its transaction (``partial_batch``): it must act
-        through ``tx`` alone.
+        ``first`` runs at the start of the transaction, as for ``execute`` (and again each time
+        the write is tried again). Like every op, ``fn`` may run twice in its transaction
+        (``partial_batch``): it must act through ``tx`` alone.
         """
-        await self._send.send(_Op(fn, wait=False, after=after, cost=cost, merge=merge))
+        await self._send.send(_Op(fn, wait=False, after=after, cost=cost, merge=merge, first=first))
 
     def execute_soon(
         self, fn: WriteFn[T], reply: Reply[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
