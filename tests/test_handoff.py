@@ -438,10 +438,10 @@ async def test_a_conflict_that_outlasts_the_retries_is_refused_not_fatal(
     original = store.write
     conflicts = [Conflict("deadlock detected"), Conflict("deadlock detected")]
 
-    def write(body: Any, *, small: bool = False) -> Any:
+    def write(body: Any) -> Any:
         if conflicts:
             raise conflicts.pop()
-        return original(body, small=small)
+        return original(body)
 
     monkeypatch.setattr(store, "write", write)
     done: list[bool] = []

@@ -119,22 +119,3 @@ def test_a_delivery_twice_in_one_merged_write_counts_both_and_keeps_the_later(st
     row = store.read(lambda tx: tx.one("SELECT attempt_count, update_time FROM deliveries WHERE id = ?", [delivery_id]))
     assert tuple(row) == (2, second.now)
     assert store.read(lambda tx: tx.scalar("SELECT count(*) FROM attempts WHERE delivery_id = ?", [delivery_id])) == 2
-
-
-@pytest.mark.sqlite_only
-async def test_only_small_batches_keep_their_statement_journals_in_memory(store: Backend) -> None:
-    """Each batch runs in a savepoint, whose statement journal spilled to a temporary file past
-    64 KiB (a batch of eight publishes cost twice as much). In memory, it holds every page the
-    batch changes: so only for batches whose ops say they are small, never for one that may
-    change a whole backlog (ops that do not say their cost), nor for the readers' sorts."""
-    memory, default = 2, 0
-    writer = Writer(store)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(writer.run)
-        small = await writer.execute(lambda tx: tx.scalar("PRAGMA temp_store"), cost=3)
-        unknown = await writer.execute(lambda tx: tx.scalar("PRAGMA temp_store"))
-        small_again = await writer.execute(lambda tx: tx.scalar("PRAGMA temp_store"), cost=3)
-        large = await writer.execute(lambda tx: tx.scalar("PRAGMA temp_store"), cost=100_000)
-        nursery.cancel_scope.cancel()
-    assert (small, unknown, small_again, large) == (memory, default, memory, default)
-    assert store.read(lambda tx: tx.scalar("PRAGMA temp_store")) == default

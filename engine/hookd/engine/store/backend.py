@@ -36,10 +36,9 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-    def write(self, body: Callable[[Tx], T], *, small: bool = False) -> T:
+    def write(self, body: Callable[[Tx], T]) -> T:
         """Run ``body`` in one transaction and commit; raises ``StoreFault`` when the database
-        cannot be written now (nothing of ``body`` is then committed). ``small``: the caller
-        vouches that ``body`` changes a bounded, small number of rows (``Writer``'s costs)."""
+        cannot be written now (nothing of ``body`` is then committed)."""
 
     def read(self, body: Callable[[Tx], T]) -> T:
         """Run ``body`` on a read connection (the caller bounds concurrency to ``readers``)."""

@@ -252,7 +252,7 @@ class PostgresBackend:
             raise (kind if isinstance(kind, StoreFault) else StoreFault(str(error))) from error
         return Listener(conn)
 
-    def write(self, body: Callable[[Tx], T], *, small: bool = False) -> T:
+    def write(self, body: Callable[[Tx], T]) -> T:
         return self._transaction("_writer", body)
 
     def control(self, body: Callable[[Tx], T]) -> T:

@@ -147,7 +147,6 @@ class SqliteBackend:
         self._free: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._identity: tuple[int, int] | None = None
-        self._temp_store = "DEFAULT"
 
     def open(self, readers: int) -> None:
         try:
@@ -179,11 +178,10 @@ class SqliteBackend:
         if (stat.st_dev, stat.st_ino) != self._identity:
             raise StoreFault(f"the database file {self.path} was replaced; restart hookd to use the new one")
 
-    def write(self, body: Callable[[Tx], T], *, small: bool = False) -> T:
+    def write(self, body: Callable[[Tx], T]) -> T:
         conn = self._writer
         assert conn is not None, "backend not open"
         try:
-            self._temporary_storage(conn, "MEMORY" if small else "DEFAULT")
             conn.execute("BEGIN IMMEDIATE")
             result = body(Tx(conn, DIALECT))
             self._check_identity()
@@ -197,21 +195,6 @@ class SqliteBackend:
             if isinstance(kind, StoreFault):
                 raise kind from error
             raise
-
-    def _temporary_storage(self, conn: sqlite3.Connection, where: str) -> None:
-        """Where the next transaction keeps its temporary data, chiefly statement journals.
-
-        Every batch runs inside a savepoint (``writer.partial_batch``), so each statement keeps
-        the original of every page it changes in a statement journal, which past 64 KiB spills
-        to a temporary file: a batch of eight publishes spilled, at 107 us a publish against
-        58 in memory (and 4 % less CPU per delivery at full speed). But a journal in memory
-        holds every page the batch changes, and some writes change a whole backlog (a webhook
-        deactivated with 400,000 deliveries waiting: about 100 MB), and a sort in memory never
-        spills. So memory only for the small batches, which are most of them; the setting is
-        switched only when it changes (it cannot be inside a transaction)."""
-        if where != self._temp_store:
-            conn.execute(f"PRAGMA temp_store = {where}")
-            self._temp_store = where
 
     def read(self, body: Callable[[Tx], T]) -> T:
         with self._lock:

@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
 import outcome
@@ -48,11 +47,7 @@ RETRY_MAX_S = 5.0
 #: destination at full speed: 5-10 % more deliveries per second, and less CPU per delivery.
 INLINE_COST = 256
 #: Default cost of an operation that does not say: large, so it never runs inline.
-UNKNOWN_COST = 1_000_000
-#: A batch of at most this cost is ``small`` for the backend (SQLite then keeps its statement
-#: journals in memory): the pages it changes, a few MB in the worst case. An op that does not
-#: say its cost (a change of a webhook and all its deliveries, say) is never small.
-SMALL_BATCH_COST = 2_000
+UNKNOWN_COST = INLINE_COST + 1
 #: The backend's housekeeping (SQLite: a WAL checkpoint) runs at least this often while there
 #: are commits, and sooner when the backend asks (the WAL outgrew its limit).
 MAINTAIN_S = 1.0
@@ -315,16 +310,13 @@ class Writer:
         """Commit ``batch``; on a store fault, or a conflict that outlasted the backend's own
         retries, hold its background writes and fail the rest."""
         try:
-            small = sum(op.cost for op in batch) <= SMALL_BATCH_COST
             if self._inline(batch):
-                self._backend.write(partial_batch(batch), small=small)
+                self._backend.write(partial_batch(batch))
             else:
                 # Shielded: a batch taken from the queue is committed even as the engine stops
                 # (a commit in a thread cannot be abandoned anyway, only refused before it starts).
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(
-                        partial(self._backend.write, partial_batch(batch), small=small), limiter=self._thread
-                    )
+                    await trio.to_thread.run_sync(self._backend.write, partial_batch(batch), limiter=self._thread)
         except StoreFault as fault:
             self._set_status(StoreStatus(False, fault.reason, time.time()))
             self._refuse_or_hold(batch, self._unavailable_error())
