@@ -23,6 +23,7 @@ import trio
 from hookd.engine import Engine, EngineConfig, EventInput
 from hookd.engine import core as core_module
 from hookd.engine.breaker import BreakerPolicy
+from hookd.engine.cluster import rendezvous, slot_of
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
 from hookd.engine.jobs import PreparedEvent
@@ -58,10 +59,12 @@ async def _create(node: Engine) -> Webhook:
     return await node.create_webhook(WebhookInput(resource="order", event="created", url=URL))
 
 
-async def _until_a_lock_is_waited_for(conn: psycopg.Connection[Any]) -> None:
+async def _until_a_lock_is_waited_for(conn: psycopg.Connection[Any], *, advisory: bool = False) -> None:
     """Return once a session of this test's database waits for a lock (other tests' databases
-    share the server, and their lock waits must not count)."""
+    share the server, and their lock waits must not count), an advisory one if so asked."""
     query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    if advisory:
+        query += " AND wait_event = 'advisory'"
     while not conn.execute(query).fetchone()[0]:  # type: ignore[index]
         await trio.sleep(0.01)
 
@@ -472,18 +475,28 @@ def _failing_for_ten_minutes(tx: Tx, webhook_id: str) -> None:
     health_ops.counts(tx).add(webhook_id, URL, time.time() - 600, 10.0, Outcome.SERVER_ERROR, "HTTP 500")
 
 
-@pytest.mark.parametrize("change", ["url", "delete", "auto-disable"])
+def _url_of(receiver: Receiver, owner: str, nodes: list[str]) -> str:
+    """A URL of ``receiver`` whose slot belongs to ``owner`` among ``nodes``."""
+    owners = rendezvous(nodes)
+    return next(url for n in range(1000) if owners[slot_of(url := receiver.url(f"/new/{n}"))] == owner)
+
+
+@pytest.mark.parametrize("change", ["url", "url, caller gone", "delete", "auto-disable"])
 async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_another_node(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, change: str
 ) -> None:
     # Another node's publish has read the webhook and written its delivery, not yet committed,
     # when this node changes the webhook: the change's update of the waiting deliveries cannot
     # see that one. The node then waits for the publish (its type's lock) and sets it right;
-    # without that, it stayed at the old URL (no actor sends there) for ever.
+    # without that, it stayed at the old URL (no actor sends there) for ever. The new URL is
+    # one this node owns: it must load the delivery itself (it does not hear its own
+    # notifications), and it must do all this even when the change's caller is gone.
     database = postgres_server.new_database()
     other = open_backend(patient(database))
     other.open(readers=1)
     checker = psycopg.connect(database, autocommit=True)
+    receiver = Receiver(always(Reply(status=204)))
+    new_url = _url_of(receiver, "writer", ["writer", "reader"])
     published, release = threading.Event(), threading.Event()
 
     def paused_publish(tx: Tx) -> None:
@@ -492,21 +505,37 @@ async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_anot
         published.set()
         release.wait(30)
 
-    expected = {"url": (f"{URL}/new", "PENDING"), "delete": (URL, "CANCELLED"), "auto-disable": (URL, "HELD")}[change]
+    expected = {"delete": (URL, "CANCELLED"), "auto-disable": (URL, "HELD")}.get(change, (new_url, "SUCCEEDED"))
 
     async def caught_up() -> bool:
         found = checker.execute("SELECT destination, state FROM deliveries WHERE event_id = 'evt_under_way'")
         return found.fetchone() == expected
 
+    async def change_url(node: Engine, hook: Webhook) -> None:
+        if change == "url":
+            await node.update_webhook(hook.id, WebhookInput(url=new_url), ["url"])
+            return
+        committed = node._updated_here
+        with trio.CancelScope() as caller:
+
+            def committed_then_gone(versions: tuple[Webhook, Webhook]) -> None:
+                committed(versions)
+                caller.cancel()
+
+            monkeypatch.setattr(node, "_updated_here", committed_then_gone)
+            await node.update_webhook(hook.id, WebhookInput(url=new_url), ["url"])
+        assert caller.cancelled_caught
+
     try:
         async with _two_nodes(database, monkeypatch, auto_disable_after_s=60.0) as (node, _):
+            await until(lambda: _owns(node, new_url))
             hook = await _create(node)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(partial(trio.to_thread.run_sync, other.write, paused_publish))
                 try:
-                    await trio.to_thread.run_sync(published.wait, 30)
-                    if change == "url":
-                        await node.update_webhook(hook.id, WebhookInput(url=f"{URL}/new"), ["url"])
+                    assert await trio.to_thread.run_sync(published.wait, 30)
+                    if change.startswith("url"):
+                        await change_url(node, hook)
                     elif change == "delete":
                         await node.delete_webhook(hook.id)
                     else:  # by housekeeping (this run, or the leader's own if it came first)
@@ -514,10 +543,18 @@ async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_anot
                         # Its next commit waits behind the catch-up, which waits for the publish.
                         nursery.start_soon(node.run_maintenance)
                     with trio.fail_after(10):
-                        await _until_a_lock_is_waited_for(checker)  # the node's catch-up, for the publish
+                        await _until_a_lock_is_waited_for(checker, advisory=True)  # the catch-up's
                 finally:  # the publish's thread cannot be cancelled: let it finish whatever happened
                     release.set()
             await until(caught_up)
     finally:
+        receiver.close()
         checker.close()
         other.close()
+    if change.startswith("url"):
+        assert len(receiver.received()) == 1  # sent once, by the owner
+
+
+async def _owns(node: Engine, url: str) -> bool:
+    assert node._membership is not None
+    return node._membership.owns(url)

@@ -18,7 +18,7 @@ import trio
 from hookd.engine.errors import InvalidArgument, Unavailable
 from hookd.engine.store.backend import Backend
 from hookd.engine.store.sql import Conflict, Tx
-from hookd.engine.store.writer import INLINE_COST, Writer
+from hookd.engine.store.writer import INLINE_COST, FollowUp, Writer
 from hookd.server.bridge import TrioBridge
 
 
@@ -218,6 +218,35 @@ async def test_a_waiting_callers_small_write_commits_on_the_loop_and_background_
     assert committed_in["awaited"] == loop_thread
     assert committed_in["background"] != loop_thread
     assert committed_in["large"] != loop_thread
+
+
+async def test_a_follow_up_is_written_first_even_when_its_caller_is_gone(store: Backend) -> None:
+    """A write's follow-ups (``then``) are queued by the writer as it commits: a caller cancelled
+    right after the commit, before it could queue anything, does not lose them, and they commit
+    before what was queued after (a cluster's catch-up after a webhook change)."""
+    writer = Writer(store)
+    order: list[str] = []
+
+    def written(key: str) -> Callable[[Tx], str]:
+        def write(tx: Tx) -> str:
+            order.append(key)
+            return str(_put(key, "1")(tx))
+
+        return write
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        with trio.CancelScope() as caller:
+            await writer.execute(
+                written("change"),
+                on_commit=lambda _: caller.cancel(),
+                then=lambda _: [FollowUp(written("follow-up"))],
+            )
+        assert caller.cancelled_caught
+        await writer.execute(written("next"))
+        nursery.cancel_scope.cancel()
+    assert order == ["change", "follow-up", "next"]
+    assert _stored(store, "follow-up") == "1"
 
 
 async def test_a_full_queue_takes_nothing_and_says_so(store: Backend) -> None:

@@ -53,7 +53,7 @@ from hookd.engine.store.backend import SharedBackend, open_backend
 from hookd.engine.store.delivery_ops import RecoveredBatch, RecoveryFilter
 from hookd.engine.store.sql import Tx
 from hookd.engine.store.webhook_ops import Disabled
-from hookd.engine.store.writer import Readers, Reply, StoreStatus, Writer, WriterStatistics
+from hookd.engine.store.writer import FollowUp, Readers, Reply, StoreStatus, Writer, WriterStatistics
 from hookd.engine.validation import (
     DEFAULT_TIMEOUT_S,
     WebhookInput,
@@ -172,6 +172,7 @@ class Engine:
                 leads=self._membership.leads if self._membership is not None else lambda: True,
                 shared=backend.shared,
                 disabled=self._disabled,
+                catch_up=self._waiting_catch_up,
             )
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -443,7 +444,7 @@ class Engine:
         changes["update_time"] = now
         # The changes are applied to the row as it is inside the transaction, so a concurrent
         # change to other fields (a secret rotation, say) is never written back over.
-        stored, new = await self._writer.execute(
+        _, new = await self._writer.execute(
             partial(
                 webhook_ops.update_webhook,
                 webhook_id=webhook_id,
@@ -453,21 +454,24 @@ class Engine:
             ),
             on_commit=self._updated_here,
             first=webhook_ops.lock_type_room if {"resource", "event"} & set(paths) else None,
+            then=lambda versions: self._waiting_catch_up(versions[0]) if webhook_ops.changes_waiting(*versions) else [],
         )
         log.info("webhook updated name=webhooks/%s fields=%s", webhook_id, ",".join(paths))
-        if webhook_ops.changes_waiting(stored, new):
-            await self._catch_up_waiting(stored)
         return new
 
-    async def _catch_up_waiting(self, old: Webhook) -> None:
-        """After a change committed that moves ``old``'s waiting deliveries: in a cluster, queue
-        the write that sets right the deliveries of publishes on other nodes that read it as it
-        was (``webhook_ops.catch_up_waiting``); it commits after them. One node writes alone."""
+    def _waiting_catch_up(self, old: Webhook) -> list[FollowUp]:
+        """After a committed change that moves ``old``'s waiting deliveries: in a cluster, the
+        write that sets right the deliveries of publishes on other nodes that read it as it was
+        (``webhook_ops.catch_up_waiting``), committed after them; the destinations it makes due
+        are poked here (a node does not hear its own notifications). One node writes alone."""
         if self._membership is None:
-            return
+            return []
         fn, first = webhook_ops.catch_up_write(old, self.clock.now())
-        with trio.CancelScope(shield=True):  # the change is committed: its caller going away must not lose this
-            await self._writer.submit(fn, first=first)
+        return [FollowUp(fn, first=first, on_commit=self._poke_all)]
+
+    def _poke_all(self, urls: list[str]) -> None:
+        for url in urls:
+            self._dispatcher.poke(url)
 
     def _created(self, webhook: Webhook) -> None:
         self._changed_here(webhook.id)
@@ -504,11 +508,12 @@ class Engine:
     async def delete_webhook(self, webhook_id: str) -> int:
         await self.get_webhook(webhook_id)
         now = self.clock.now()
-        stored, cancelled = await self._writer.execute(
-            partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now), on_commit=self._deleted_here
+        _, cancelled = await self._writer.execute(
+            partial(webhook_ops.delete_webhook, webhook_id=webhook_id, now=now),
+            on_commit=self._deleted_here,
+            then=lambda deleted: self._waiting_catch_up(deleted[0]),
         )
         log.info("webhook deleted name=webhooks/%s cancelled=%d", webhook_id, cancelled)
-        await self._catch_up_waiting(stored)
         return int(cancelled)
 
     def _disabled(self, disabled: list[Disabled]) -> None:

@@ -25,10 +25,11 @@ import trio
 from hookd.engine.clock import Clock
 from hookd.engine.config import EngineConfig
 from hookd.engine.errors import Unavailable
+from hookd.engine.model import Webhook
 from hookd.engine.store import cluster_ops, delivery_ops, health_ops, retention_ops, webhook_ops
 from hookd.engine.store.delivery_ops import IDEMPOTENCY_WINDOW_S
 from hookd.engine.store.webhook_ops import Disabled
-from hookd.engine.store.writer import Writer
+from hookd.engine.store.writer import FollowUp, Writer
 
 log = logging.getLogger("hookd.maintenance")
 
@@ -93,6 +94,7 @@ class Maintenance:
         leads: Callable[[], bool],
         shared: bool,
         disabled: Callable[[list[Disabled]], None],
+        catch_up: Callable[[Webhook], list[FollowUp]] = lambda old: [],
     ) -> None:
         self._config = config
         self._clock = clock
@@ -100,6 +102,8 @@ class Maintenance:
         self._leads = leads
         self._shared = shared
         self._disabled = disabled
+        #: The writes that follow a webhook's change (``Engine._waiting_catch_up``).
+        self._catch_up = catch_up
         self.interval = interval_for(config)
         self._budget = max(MIN_BUDGET_S, min(MAX_BUDGET_S, self.interval))
         #: Where the scan of old events goes on from (see retention_ops.prune_events).
@@ -153,11 +157,15 @@ class Maintenance:
         return report
 
     async def _commit(
-        self, report: MaintenanceReport, fn: Callable[..., Any], on_commit: Callable[[Any], None] | None = None
+        self,
+        report: MaintenanceReport,
+        fn: Callable[..., Any],
+        on_commit: Callable[[Any], None] | None = None,
+        then: Callable[[Any], list[FollowUp]] | None = None,
     ) -> Any:
         """One batch in a commit of its own, then a pause as long as it took (see above)."""
         started = trio.current_time()
-        result = await self._writer.execute(fn, on_commit=on_commit)
+        result = await self._writer.execute(fn, on_commit=on_commit, then=then)
         report.commits += 1
         await trio.sleep(trio.current_time() - started)
         return result
@@ -169,12 +177,9 @@ class Maintenance:
                 report,
                 partial(webhook_ops.disable_failing, since_before=since_before, now=now, limit=DISABLE_BATCH),
                 on_commit=self._disabled,
+                then=lambda disabled: [write for item in disabled for write in self._catch_up(item.old)],
             )
             report.webhooks_disabled += len(batch)
-            if self._shared:  # publishes on other nodes may have read them active: see catch_up_waiting
-                for item in batch:
-                    fn, first = webhook_ops.catch_up_write(item.old, now)
-                    await self._writer.submit(fn, first=first)
             if len(batch) < DISABLE_BATCH:
                 return
         report.complete = False

@@ -76,11 +76,12 @@ def lock_subscribers(tx: Tx, resource: str, event: str) -> None:
     its type's lock shared before it reads, and after such a change ``wait_for_subscriber_reads``
     waits for the publishes under way; then ``catch_up_waiting`` sets right what they wrote.
 
-    A shared lock in memory: publishes never wait for one another, and, unlike ``FOR SHARE`` on
-    each subscriber, it writes nothing (a row lock writes its row, and a multixact once several
-    nodes share it). The change itself takes no lock: holding one exclusive through the update
-    of a long backlog would stall every node's writer publishing the type, and taken while the
-    transaction holds row locks it can close a deadlock with a publish's batch.
+    A shared lock in memory: publishes do not wait for one another (only behind a catch-up's
+    wait, see there), and, unlike ``FOR SHARE`` on each subscriber, it writes nothing (a row
+    lock writes its row, and a multixact once several nodes share it). The change itself takes
+    no lock: holding one exclusive through the update of a long backlog would stall every
+    node's writer publishing the type, and taken while the transaction holds row locks it can
+    close a deadlock with a publish's batch.
     """
     if tx.backend != "postgresql" or (resource, event, _SUBSCRIBERS_LOCKED) in tx.memo:
         return
@@ -92,8 +93,10 @@ def wait_for_subscriber_reads(tx: Tx, resource: str, event: str) -> None:
     """Return once every publish of the type that had read its subscribers when this began has
     ended (PostgreSQL): the type's lock taken exclusive and let go at once, as a barrier.
 
-    Run as a write's ``first`` (``Writer.submit``), before the transaction holds any row lock: a
+    Run as a write's ``first`` (a ``FollowUp``), before the transaction holds any row lock: a
     publish holding the lock shared may be waiting for a row lock, and this must not hold it.
+    While it waits, new publishes of the type queue behind it (PostgreSQL grants a lock in
+    order), for as long as the longest one under way takes.
     """
     if tx.backend != "postgresql":
         return

@@ -19,7 +19,7 @@ from hookd.engine.jobs import PublishResult
 from hookd.engine.model import DeliveryState, InactivePolicy, Status, Webhook
 from hookd.engine.store import delivery_ops, health_ops
 from hookd.engine.store.rows import WEBHOOK_COLUMNS, webhook_from_row, webhook_to_row
-from hookd.engine.store.sql import Tx, UniqueViolation
+from hookd.engine.store.sql import Tx, UniqueViolation, marks
 
 #: Notification channel: payload ``<webhook id>``, sent with every committed webhook change.
 WEBHOOKS_CHANNEL = "hookd_webhooks"
@@ -204,8 +204,11 @@ def delete_webhook(tx: Tx, webhook_id: str, now: float) -> tuple[Webhook, int]:
 
 
 def changes_waiting(old: Webhook, new: Webhook) -> bool:
-    """Whether going from ``old`` to ``new`` changes what becomes of its waiting deliveries."""
-    return (new.url, new.status, new.inactive_policy) != (old.url, old.status, old.inactive_policy)
+    """Whether going from ``old`` to ``new`` changes what becomes of its waiting deliveries, or
+    of those a publish of its old type may still write (moved to another type, a later change
+    would wait for the publishes of the new type only)."""
+    fields = ("url", "status", "inactive_policy", "resource", "event")
+    return any(getattr(old, name) != getattr(new, name) for name in fields)
 
 
 def catch_up_write(old: Webhook, now: float) -> tuple[Callable[[Tx], list[str]], Callable[[Tx], None]]:
@@ -251,11 +254,16 @@ def catch_up_waiting(tx: Tx, webhook_id: str, now: float) -> list[str]:
         if moved or released:
             tx.notify(delivery_ops.DELIVERIES_CHANNEL, url)
             return [url]
-    elif policy is InactivePolicy.QUEUE:
-        _move(tx, webhook_id, DeliveryState.PENDING, DeliveryState.HELD, now)
     else:
-        _move(tx, webhook_id, DeliveryState.PENDING, DeliveryState.DISCARDED, now)
-        _move(tx, webhook_id, DeliveryState.HELD, DeliveryState.DISCARDED, now)
+        # Not a test ping: one may be PENDING for an inactive webhook (testing before activating
+        # is what it is for), made through another node since the change.
+        target = DeliveryState.HELD if policy is InactivePolicy.QUEUE else DeliveryState.DISCARDED
+        sources = [DeliveryState.PENDING.value] + ([] if target is DeliveryState.HELD else [DeliveryState.HELD.value])
+        tx.execute(
+            "UPDATE deliveries SET state = ?, update_time = ? "
+            f"WHERE webhook_id = ? AND state IN ({marks(len(sources))}) AND event_type != ?",
+            [target.value, now, webhook_id, *sources, catalogue.PING_TYPE],
+        )
     return []
 
 

@@ -79,11 +79,22 @@ Reply = Callable[[outcome.Outcome[T]], None]
 WriteMany = Callable[[Tx, list[Any]], None]
 
 
+@dataclass(frozen=True)
+class FollowUp:
+    """A background write that a committed write asks for (``Writer.execute``'s ``then``):
+    queued by the writer itself as the first commits, so it is made whatever becomes of the
+    first one's caller, and committed before anything queued after."""
+
+    fn: WriteFn[Any]
+    first: WriteFn[None] | None = None
+    on_commit: Callable[[Any], None] | None = None
+
+
 class _Op(Generic[T]):
     """One write. A caller waits on it through ``done`` (a task) or ``reply`` (a callback), or
     neither (a background write, which is held and retried while the store cannot write)."""
 
-    __slots__ = ("after", "cost", "done", "error", "first", "fn", "merge", "on_commit", "reply", "result")
+    __slots__ = ("after", "cost", "done", "error", "first", "fn", "merge", "on_commit", "reply", "result", "then")
 
     def __init__(
         self,
@@ -95,10 +106,12 @@ class _Op(Generic[T]):
         reply: Reply[T] | None = None,
         merge: tuple[WriteMany, Any] | None = None,
         first: WriteFn[None] | None = None,
+        then: Callable[[T], list[FollowUp]] | None = None,
     ) -> None:
         self.fn = fn
         self.merge = merge
         self.first = first
+        self.then = then
         self.cost = cost
         self.on_commit = on_commit
         self.after = after
@@ -200,6 +213,7 @@ class Writer:
         *,
         cost: int = UNKNOWN_COST,
         first: WriteFn[None] | None = None,
+        then: Callable[[T], list[FollowUp]] | None = None,
     ) -> T:
         """Run ``fn`` in the next transaction and return its result once committed.
 
@@ -210,11 +224,13 @@ class Writer:
         ``first`` runs at the start of the transaction, before any op of the batch (once however
         many ops bring it): a lock taken there is never waited for while the transaction
         already holds others, so it cannot close a deadlock with another node's transaction.
+        ``then`` runs in the writer task right after the commit too, and the writes it returns
+        are queued there (``FollowUp``): a caller cancelled meanwhile cannot lose them.
         Raises ``Unavailable`` when the store cannot write (then nothing of ``fn`` is stored).
         """
         if not self._status.available:
             raise self._unavailable_error()
-        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit, cost=cost, first=first)
+        op: _Op[T] = _Op(fn, wait=True, on_commit=on_commit, cost=cost, first=first, then=then)
         await self._send.send(op)
         assert op.done is not None
         await op.done.wait()
@@ -229,7 +245,6 @@ class Writer:
         *,
         cost: int = UNKNOWN_COST,
         merge: tuple[WriteMany, Any] | None = None,
-        first: WriteFn[None] | None = None,
     ) -> None:
         """Queue ``fn`` without waiting for the commit; blocks only while the queue is full.
 
@@ -237,11 +252,10 @@ class Writer:
         itself failed (False). A store fault is neither: the write is held and tried again.
         ``merge``, ``(write_many, item)``, lets ops next to each other in a batch with the same
         ``write_many`` be written by one call of it instead of each by its ``fn``.
-        ``first`` runs at the start of the transaction, as for ``execute`` (and again each time
-        the write is tried again). Like every op, ``fn`` may run twice in its transaction
-        (``partial_batch``): it must act through ``tx`` alone.
+        Like every op, ``fn`` may run twice in its transaction (``partial_batch``): it must act
+        through ``tx`` alone.
         """
-        await self._send.send(_Op(fn, wait=False, after=after, cost=cost, merge=merge, first=first))
+        await self._send.send(_Op(fn, wait=False, after=after, cost=cost, merge=merge))
 
     def execute_soon(
         self, fn: WriteFn[T], reply: Reply[T], on_commit: Callable[[T], None] | None = None, *, cost: int = UNKNOWN_COST
@@ -408,6 +422,14 @@ class Writer:
 
     def _finish(self, batch: list[_Op[Any]]) -> None:
         for op in batch:
+            if op.then is not None and op.error is None:
+                try:
+                    follow_ups = op.then(op.result)
+                except Exception:  # the commit stands, and so does the caller's answer
+                    log.exception("a write's follow-up writes could not be made")
+                    follow_ups = []
+                # Held writes go before anything queued after, and are retried through faults.
+                self._held.extend(_Op(f.fn, wait=False, on_commit=f.on_commit, first=f.first) for f in follow_ups)
             if op.on_commit is not None and op.error is None:
                 try:
                     op.on_commit(op.result)
