@@ -353,7 +353,7 @@ def _paused_while(store: Backend, first: Callable[[Tx], Any], *seconds: Callable
 
 
 def _caught_up(old: Webhook) -> Callable[[Tx], Any]:
-    """What a node does after a change of ``old`` in a cluster (``Engine._catch_up_waiting``),
+    """What a node does after a change of ``old`` in a cluster (``Engine._waiting_catch_up``),
     in one transaction."""
     catch_up, barrier = webhook_ops.catch_up_write(old, now=3.0)
     return lambda tx: (barrier(tx), catch_up(tx))
@@ -362,7 +362,7 @@ def _caught_up(old: Webhook) -> Callable[[Tx], Any]:
 _OLD_URL, _NEW_URL = "http://127.0.0.1:9/old", "http://127.0.0.1:9/new"
 
 
-_DISCARDING = {"status": Status.INACTIVE, "inactive_policy": InactivePolicy.QUEUE}
+_INACTIVE_QUEUEING = {"status": Status.INACTIVE, "inactive_policy": InactivePolicy.QUEUE}
 
 
 @pytest.mark.parametrize(
@@ -371,7 +371,7 @@ _DISCARDING = {"status": Status.INACTIVE, "inactive_policy": InactivePolicy.QUEU
         ({}, {"url": _NEW_URL}, (_NEW_URL, DeliveryState.PENDING)),
         ({"status": Status.INACTIVE}, {"status": Status.ACTIVE}, (_OLD_URL, DeliveryState.PENDING)),
         ({}, {"status": Status.INACTIVE}, (_OLD_URL, DeliveryState.HELD)),
-        (_DISCARDING, {"inactive_policy": InactivePolicy.DISCARD}, (_OLD_URL, DeliveryState.DISCARDED)),
+        (_INACTIVE_QUEUEING, {"inactive_policy": InactivePolicy.DISCARD}, (_OLD_URL, DeliveryState.DISCARDED)),
         ({}, None, (_OLD_URL, DeliveryState.CANCELLED)),
     ],
     ids=["new-url", "activated", "deactivated", "discarding", "deleted"],
