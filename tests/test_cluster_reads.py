@@ -23,7 +23,6 @@ import trio
 from hookd.engine import Engine, EngineConfig, EventInput
 from hookd.engine import core as core_module
 from hookd.engine.breaker import BreakerPolicy
-from hookd.engine.cluster import rendezvous, slot_of
 from hookd.engine.destinations import DestinationPolicy
 from hookd.engine.errors import NotFound, ResourceExhausted
 from hookd.engine.jobs import PreparedEvent
@@ -34,6 +33,7 @@ from hookd.engine.store.sql import Tx
 from hookd.engine.store.writer import _Op, partial_batch
 from hookd.engine.validation import WebhookInput
 from tests.support.engine import until
+from tests.support.nodes import membership_of, url_owned_by
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import Receiver, Reply, always
 from tests.support.stores import patient
@@ -475,12 +475,6 @@ def _failing_for_ten_minutes(tx: Tx, webhook_id: str) -> None:
     health_ops.counts(tx).add(webhook_id, URL, time.time() - 600, 10.0, Outcome.SERVER_ERROR, "HTTP 500")
 
 
-def _url_of(receiver: Receiver, owner: str, nodes: list[str]) -> str:
-    """A URL of ``receiver`` whose slot belongs to ``owner`` among ``nodes``."""
-    owners = rendezvous(nodes)
-    return next(url for n in range(1000) if owners[slot_of(url := receiver.url(f"/new/{n}"))] == owner)
-
-
 @pytest.mark.parametrize("change", ["url", "url, caller gone", "delete", "auto-disable"])
 async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_another_node(
     postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch, change: str
@@ -496,7 +490,7 @@ async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_anot
     other.open(readers=1)
     checker = psycopg.connect(database, autocommit=True)
     receiver = Receiver(always(Reply(status=204)))
-    new_url = _url_of(receiver, "writer", ["writer", "reader"])
+    new_url = url_owned_by(receiver, "writer", ["writer", "reader"])
     published, release = threading.Event(), threading.Event()
 
     def paused_publish(tx: Tx) -> None:
@@ -556,5 +550,4 @@ async def test_a_change_catches_up_the_deliveries_of_a_publish_under_way_on_anot
 
 
 async def _owns(node: Engine, url: str) -> bool:
-    assert node._membership is not None
-    return node._membership.owns(url)
+    return membership_of(node).owns(url)

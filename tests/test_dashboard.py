@@ -106,6 +106,11 @@ def row(page: Page, url: str) -> Locator:
     return page.locator("tbody tr", has=page.get_by_text(url, exact=True))
 
 
+def field_error(page: Page, control: Locator) -> Locator:
+    """The error shown under a form control."""
+    return page.locator(".field", has=control).locator(".field-error")
+
+
 def menu_button(page: Page, url: str) -> Locator:
     return row(page, url).get_by_role("button", name=re.compile("^Actions for"))
 
@@ -181,9 +186,7 @@ def test_create_through_the_form_shows_a_green_row(hookd: HookdProcess, page: Pa
     page.get_by_label("Destination URL").fill("ftp://nowhere")
     page.get_by_role("button", name="Save").click()
     # The server's error, next to the field it names.
-    expect(page.locator(".field", has=page.get_by_label("Destination URL")).locator(".field-error")).to_contain_text(
-        "http"
-    )
+    expect(field_error(page, page.get_by_label("Destination URL"))).to_contain_text("http")
     page.get_by_label("Destination URL").fill(receiver.url())
     page.get_by_label("Authentication").select_option("bearer")
     page.get_by_label("Token").fill("erp-token")
@@ -419,9 +422,7 @@ def test_a_changed_login_needs_its_secret_typed_again(hookd: HookdProcess, page:
     page.get_by_label("Username").fill("erp-2")
     page.get_by_role("button", name="Save").click()
     password = page.get_by_label("Password")
-    expect(page.locator(".field", has=password).locator(".field-error")).to_have_text(
-        "Enter the password again to change the login."
-    )
+    expect(field_error(page, password)).to_have_text("Enter the password again to change the login.")
     expect(password).to_have_attribute("aria-invalid", "true")
     expect(password).to_have_attribute("aria-describedby", "auth-password-error")
     # Nothing was sent: the saved login still signs in.
@@ -441,9 +442,7 @@ def test_a_changed_login_needs_its_secret_typed_again(hookd: HookdProcess, page:
     page.get_by_label("Header name").fill("X-Key")
     page.get_by_role("button", name="Test connection").click()
     value = page.get_by_label("Header value")
-    expect(page.locator(".field", has=value).locator(".field-error")).to_have_text(
-        "Enter the header value again to change the login."
-    )
+    expect(field_error(page, value)).to_have_text("Enter the header value again to change the login.")
     expect(value).to_have_attribute("aria-invalid", "true")
     page.get_by_label("Header name").fill("X-Api-Key")
     # The login as it was: saved without it, so nothing to type again.

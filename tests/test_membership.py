@@ -39,17 +39,17 @@ def shared_store(postgres_server: PostgresServer) -> Iterator[SharedBackend]:
     backend.close()
 
 
+def _leaving_node(store: SharedBackend) -> Membership:
+    """The membership of a node without destinations, about to leave."""
+    return Membership(
+        store, cast(Dispatcher, _NoActors()), node_id="leaving", lease_s=30.0, live_actors=list, restarts=lambda: 0
+    )
+
+
 async def test_a_heartbeat_under_way_when_the_node_leaves_does_not_join_it_again(
     shared_store: SharedBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    membership = Membership(
-        shared_store,
-        cast(Dispatcher, _NoActors()),
-        node_id="leaving",
-        lease_s=30.0,
-        live_actors=list,
-        restarts=lambda: 0,
-    )
+    membership = _leaving_node(shared_store)
     control = membership._control
     heartbeat_waiting, node_left = trio.Event(), trio.Event()
 
@@ -79,14 +79,7 @@ async def test_a_heartbeat_answered_while_the_node_leaves_does_not_take_back_its
     """The heartbeat's renewal commits before ``leave`` releases the slots, but its answer (every
     slot, held) comes once leave has let them go in memory. Adopting that answer took the slots
     back into a node that has stopped its actors and released them in the database."""
-    membership = Membership(
-        shared_store,
-        cast(Dispatcher, _NoActors()),
-        node_id="leaving",
-        lease_s=30.0,
-        live_actors=list,
-        restarts=lambda: 0,
-    )
+    membership = _leaving_node(shared_store)
     control = membership._control
     heartbeat_renewed, releasing = trio.Event(), trio.Event()
 

@@ -24,6 +24,7 @@ from hookd.engine.store import cluster_ops
 from hookd.engine.store.backend import SharedBackend, open_backend
 from hookd.engine.store.sql import Conflict, StoreFault
 from hookd.engine.validation import WebhookInput
+from tests.support.nodes import membership_of, url_owned_by
 from tests.support.postgres import PostgresServer
 from tests.support.receiver import Receiver, Reply, always, fail_first
 
@@ -42,17 +43,6 @@ def _node(database: str, node_id: str) -> Engine:
             destinations=DestinationPolicy.from_entries(["127.0.0.0/8"], allow_http=True),
         )
     )
-
-
-def _membership(node: Engine) -> Membership:
-    assert node._membership is not None
-    return node._membership
-
-
-def _url_of(receiver: Receiver, owner: str, nodes: list[str]) -> str:
-    """A destination on ``receiver`` whose slot rendezvous gives to ``owner`` among ``nodes``."""
-    owners = rendezvous(nodes)
-    return next(url for i in range(10_000) if owners[slot_of(url := receiver.url(f"/d{i}"))] == owner)
 
 
 def _inject(monkeypatch: pytest.MonkeyPatch, node_id: str, around: Callable[[Control, Control], Control]) -> None:
@@ -116,7 +106,7 @@ async def test_a_claim_committed_whose_reply_was_lost_is_adopted_and_its_destina
     # slot 0 was among them) for as long as the node lived.
     database = postgres_server.new_database()
     receiver = Receiver()
-    url = _url_of(receiver, "b", ["a", "b"])
+    url = url_owned_by(receiver, "b", ["a", "b"])
     lost: list[dict[int, int]] = []
 
     def lose_the_claims_reply(fn: Control, call: Control) -> Control:
@@ -138,11 +128,11 @@ async def test_a_claim_committed_whose_reply_was_lost_is_adopted_and_its_destina
             await a.create_webhook(WebhookInput(resource="order", event="created", url=url))
             await a.publish([EventInput("order", "created", {}, {})], batch=False)
             await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
-            assert _membership(b).owns(url) and not _membership(a).owns(url)
+            assert membership_of(b).owns(url) and not membership_of(a).owns(url)
             held = await trio.to_thread.run_sync(_database_slots, database)
-            assert set(_membership(b)._slots.held) == held["b"]
-            assert set(_membership(a)._slots.held) == held["a"]
-            assert [m.node_id for m in (_membership(a), _membership(b)) if m.leads()] in (["a"], ["b"])
+            assert set(membership_of(b)._slots.held) == held["b"]
+            assert set(membership_of(a)._slots.held) == held["a"]
+            assert [m.node_id for m in (membership_of(a), membership_of(b)) if m.leads()] in (["a"], ["b"])
     finally:
         receiver.close()
 
@@ -155,7 +145,7 @@ async def test_a_release_that_fails_during_a_hand_over_is_tried_again_not_fatal(
     caplog.set_level(logging.WARNING, logger="hookd.cluster")
     database = postgres_server.new_database()
     receiver = Receiver()
-    url = _url_of(receiver, "b", ["a", "b"])
+    url = url_owned_by(receiver, "b", ["a", "b"])
     failures: list[str] = []
 
     def fail_the_first_releases(fn: Control, call: Control) -> Control:
@@ -175,14 +165,14 @@ async def test_a_release_that_fails_during_a_hand_over_is_tried_again_not_fatal(
     a, b = _node(database, "a"), _node(database, "b")
     try:
         async with _running(a, b):
-            await _eventually(lambda: _membership(b).owns(url))
-            assert not _membership(a).owns(url)
+            await _eventually(lambda: membership_of(b).owns(url))
+            assert not membership_of(a).owns(url)
             assert failures == ["refused", "reply lost"]
-            await _eventually(lambda: not _membership(a)._slots.leaving)
+            await _eventually(lambda: not membership_of(a)._slots.leaving)
             held = await trio.to_thread.run_sync(_database_slots, database)
             owners = rendezvous(["a", "b"])
             assert held["b"] == {slot for slot, node in owners.items() if node == "b"}
-            assert set(_membership(a)._slots.held) == held["a"]
+            assert set(membership_of(a)._slots.held) == held["a"]
             await a.create_webhook(WebhookInput(resource="order", event="created", url=url))
             await a.publish([EventInput("order", "created", {}, {})], batch=False)
             await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
@@ -200,7 +190,7 @@ async def test_a_failed_read_of_the_work_after_a_claim_is_tried_again_not_fatal(
     database = postgres_server.new_database()
     retry_after_s = 5.0
     receiver = Receiver(fail_first(1, Reply(status=503, headers={"Retry-After": str(int(retry_after_s))})))
-    url = _url_of(receiver, "b", ["a", "b"])
+    url = url_owned_by(receiver, "b", ["a", "b"])
     a, b = _node(database, "a"), _node(database, "b")
     failed: list[float] = []
     resume = Dispatcher.resume
@@ -224,7 +214,7 @@ async def test_a_failed_read_of_the_work_after_a_claim_is_tried_again_not_fatal(
             assert failed[0] < first.time + retry_after_s  # b took over before the retry was due
             second = (await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=15)))[1]
             assert second.time >= first.time + retry_after_s - 0.1  # the retry, sent when due
-            assert _membership(b).owns(url) and not _membership(a).owns(url)
+            assert membership_of(b).owns(url) and not membership_of(a).owns(url)
     finally:
         receiver.close()
 
@@ -256,9 +246,9 @@ async def test_store_faults_in_the_first_step_and_a_conflict_later_are_waited_ou
     solo = _node(database, "solo")
     try:
         async with _running(solo):
-            await _eventually(lambda: len(_membership(solo)._slots.held) == cluster_ops.SLOT_COUNT)
+            await _eventually(lambda: len(membership_of(solo)._slots.held) == cluster_ops.SLOT_COUNT)
             assert faults == ["view", "renew", "renew"]
-            assert _membership(solo).leads()
+            assert membership_of(solo).leads()
             await solo.create_webhook(WebhookInput(resource="order", event="created", url=url))
             await solo.publish([EventInput("order", "created", {}, {})], batch=False)
             await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
@@ -275,7 +265,7 @@ async def test_a_leaving_node_keeps_its_leases_while_its_requests_finish(postgre
     # a's record of the answer was refused (fenced).
     database = postgres_server.new_database()
     receiver = Receiver(always(Reply(delay=LEASE_S * 1.5)))
-    url = _url_of(receiver, "a", ["a", "b"])
+    url = url_owned_by(receiver, "a", ["a", "b"])
     a, b = _node(database, "a"), _node(database, "b")
     try:
         async with _running(a, b):
@@ -283,7 +273,7 @@ async def test_a_leaving_node_keeps_its_leases_while_its_requests_finish(postgre
             await a.publish([EventInput("order", "created", {}, {})], batch=False)
             await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
             await a.leave(grace_s=LEASE_S * 3)
-            await _eventually(lambda: _membership(b).owns(url))
+            await _eventually(lambda: membership_of(b).owns(url))
             [delivery] = (await b.list_deliveries(hook.id, "", None, 10, "")).items
             assert (delivery.state, delivery.attempt_count) == (DeliveryState.SUCCEEDED, 1)
             await trio.sleep(LEASE_S)  # time for b to send anything it found pending
@@ -300,7 +290,7 @@ async def test_a_node_leaving_while_the_database_fails_stops_and_its_slots_move_
     caplog.set_level(logging.WARNING, logger="hookd.cluster")
     database = postgres_server.new_database()
     receiver = Receiver(always(Reply(delay=0.5)))
-    url = _url_of(receiver, "a", ["a", "b"])
+    url = url_owned_by(receiver, "a", ["a", "b"])
     failing: list[bool] = []
 
     def fail_while_leaving(fn: Control, call: Control) -> Control:
@@ -315,18 +305,18 @@ async def test_a_node_leaving_while_the_database_fails_stops_and_its_slots_move_
     a, b = _node(database, "a"), _node(database, "b")
     try:
         async with _running(a, b):
-            await _eventually(lambda: _membership(a).owns(url))
+            await _eventually(lambda: membership_of(a).owns(url))
             await a.create_webhook(WebhookInput(resource="order", event="created", url=url))
             await a.publish([EventInput("order", "created", {}, {})], batch=False)
             await trio.to_thread.run_sync(lambda: receiver.wait_for(1, timeout=10))
             assert a._dispatcher.statistics()  # the destination's actor, its request in flight
             failing.append(True)
             await a.leave(grace_s=LEASE_S)
-            assert not _membership(a).owns(url) and not a._dispatcher.statistics()
+            assert not membership_of(a).owns(url) and not a._dispatcher.statistics()
             assert _warnings(caplog, "leaving: mark failed") and _warnings(caplog, "leaving: release failed")
             assert _warnings(caplog, "node left without handing over id=a")
             # Nobody released a's slots: b takes them once their lease runs out, and sends.
-            await _eventually(lambda: _membership(b).owns(url), timeout=LEASE_S * 5)
+            await _eventually(lambda: membership_of(b).owns(url), timeout=LEASE_S * 5)
             await b.publish([EventInput("order", "created", {}, {})], batch=False)
             await trio.to_thread.run_sync(lambda: receiver.wait_for(2, timeout=10))
     finally:

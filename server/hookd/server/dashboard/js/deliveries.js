@@ -8,6 +8,7 @@ import {
   STATES_FINISHED,
   formatTime,
   html,
+  pageBefore,
   shortName,
   useEffect,
   useRef,
@@ -94,7 +95,7 @@ function useDeliveryPage(session, parent, state, pageToken, setTokens) {
       failing.current = false;
       setPage(answer);
       // A page past the first that emptied (its deliveries changed state): show the one before.
-      if (!answer.deliveries?.length) setTokens((list) => (list.length > 1 ? list.slice(0, -1) : list));
+      if (!answer.deliveries?.length) setTokens(pageBefore);
     }, (error) => {
       if (!current) return;
       if (!failing.current) session.notify(error.message, "error");

@@ -131,12 +131,17 @@ export function ConfirmDialog({ title, confirm, working, danger = false, onConfi
  * Previous / Next under a list read a page at a time: `tokens` is the stack of the page tokens
  * that led to the page shown, `next` the token of the page after it (none on the last).
  */
+/** The page tokens of the page before (the first page stays the first). */
+export function pageBefore(tokens) {
+  return tokens.length > 1 ? tokens.slice(0, -1) : tokens;
+}
+
 export function Pager({ range, tokens, setTokens, next }) {
   return html`<footer class="pager">
     <span class="muted">${range}</span>
     <div class="pager-buttons">
       <button type="button" class="button" disabled=${tokens.length < 2}
-        onClick=${() => setTokens((list) => list.slice(0, -1))}>Previous</button>
+        onClick=${() => setTokens(pageBefore)}>Previous</button>
       <button type="button" class="button" disabled=${!next}
         onClick=${() => setTokens((list) => [...list, next])}>Next</button>
     </div>

@@ -11,6 +11,7 @@ import {
   ago,
   formatRate,
   html,
+  pageBefore,
   shortName,
   useEffect,
   useMemo,
@@ -148,7 +149,7 @@ export function WebhooksPage({ session }) {
       setPage(answer);
       setError(null);
       // The last page lost its last row (deleted): show the page before it.
-      if (!answer.webhooks?.length) setTokens((list) => (list.length > 1 ? list.slice(0, -1) : list));
+      if (!answer.webhooks?.length) setTokens(pageBefore);
     }, (failure) => current && setError(failure.message));
     return () => { current = false; };
   }, [query, filters.status, filters.resource, pageToken, version]);
